@@ -1,0 +1,75 @@
+"""The ``kappa`` command line: one module per command group, registered here."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+from kappa.errors import KappaError
+
+__all__ = ["cli", "main"]
+
+# command name -> module under kappa.cli that defines a click command of the same name
+_COMMANDS = {
+    "up": "stack",
+    "down": "stack",
+    "status": "stack",
+    "topics": "topics",
+    "schemas": "schemas",
+    "produce": "produce",
+    "run": "run",
+    "query": "query",
+    "demo": "demo",
+    "replay": "replay",
+    "bench": "bench",
+}
+
+
+class _LazyGroup(click.Group):
+    """Imports a command's module only when it runs, so ``kappa status`` stays fast."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = _COMMANDS.get(cmd_name)
+        if module is None:
+            return None
+        try:
+            mod = importlib.import_module(f"kappa.cli.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"kappa.cli.{module}":
+                return None
+            raise
+        cmd = getattr(mod, cmd_name.replace("-", "_"), None)
+        return cmd if isinstance(cmd, click.Command) else None
+
+
+@click.group(cls=_LazyGroup)
+@click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
+def cli(verbose: bool) -> None:
+    """Kappa: Kafka + Avro -> Faust -> River -> ClickHouse; batch is a replay of the log."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main() -> None:
+    """Console-script entry point: KappaError becomes a one-line message and exit code 1."""
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KappaError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(1)

@@ -1,0 +1,51 @@
+"""``kappa up`` / ``kappa down`` / ``kappa status``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from kappa import stack
+from kappa.settings import get_settings
+
+__all__ = ["down", "status", "up"]
+
+
+def _print(rows: list[stack.ComponentStatus]) -> None:
+    for r in rows:
+        mark = click.style("healthy", fg="green") if r.healthy else click.style("DOWN", fg="red")
+        who = f"pid {r.pid}, {r.rss_bytes / 2**20:.0f} MiB" if r.pid else ("external" if not r.managed else "-")
+        click.echo(f"{r.name:<10} {mark:<18} {r.address:<45} {who:<24} {r.detail}")
+
+
+@click.command()
+@click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for each component.")
+def up(timeout: float) -> None:
+    """Start the local stack (Kafka + schema registry) in the background; no-op when up."""
+    settings = get_settings()
+    t0 = time.monotonic()
+    rows = stack.up(settings, timeout=timeout)
+    _print(rows)
+    click.echo(f"stack up in {time.monotonic() - t0:.1f}s (state in {settings.home})")
+
+
+@click.command()
+def down() -> None:
+    """Stop every process ``kappa up`` started (cleanly, then forcefully)."""
+    stopped = stack.down(get_settings())
+    click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable status.")
+def status(as_json: bool) -> None:
+    """Print each component with its address; exit 0 only when all are healthy."""
+    rows = stack.status(get_settings())
+    if as_json:
+        click.echo(json.dumps(stack.manager.as_dict(rows), indent=2))
+    else:
+        _print(rows)
+    sys.exit(0 if rows and all(r.healthy for r in rows) else 1)

@@ -1,0 +1,113 @@
+"""Kafka client configuration (security included) and topic administration, in one place.
+
+Both client stacks get their settings from here: confluent-kafka (producers, sinks) via
+:func:`client_config` and aiokafka/Faust via :func:`faust_broker_credentials`.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from kappa.errors import KafkaUnavailable
+from kappa.settings import Settings
+
+__all__ = ["TopicSpec", "admin", "client_config", "ensure_topics", "faust_broker_credentials"]
+
+_quiet = logging.getLogger("kappa.kafka.client")
+_quiet.addHandler(logging.NullHandler())
+_quiet.propagate = False
+
+
+def client_config(settings: Settings, bootstrap: str, **extra: Any) -> dict[str, Any]:
+    """librdkafka config for ``bootstrap`` with the security settings from env.
+
+    The returned dict holds the SASL password when one is set: never log it.
+    """
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": _quiet}
+    proto = settings.kafka_security_protocol.upper()
+    if proto != "PLAINTEXT":
+        conf["security.protocol"] = proto
+    if proto.startswith("SASL"):
+        conf["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        conf["sasl.username"] = settings.kafka_sasl_username or ""
+        conf["sasl.password"] = (
+            settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+        )
+    if proto in ("SSL", "SASL_SSL") and settings.kafka_ssl_cafile:
+        conf["ssl.ca.location"] = str(settings.kafka_ssl_cafile)
+    conf.update(extra)
+    return conf
+
+
+def faust_broker_credentials(settings: Settings) -> Any:
+    """Faust ``broker_credentials`` matching :func:`client_config` (None for PLAINTEXT)."""
+    import faust
+
+    proto = settings.kafka_security_protocol.upper()
+    if proto == "PLAINTEXT":
+        return None
+    ctx = None
+    if proto in ("SSL", "SASL_SSL"):
+        ctx = ssl.create_default_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+        )
+    if proto == "SSL":
+        return faust.SSLCredentials(ctx)
+    password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+    mechanism = settings.kafka_sasl_mechanism.upper()
+    if mechanism.startswith("SCRAM"):
+        return faust.auth.SASLCredentials(
+            username=settings.kafka_sasl_username or "",
+            password=password,
+            mechanism=mechanism,
+            ssl_context=ctx,
+        )
+    return faust.SASLCredentials(username=settings.kafka_sasl_username or "", password=password,
+                                 ssl_context=ctx)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic Kappa creates: name, partitions and topic-level config."""
+
+    name: str
+    partitions: int = 1
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def admin(settings: Settings, bootstrap: str) -> AdminClient:
+    """An AdminClient for ``bootstrap``."""
+    return AdminClient(client_config(settings, bootstrap))
+
+
+def ensure_topics(settings: Settings, bootstrap: str, specs: Iterable[TopicSpec],
+                  timeout: float = 30.0) -> list[str]:
+    """Create the missing topics (existing ones are left alone); return the names created."""
+    client = admin(settings, bootstrap)
+    try:
+        existing = set(client.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"Kafka at {bootstrap} does not answer: {exc}") from exc
+    new = [
+        NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=dict(s.config))
+        for s in specs
+        if s.name not in existing
+    ]
+    if not new:
+        return []
+    created = []
+    for name, fut in client.create_topics(new, operation_timeout=timeout).items():
+        try:
+            fut.result()
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].code() != 36:  # TOPIC_ALREADY_EXISTS: a concurrent creator won
+                raise KafkaUnavailable(f"creating topic {name} on {bootstrap} failed: {exc}") from exc
+    return created

@@ -1,0 +1,65 @@
+"""Every ``KAPPA_*`` setting, defined once.
+
+Values come from the environment (and CLI flags that override it); secrets are
+``SecretStr`` so they never show up in ``repr``, logs or ``kappa status``.
+
+>>> s = Settings(home="/tmp/k", kafka_sasl_password="hunter2")
+>>> "hunter2" in repr(s)
+False
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+
+class Settings(BaseSettings):
+    """Kappa configuration; env var ``KAPPA_<FIELD>`` sets field ``<field>``."""
+
+    model_config = SettingsConfigDict(env_prefix="KAPPA_", frozen=True, extra="ignore")
+
+    home: Path = Path(".kappa")
+    """Local state: stack data, logs, the embedded ClickHouse directory, reports."""
+
+    kafka_bootstrap: str | None = None
+    """An existing Kafka cluster; when set, ``kappa up`` starts no broker."""
+    schema_registry_url: str | None = None
+    """An existing Confluent-compatible registry; when set, ``kappa up`` starts none."""
+    clickhouse_url: str | None = None
+    """A ClickHouse server (``http://host:8123``); unset means the embedded chdb engine."""
+    clickhouse_user: str = "default"
+    clickhouse_password: SecretStr = SecretStr("")
+
+    kafka_security_protocol: str = "PLAINTEXT"
+    """PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+
+    version: str = "v1"
+    """The live pipeline version: names consumer groups, changelogs, output topics, tables."""
+    partitions: int = 4
+    """Partitions of the keyed input topics (users, orders, order_labels)."""
+    metrics_port: int = 0
+    """Base port of the Prometheus endpoints; 0 picks free ports."""
+
+    kafka_heap: str = "768m"
+    registry_heap: str = "384m"
+
+    @property
+    def stack_file(self) -> Path:
+        """Where ``kappa up`` records the endpoints and pids of what it started."""
+        return self.home / "stack.json"
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings read from the environment."""
+    return Settings()

@@ -1,0 +1,130 @@
+"""The local stack is real: a Kafka broker and a Confluent-compatible registry, and `kappa up/down`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+from kappa.kafka import TopicSpec, client_config, ensure_topics
+from kappa.settings import Settings
+from tests.conftest import Stack, reserve_ports
+
+pytestmark = pytest.mark.integration
+
+KAPPA = str(Path(sys.executable).with_name("kappa"))
+
+
+def _consume_all(bootstrap: str, topic: str, group: str, expected: int) -> list[bytes]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    got: list[bytes] = []
+    try:
+        for _ in range(60):
+            for msg in consumer.consume(num_messages=1000, timeout=1.0):
+                assert msg.error() is None, msg.error()
+                got.append(msg.value())
+            if len(got) >= expected:
+                break
+    finally:
+        consumer.close()
+    return got
+
+
+def test_topics_produce_consume(stack: Stack, unique: Callable[[str], str]) -> None:
+    settings = stack.settings()
+    topic = unique("roundtrip")
+    assert ensure_topics(settings, stack.kafka_bootstrap, [TopicSpec(topic, partitions=3)]) == [topic]
+    assert ensure_topics(settings, stack.kafka_bootstrap, [TopicSpec(topic, partitions=3)]) == []
+    producer = Producer(client_config(settings, stack.kafka_bootstrap, **{"enable.idempotence": True}))
+    for i in range(500):
+        producer.produce(topic, key=str(i % 7).encode(), value=f"event-{i}".encode())
+    assert producer.flush(30) == 0
+    got = _consume_all(stack.kafka_bootstrap, topic, unique("group"), 500)
+    assert sorted(got) == sorted(f"event-{i}".encode() for i in range(500))
+
+
+def test_registry_with_confluent_client(stack: Stack, unique: Callable[[str], str]) -> None:
+    client = SchemaRegistryClient({"url": stack.schema_registry_url})
+    subject = unique("thing") + "-value"
+    v1 = Schema('{"type":"record","name":"Thing","fields":[{"name":"id","type":"long"}]}', "AVRO")
+    schema_id = client.register_schema(subject, v1)
+    fetched = client.get_schema(schema_id)
+    assert '"id"' in fetched.schema_str and fetched.schema_type == "AVRO"
+    assert client.get_latest_version(subject).schema_id == schema_id
+    # adding an optional field is backward compatible, adding a required one is not
+    ok = Schema('{"type":"record","name":"Thing","fields":[{"name":"id","type":"long"},'
+                '{"name":"note","type":["null","string"],"default":null}]}', "AVRO")
+    bad = Schema('{"type":"record","name":"Thing","fields":[{"name":"id","type":"long"},'
+                 '{"name":"must","type":"string"}]}', "AVRO")
+    client.set_compatibility(subject, "BACKWARD")
+    assert client.test_compatibility(subject, ok) is True
+    assert client.test_compatibility(subject, bad) is False
+
+
+def _run(args: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([KAPPA, *args], env=env, capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kappa {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def _processes_of(home: Path) -> list[int]:
+    marker = f"-Dkappa.stack={home.resolve()}/"
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
+                state = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+            except OSError:
+                continue
+            if marker in cmd and state != "Z":
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_up_status_down_twice_keeps_data(tmp_path: Path, unique: Callable[[str], str]) -> None:
+    home = tmp_path / "home"
+    ports = reserve_ports(home)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAPPA_")}
+    env["KAPPA_HOME"] = str(home)
+    bootstrap = f"127.0.0.1:{ports['kafka']}"
+    topic = unique("survives")
+    try:
+        _run(["up"], env)
+        assert _run(["up"], env).returncode == 0  # idempotent
+        status = _run(["status"], env)
+        assert "kafka" in status.stdout and "registry" in status.stdout
+        assert bootstrap in status.stdout
+
+        settings = Settings(home=home)
+        ensure_topics(settings, bootstrap, [TopicSpec(topic, partitions=2)])
+        producer = Producer({"bootstrap.servers": bootstrap})
+        for i in range(50):
+            producer.produce(topic, value=f"kept-{i}".encode())
+        assert producer.flush(30) == 0
+        registry = SchemaRegistryClient({"url": f"http://127.0.0.1:{ports['registry']}/apis/ccompat/v7"})
+        sid = registry.register_schema(topic + "-value", Schema('"string"', "AVRO"))
+
+        _run(["down"], env)
+        assert _processes_of(home) == []
+        assert _run(["status"], env, check=False).returncode == 1
+
+        _run(["up"], env)
+        assert _run(["status"], env).returncode == 0
+        got = _consume_all(bootstrap, topic, unique("g"), 50)
+        assert sorted(got) == sorted(f"kept-{i}".encode() for i in range(50))
+        assert registry.get_schema(sid).schema_str.strip('"') == "string"
+        _run(["down"], env)
+        assert _processes_of(home) == []
+    finally:
+        subprocess.run([KAPPA, "down"], env=env, capture_output=True, timeout=120)
+    assert _processes_of(home) == []
