@@ -1,0 +1,209 @@
+"""Confluent wire format (magic byte 0, 4-byte big-endian schema id, Avro binary) with fastavro.
+
+Encoders register their schema once per subject and then only write bytes; decoders cache
+writer schemas by id and resolve each against the working tree's reader schema, so events
+written with an older schema still decode (schema evolution).
+
+>>> Encoder.frame(7, b"abc")
+b'\\x00\\x00\\x00\\x00\\x07abc'
+>>> split_frame(b'\\x00\\x00\\x00\\x00\\x07abc')
+(7, b'abc')
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import struct
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+from kappa.errors import KappaError, RegistryUnavailable
+
+__all__ = [
+    "DecodeError",
+    "Decoder",
+    "Encoder",
+    "Registry",
+    "load_schema",
+    "schema_names",
+    "split_frame",
+]
+
+AVRO_DIR = Path(__file__).resolve().parent / "avro"
+_HEADER = struct.Struct(">bI")
+
+
+class DecodeError(KappaError):
+    """Bytes that are not a decodable Confluent-framed Avro record; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def schema_names() -> list[str]:
+    """Names of the schemas in ``schemas/avro`` (file stems)."""
+    return sorted(p.stem for p in AVRO_DIR.glob("*.avsc"))
+
+
+@functools.cache
+def schema_text(name: str) -> str:
+    """The ``.avsc`` text of schema ``name`` (e.g. ``"orders"``)."""
+    path = AVRO_DIR / f"{name}.avsc"
+    if not path.exists():
+        raise KappaError(f"no schema {name!r} in {AVRO_DIR}; known: {', '.join(schema_names())}")
+    return path.read_text()
+
+
+@functools.cache
+def load_schema(name: str) -> Any:
+    """Parsed (fastavro) schema ``name``."""
+    return fastavro.parse_schema(json.loads(schema_text(name)))
+
+
+def _plain(schema: Any) -> Any:
+    """``schema`` without logical types: timestamps decode as epoch-ms ints (fast, exact)."""
+    if isinstance(schema, dict):
+        return {k: _plain(v) for k, v in schema.items() if k != "logicalType"}
+    if isinstance(schema, list):
+        return [_plain(v) for v in schema]
+    return schema
+
+
+@functools.cache
+def reader_schema(name: str) -> Any:
+    """Parsed reader schema ``name`` with timestamps as epoch-ms ints."""
+    return fastavro.parse_schema(_plain(json.loads(schema_text(name))))
+
+
+def split_frame(data: bytes) -> tuple[int, bytes]:
+    """``(schema_id, avro_body)`` of a Confluent-framed message, or DecodeError."""
+    if data is None or len(data) < 5:
+        raise DecodeError(f"not Confluent wire format: {0 if data is None else len(data)} bytes, need >= 5")
+    magic, schema_id = _HEADER.unpack_from(data)
+    if magic != 0:
+        raise DecodeError(f"not Confluent wire format: magic byte {magic & 0xFF:#04x}, expected 0x00")
+    return schema_id, data[5:]
+
+
+class Registry:
+    """Thread-safe cache in front of a Confluent-compatible schema registry."""
+
+    def __init__(self, url: str, client: SchemaRegistryClient | None = None) -> None:
+        self.url = url
+        self.client = client or SchemaRegistryClient({"url": url})
+        self._ids: dict[tuple[str, str], int] = {}
+        self._by_id: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def register(self, subject: str, schema_str: str) -> int:
+        """Register (or look up) ``schema_str`` under ``subject``; return its id."""
+        key = (subject, schema_str)
+        with self._lock:
+            if key in self._ids:
+                return self._ids[key]
+        try:
+            schema_id = int(self.client.register_schema(subject, Schema(schema_str, "AVRO")))
+        except SchemaRegistryError as exc:
+            raise KappaError(f"registry {self.url} refused schema for {subject}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - connection errors come in many types
+            raise RegistryUnavailable(f"schema registry at {self.url} does not answer: {exc}") from exc
+        with self._lock:
+            self._ids[key] = schema_id
+        return schema_id
+
+    def writer_schema(self, schema_id: int) -> Any:
+        """Parsed writer schema for ``schema_id`` (cached; DecodeError when unknown)."""
+        with self._lock:
+            if schema_id in self._by_id:
+                return self._by_id[schema_id]
+        try:
+            schema = self.client.get_schema(schema_id)
+        except SchemaRegistryError as exc:
+            raise DecodeError(f"unknown schema id {schema_id} in registry {self.url}") from exc
+        except Exception as exc:  # noqa: BLE001
+            raise RegistryUnavailable(f"schema registry at {self.url} does not answer: {exc}") from exc
+        if schema.schema_type not in (None, "AVRO"):
+            raise DecodeError(f"schema id {schema_id} is {schema.schema_type}, not Avro")
+        raw = json.loads(schema.schema_str)
+        parsed = fastavro.parse_schema(_plain(raw))
+        parsed["__kappa_name"] = raw.get("name", "?") if isinstance(raw, dict) else str(raw)
+        with self._lock:
+            self._by_id[schema_id] = parsed
+        return parsed
+
+
+class Encoder:
+    """Encodes records of schema ``name`` for ``subject`` (registered on first use)."""
+
+    def __init__(self, registry: Registry, subject: str, name: str) -> None:
+        self.registry = registry
+        self.subject = subject
+        self.name = name
+        self.schema = load_schema(name)
+        self._schema_id: int | None = None
+
+    @property
+    def schema_id(self) -> int:
+        if self._schema_id is None:
+            self._schema_id = self.registry.register(self.subject, schema_text(self.name))
+        return self._schema_id
+
+    @staticmethod
+    def frame(schema_id: int, body: bytes) -> bytes:
+        """Prefix ``body`` with the Confluent header."""
+        return _HEADER.pack(0, schema_id) + body
+
+    def encode(self, record: dict[str, Any]) -> bytes:
+        """One record -> framed bytes (ValueError/TypeError when it does not fit the schema)."""
+        buf = io.BytesIO()
+        buf.write(_HEADER.pack(0, self.schema_id))
+        fastavro.schemaless_writer(buf, self.schema, record, strict_allow_default=True)
+        return buf.getvalue()
+
+    def encode_many(self, records: Iterable[dict[str, Any]]) -> list[bytes]:
+        """Many records -> framed bytes, one buffer reused."""
+        header = _HEADER.pack(0, self.schema_id)
+        schema = self.schema
+        out = []
+        buf = io.BytesIO()
+        for record in records:
+            buf.seek(0)
+            buf.truncate()
+            buf.write(header)
+            fastavro.schemaless_writer(buf, schema, record, strict_allow_default=True)
+            out.append(buf.getvalue())
+        return out
+
+
+class Decoder:
+    """Decodes framed bytes into records of reader schema ``name`` (resolving older writers)."""
+
+    def __init__(self, registry: Registry, name: str) -> None:
+        self.registry = registry
+        self.name = name
+        self.reader = reader_schema(name)
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        """Framed bytes -> record (timestamps as epoch ms); DecodeError with the reason otherwise."""
+        schema_id, body = split_frame(data)
+        writer = self.registry.writer_schema(schema_id)
+        try:
+            return fastavro.schemaless_reader(io.BytesIO(body), writer, self.reader)  # type: ignore[return-value]
+        except (EOFError, StopIteration):
+            raise DecodeError(f"truncated Avro body for schema id {schema_id}") from None
+        except fastavro.read.SchemaResolutionError as exc:
+            raise DecodeError(
+                f"schema id {schema_id} ({writer.get('__kappa_name', '?')}) cannot be read as "
+                f"{self.name}: {str(exc).split(' is not ', 1)[0][:120]}"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - corrupt bytes raise all sorts of errors
+            raise DecodeError(f"corrupt Avro body for schema id {schema_id}: {type(exc).__name__}: {exc}") from None
