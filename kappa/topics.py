@@ -71,6 +71,10 @@ class OutputTopics:
         return self.prefix + "model_quality"
 
     @property
+    def scores(self) -> str:
+        return self.prefix + "scores"
+
+    @property
     def drift(self) -> str:
         return self.prefix + "drift"
 
@@ -84,6 +88,7 @@ class OutputTopics:
         return [
             TopicSpec(self.enriched, partitions, dict(_KEEP)),
             TopicSpec(self.revenue, partitions, keyed),
+            TopicSpec(self.scores, partitions, dict(_KEEP)),
             TopicSpec(self.model_quality, 1, keyed),
             TopicSpec(self.drift, 1, dict(_KEEP)),
             TopicSpec(self.rejected, partitions, dict(_KEEP)),
