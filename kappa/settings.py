@@ -45,6 +45,10 @@ class Settings(BaseSettings):
 
     version: str = "v1"
     """The live pipeline version: names consumer groups, changelogs, output topics, tables."""
+    topic_prefix: str = ""
+    """Prefix of the input topic names (tests isolate themselves with it; empty in production)."""
+    window_grace_seconds: float = 60.0
+    """Event-time grace of the revenue windows: later orders are counted as too late."""
     partitions: int = 4
     """Partitions of the keyed input topics (users, orders, order_labels)."""
     metrics_port: int = 0

@@ -13,6 +13,7 @@ replay as version V never touches the live version's outputs.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from kappa.kafka import TopicSpec
@@ -22,9 +23,11 @@ __all__ = [
     "ORDER_LABELS",
     "SAMPLES_PREFIX",
     "USERS",
+    "InputTopics",
     "OutputTopics",
     "dlq",
     "input_specs",
+    "input_topics",
     "output_topics",
     "samples_topic",
 ]
@@ -100,13 +103,53 @@ def output_topics(version: str) -> OutputTopics:
     return OutputTopics(version)
 
 
-def input_specs(partitions: int) -> list[TopicSpec]:
+@dataclass(frozen=True)
+class InputTopics:
+    """Input topic names, optionally prefixed (``KAPPA_TOPIC_PREFIX``; tests use it to isolate).
+
+    >>> InputTopics("t1.").orders, InputTopics("").samples("Phishing")
+    ('t1.orders', 'samples.phishing')
+    """
+
+    prefix: str = ""
+
+    @property
+    def users(self) -> str:
+        return self.prefix + USERS
+
+    @property
+    def orders(self) -> str:
+        return self.prefix + ORDERS
+
+    @property
+    def order_labels(self) -> str:
+        return self.prefix + ORDER_LABELS
+
+    def samples(self, dataset: str) -> str:
+        return self.prefix + samples_topic(dataset)
+
+    @property
+    def samples_pattern(self) -> str:
+        """Regex matching every learning stream of this prefix."""
+        return "^" + re.escape(self.prefix + SAMPLES_PREFIX) + r"[^.]+$"
+
+    def dlq(self, topic: str) -> str:
+        return dlq(topic)
+
+
+def input_topics(prefix: str = "") -> InputTopics:
+    """Input topics for ``prefix`` (pass ``settings.topic_prefix``)."""
+    return InputTopics(prefix)
+
+
+def input_specs(partitions: int, prefix: str = "") -> list[TopicSpec]:
     """Input topics with replay-friendly retention; ``users`` is compacted (latest per key)."""
+    t = InputTopics(prefix)
     return [
-        TopicSpec(USERS, partitions, {**_COMPACT}),
-        TopicSpec(ORDERS, partitions, dict(_KEEP)),
-        TopicSpec(ORDER_LABELS, partitions, dict(_KEEP)),
-        TopicSpec(dlq(USERS), 1, dict(_KEEP)),
-        TopicSpec(dlq(ORDERS), 1, dict(_KEEP)),
-        TopicSpec(dlq(ORDER_LABELS), 1, dict(_KEEP)),
+        TopicSpec(t.users, partitions, {**_COMPACT}),
+        TopicSpec(t.orders, partitions, dict(_KEEP)),
+        TopicSpec(t.order_labels, partitions, dict(_KEEP)),
+        TopicSpec(dlq(t.users), 1, dict(_KEEP)),
+        TopicSpec(dlq(t.orders), 1, dict(_KEEP)),
+        TopicSpec(dlq(t.order_labels), 1, dict(_KEEP)),
     ]
