@@ -1,0 +1,211 @@
+"""Data-quality rules that travel with the schemas, written once for every stage.
+
+The producer edge (``kappa produce --validate``) and the stream processors call the same
+functions, so an event is judged identically wherever it is checked. Each validator returns
+``None`` for a valid record, else a short reason ``"<code>: <detail>"``; the code (the part
+before ``:``) is stable and used as a metric label and in ``kappa.rejected_events``.
+
+Validators take plain dicts as :class:`schemas.serde.Decoder` returns them (timestamps as
+epoch milliseconds) and never raise, whatever the record holds.
+
+>>> now = 1_700_000_000_000
+>>> validate_order({"order_id": "o1", "user_id": 7, "amount": 12.5, "currency": "EUR",
+...                 "event_time": now}, now) is None
+True
+>>> reason_code(validate_order({"order_id": "o1", "user_id": 7, "amount": 12.5,
+...                             "currency": "XXX", "event_time": now}, now))
+'bad_currency'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = [
+    "ACCEPTED_CURRENCIES",
+    "LABEL_REASONS",
+    "MAX_AMOUNT",
+    "MAX_FUTURE_MS",
+    "ORDER_REASONS",
+    "USER_REASONS",
+    "VALIDATORS",
+    "reason_code",
+    "validate_label",
+    "validate_order",
+    "validate_user",
+]
+
+ACCEPTED_CURRENCIES: frozenset[str] = frozenset(
+    {"EUR", "USD", "GBP", "JPY", "CHF", "CAD", "AUD", "SEK", "NOK", "DKK", "PLN", "CZK"}
+)
+"""ISO-4217 codes the shop settles in; anything else is rejected as ``bad_currency``."""
+
+MAX_AMOUNT = 1_000_000.0
+"""Largest accepted order amount (inclusive), in the order's currency."""
+
+MAX_FUTURE_MS = 5 * 60 * 1000
+"""How far an event time may lie ahead of processing time (clock skew allowance), in ms."""
+
+ORDER_REASONS = ("empty_order_id", "bad_user_id", "bad_amount", "bad_currency", "future_event_time")
+"""Every reason code :func:`validate_order` can return (the generator produces each one)."""
+USER_REASONS = (
+    "bad_user_id", "bad_country", "empty_segment", "bad_signup_time", "future_updated_at",
+)
+"""Every reason code :func:`validate_user` can return."""
+LABEL_REASONS = ("empty_order_id", "bad_is_fraud", "future_label_time")
+"""Every reason code :func:`validate_label` can return."""
+
+
+def reason_code(reason: str) -> str:
+    """The stable code of a reason (text before the first ``:``), e.g. for metric labels.
+
+    >>> reason_code("bad_amount: 0.0")
+    'bad_amount'
+    >>> reason_code("empty_order_id")
+    'empty_order_id'
+    """
+    return reason.split(":", 1)[0].strip()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_id(rec: Mapping[str, Any], field: str) -> str | None:
+    value = rec.get(field)
+    if not isinstance(value, str) or not value.strip():
+        return f"empty_{field}"
+    return None
+
+
+def _check_positive_id(rec: Mapping[str, Any], field: str) -> str | None:
+    value = rec.get(field)
+    if not _is_int(value) or value <= 0:
+        return f"bad_{field}: {value!r}"
+    return None
+
+
+def _check_not_future(rec: Mapping[str, Any], field: str, now_ms: int) -> str | None:
+    value = rec.get(field)
+    if not _is_int(value):
+        return f"future_{field}: not an epoch-ms timestamp: {value!r}"
+    ahead = value - now_ms
+    if ahead > MAX_FUTURE_MS:
+        return f"future_{field}: {ahead // 1000}s ahead"
+    return None
+
+
+def validate_order(rec: Mapping[str, Any], now_ms: int) -> str | None:
+    """Why order ``rec`` is invalid at processing time ``now_ms`` (epoch ms), or None.
+
+    Rules (ARCHITECTURE.md): non-empty order_id; user_id > 0; 0 < amount <= 1,000,000 and
+    finite; currency in :data:`ACCEPTED_CURRENCIES`; event_time at most 5 minutes ahead.
+
+    >>> now = 1_700_000_000_000
+    >>> ok = {"order_id": "o1", "user_id": 7, "amount": 12.5, "currency": "EUR",
+    ...       "category": "books", "payment_method": "card", "ip_country": "DE",
+    ...       "event_time": now - 1000}
+    >>> validate_order(ok, now) is None
+    True
+    >>> validate_order({**ok, "order_id": ""}, now)
+    'empty_order_id'
+    >>> validate_order({**ok, "user_id": -3}, now)
+    'bad_user_id: -3'
+    >>> validate_order({**ok, "amount": 0.0}, now)
+    'bad_amount: 0.0'
+    >>> validate_order({**ok, "amount": float("nan")}, now)
+    'bad_amount: nan'
+    >>> validate_order({**ok, "amount": 1_000_000.0}, now) is None
+    True
+    >>> validate_order({**ok, "amount": 1_000_000.01}, now)
+    'bad_amount: 1000000.01'
+    >>> validate_order({**ok, "currency": "XXX"}, now)
+    'bad_currency: XXX'
+    >>> validate_order({**ok, "event_time": now + 420_000}, now)
+    'future_event_time: 420s ahead'
+    >>> validate_order({**ok, "event_time": now + 300_000}, now) is None
+    True
+    """
+    reason = _check_id(rec, "order_id") or _check_positive_id(rec, "user_id")
+    if reason:
+        return reason
+    amount = rec.get("amount")
+    if (not isinstance(amount, int | float) or isinstance(amount, bool)
+            or not math.isfinite(amount) or not 0 < amount <= MAX_AMOUNT):
+        return f"bad_amount: {amount!r}"
+    currency = rec.get("currency")
+    if currency not in ACCEPTED_CURRENCIES:
+        return f"bad_currency: {currency}"
+    return _check_not_future(rec, "event_time", now_ms)
+
+
+def validate_user(rec: Mapping[str, Any], now_ms: int) -> str | None:
+    """Why user profile ``rec`` is invalid at ``now_ms``, or None.
+
+    Rules: user_id > 0; country is 2 uppercase letters (ISO-3166 alpha-2); non-empty segment;
+    signup_time not after updated_at; updated_at at most 5 minutes ahead.
+
+    >>> now = 1_700_000_000_000
+    >>> ok = {"user_id": 1, "country": "DE", "segment": "new",
+    ...       "signup_time": now - 10, "updated_at": now}
+    >>> validate_user(ok, now) is None
+    True
+    >>> validate_user({**ok, "user_id": 0}, now)
+    'bad_user_id: 0'
+    >>> validate_user({**ok, "country": "de"}, now)
+    "bad_country: 'de'"
+    >>> validate_user({**ok, "segment": " "}, now)
+    'empty_segment'
+    >>> validate_user({**ok, "signup_time": now + 1}, now)
+    'bad_signup_time: after updated_at'
+    >>> validate_user({**ok, "updated_at": now + 600_000, "signup_time": now}, now)
+    'future_updated_at: 600s ahead'
+    """
+    reason = _check_positive_id(rec, "user_id")
+    if reason:
+        return reason
+    country = rec.get("country")
+    if not (isinstance(country, str) and len(country) == 2 and country.isascii()
+            and country.isalpha() and country.isupper()):
+        return f"bad_country: {country!r}"
+    if _check_id(rec, "segment"):
+        return "empty_segment"
+    signup, updated = rec.get("signup_time"), rec.get("updated_at")
+    if not _is_int(signup):
+        return f"bad_signup_time: {signup!r}"
+    if _is_int(updated) and signup > updated:
+        return "bad_signup_time: after updated_at"
+    return _check_not_future(rec, "updated_at", now_ms)
+
+
+def validate_label(rec: Mapping[str, Any], now_ms: int) -> str | None:
+    """Why order label ``rec`` is invalid at ``now_ms``, or None.
+
+    Rules: non-empty order_id; is_fraud is a boolean; label_time at most 5 minutes ahead.
+
+    >>> now = 1_700_000_000_000
+    >>> validate_label({"order_id": "o1", "is_fraud": False, "label_time": now}, now) is None
+    True
+    >>> validate_label({"order_id": "", "is_fraud": False, "label_time": now}, now)
+    'empty_order_id'
+    >>> validate_label({"order_id": "o1", "is_fraud": 1, "label_time": now}, now)
+    'bad_is_fraud: 1'
+    >>> validate_label({"order_id": "o1", "is_fraud": True, "label_time": now + 301_000}, now)
+    'future_label_time: 301s ahead'
+    """
+    reason = _check_id(rec, "order_id")
+    if reason:
+        return reason
+    if not isinstance(rec.get("is_fraud"), bool):
+        return f"bad_is_fraud: {rec.get('is_fraud')!r}"
+    return _check_not_future(rec, "label_time", now_ms)
+
+
+VALIDATORS: dict[str, Callable[[Mapping[str, Any], int], str | None]] = {
+    "users": validate_user,
+    "orders": validate_order,
+    "order_labels": validate_label,
+}
+"""Validator per input schema name (``schemas/avro/<name>.avsc``)."""
