@@ -114,7 +114,7 @@ class Registry:
             schema_id = int(self.client.register_schema(subject, Schema(schema_str, "AVRO")))
         except SchemaRegistryError as exc:
             raise KappaError(f"registry {self.url} refused schema for {subject}: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - connection errors come in many types
+        except Exception as exc:
             raise RegistryUnavailable(f"schema registry at {self.url} does not answer: {exc}") from exc
         with self._lock:
             self._ids[key] = schema_id
@@ -129,7 +129,7 @@ class Registry:
             schema = self.client.get_schema(schema_id)
         except SchemaRegistryError as exc:
             raise DecodeError(f"unknown schema id {schema_id} in registry {self.url}") from exc
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise RegistryUnavailable(f"schema registry at {self.url} does not answer: {exc}") from exc
         if schema.schema_type not in (None, "AVRO"):
             raise DecodeError(f"schema id {schema_id} is {schema.schema_type}, not Avro")
@@ -205,5 +205,5 @@ class Decoder:
                 f"schema id {schema_id} ({writer.get('__kappa_name', '?')}) cannot be read as "
                 f"{self.name}: {str(exc).split(' is not ', 1)[0][:120]}"
             ) from None
-        except Exception as exc:  # noqa: BLE001 - corrupt bytes raise all sorts of errors
+        except Exception as exc:
             raise DecodeError(f"corrupt Avro body for schema id {schema_id}: {type(exc).__name__}: {exc}") from None

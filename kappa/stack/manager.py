@@ -106,7 +106,7 @@ def kafka_healthy(bootstrap: str, timeout: float = 3.0, config: dict[str, Any] |
                              "logger": _quiet, **(config or {})})
         admin.list_topics(timeout=timeout)
         return True
-    except Exception:  # noqa: BLE001 - any failure means "not healthy"
+    except Exception:
         return False
 
 

@@ -1,0 +1,76 @@
+"""Consumer lag from Kafka itself: committed offsets of a group vs the partitions' end offsets.
+
+``kappa run --until-drained`` and the progress line use it; so can any operator, since it
+needs nothing but the broker.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
+
+__all__ = ["GroupLag", "group_lag", "matching_topics"]
+
+
+@dataclass(frozen=True)
+class GroupLag:
+    """Lag of one consumer group over a set of topics."""
+
+    group: str
+    per_partition: dict[tuple[str, int], tuple[int, int]]  # (topic, p) -> (committed, end)
+
+    @property
+    def total(self) -> int:
+        return sum(max(0, end - committed) for committed, end in self.per_partition.values())
+
+    @property
+    def consumed(self) -> int:
+        return sum(committed for committed, _ in self.per_partition.values())
+
+    @property
+    def end(self) -> int:
+        return sum(end for _, end in self.per_partition.values())
+
+    def by_topic(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for (topic, _), (committed, end) in self.per_partition.items():
+            out[topic] = out.get(topic, 0) + max(0, end - committed)
+        return out
+
+
+def matching_topics(admin: AdminClient, names: Iterable[str] = (), patterns: Iterable[str] = (),
+                    timeout: float = 10.0) -> dict[str, int]:
+    """Existing topics among ``names`` or matching a regex in ``patterns``, with partition counts."""
+    meta = admin.list_topics(timeout=timeout)
+    wanted = set(names)
+    regexes = [re.compile(p) for p in patterns]
+    return {
+        name: len(t.partitions)
+        for name, t in meta.topics.items()
+        if name in wanted or any(r.fullmatch(name) for r in regexes)
+    }
+
+
+def group_lag(admin: AdminClient, group: str, topics: dict[str, int], timeout: float = 10.0) -> GroupLag:
+    """Committed offsets of ``group`` (missing = 0) against end offsets, for ``topics``."""
+    tps = [TopicPartition(t, p) for t, n in topics.items() for p in range(n)]
+    if not tps:
+        return GroupLag(group, {})
+    ends: dict[tuple[str, int], int] = {}
+    futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in tps}, request_timeout=timeout)
+    for tp, fut in futures.items():
+        ends[(tp.topic, tp.partition)] = fut.result().offset
+    committed: dict[tuple[str, int], int] = {}
+    try:
+        req = [ConsumerGroupTopicPartitions(group, tps)]
+        result = admin.list_consumer_group_offsets(req, request_timeout=timeout)[group].result()
+        for tp in result.topic_partitions:
+            if tp.error is None and tp.offset >= 0:
+                committed[(tp.topic, tp.partition)] = tp.offset
+    except KafkaException:
+        pass  # group unknown yet: nothing committed
+    return GroupLag(group, {k: (committed.get(k, 0), end) for k, end in ends.items()})

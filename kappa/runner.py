@@ -1,0 +1,208 @@
+"""``kappa run``: the processors and the sink service as supervised child processes.
+
+Why processes: the Faust workers and the sink each want a core (the GIL), and the embedded
+ClickHouse engine must live in exactly one process (the sink service), which also answers
+``kappa query`` while the pipeline runs. The runner forwards SIGTERM/Ctrl-C for a clean
+shutdown (children flush and commit), restarts a child that dies, prints progress, and with
+``until_drained`` stops once every input is consumed to its end offsets and every output
+has landed (both read from Kafka's committed offsets, stable over two checks).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka.admin import AdminClient
+
+from kappa import topics
+from kappa.errors import KappaError
+from kappa.kafka import client_config, ensure_topics
+from kappa.lag import GroupLag, group_lag, matching_topics
+from kappa.settings import Settings
+from kappa.stack import endpoints
+
+__all__ = ["DrainState", "Pipeline", "processor_group", "sink_group"]
+
+
+def processor_group(version: str) -> str:
+    """Consumer group (= Faust app id) of the processors of ``version``."""
+    return f"kappa-{version}"
+
+
+def sink_group(version: str) -> str:
+    """Consumer group of the sink service of ``version``."""
+    return f"kappa-{version}-sink"
+
+
+@dataclass
+class DrainState:
+    """Lag of the processors over the inputs and of the sink over the outputs."""
+
+    processors: GroupLag
+    sink: GroupLag
+
+    @property
+    def drained(self) -> bool:
+        return self.processors.total == 0 and self.sink.total == 0
+
+    def line(self, rate: float) -> str:
+        return (f"inputs {self.processors.consumed:,}/{self.processors.end:,} consumed "
+                f"(lag {self.processors.total:,}) | sink lag {self.sink.total:,} "
+                f"| {rate:,.0f} ev/s")
+
+
+@dataclass
+class _Child:
+    name: str
+    argv: list[str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+
+
+@dataclass
+class Pipeline:
+    """Supervises ``workers`` Faust workers and one sink service for ``version``."""
+
+    settings: Settings
+    version: str
+    workers: int = 1
+    echo: Callable[[str], None] = print
+    children: list[_Child] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.ep = endpoints(self.settings)
+        self.admin = AdminClient(client_config(self.settings, self.ep.kafka_bootstrap))
+        self.inputs = topics.input_topics(self.settings.topic_prefix)
+        self.outputs = topics.output_topics(self.version)
+        logs = self.settings.home / "logs"
+        py = sys.executable
+        self.children = [
+            _Child("sink", [py, "-m", "sinks", "serve", "--version", self.version], logs / f"sink-{self.version}.log")
+        ] + [
+            _Child(f"worker-{i}", [py, "-m", "stream_processors", "worker", "--version", self.version,
+                                   "--worker", str(i)], logs / f"worker-{self.version}-{i}.log")
+            for i in range(self.workers)
+        ]
+        self._stop = False
+
+    # -- topics and lag ---------------------------------------------------------------
+    def prepare(self) -> None:
+        """Create missing input and output topics."""
+        ensure_topics(self.settings, self.ep.kafka_bootstrap,
+                      topics.input_specs(self.settings.partitions, self.settings.topic_prefix)
+                      + self.outputs.specs(self.settings.partitions))
+
+    def state(self) -> DrainState:
+        """Current lag of both groups (the processors' group over inputs, the sink's over outputs)."""
+        i = self.inputs
+        in_topics = matching_topics(self.admin, [i.users, i.orders, i.order_labels], [i.samples_pattern])
+        out_topics = matching_topics(
+            self.admin,
+            [self.outputs.enriched, self.outputs.revenue, self.outputs.scores, self.outputs.model_quality,
+             self.outputs.drift, self.outputs.rejected, i.dlq(i.users), i.dlq(i.orders), i.dlq(i.order_labels)],
+        )
+        return DrainState(group_lag(self.admin, processor_group(self.version), in_topics),
+                          group_lag(self.admin, sink_group(self.version), out_topics))
+
+    # -- processes --------------------------------------------------------------------
+    def _start(self, child: _Child) -> None:
+        child.log.parent.mkdir(parents=True, exist_ok=True)
+        out = open(child.log, "ab")
+        child.proc = subprocess.Popen(child.argv, stdout=out, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, env=self._env())
+        out.close()
+
+    def _env(self) -> dict[str, str]:
+        import os
+
+        env = dict(os.environ)
+        env["KAPPA_HOME"] = str(self.settings.home.resolve())
+        env["KAPPA_VERSION"] = self.version
+        env["KAPPA_KAFKA_BOOTSTRAP"] = self.ep.kafka_bootstrap
+        env["KAPPA_SCHEMA_REGISTRY_URL"] = self.ep.schema_registry_url
+        if self.settings.topic_prefix:
+            env["KAPPA_TOPIC_PREFIX"] = self.settings.topic_prefix
+        return env
+
+    def _supervise(self) -> None:
+        for child in self.children:
+            assert child.proc is not None
+            code = child.proc.poll()
+            if code is not None and not self._stop:
+                tail = child.log.read_text(errors="replace").splitlines()[-5:] if child.log.exists() else []
+                self.echo(f"! {child.name} exited with {code}; restarting (log {child.log}):\n    "
+                          + "\n    ".join(tail))
+                child.restarts += 1
+                if child.restarts > 5:
+                    raise KappaError(f"{child.name} keeps crashing; see {child.log}")
+                self._start(child)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM every child (they flush and commit), SIGKILL after ``timeout``."""
+        self._stop = True
+        for child in self.children:
+            if child.proc and child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for child in self.children:
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.echo(f"! {child.name} did not stop in {timeout:.0f}s; killing it")
+                child.proc.kill()
+                child.proc.wait()
+
+    def run(self, until_drained: bool = False, poll: float = 2.0, idle_checks: int = 2,
+            max_seconds: float | None = None) -> DrainState:
+        """Run until SIGTERM/SIGINT (or drained); return the last lag state."""
+        self.prepare()
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+        def _on_signal(signum: int, _frame: object) -> None:
+            self._stop = True
+
+        for s in previous:
+            signal.signal(s, _on_signal)
+        t0 = time.monotonic()
+        for child in self.children:
+            self._start(child)
+        self.echo(f"running version {self.version}: {self.workers} worker(s) + sink; logs in "
+                  f"{self.settings.home / 'logs'}")
+        stable = 0
+        last_consumed, last_t = 0, time.monotonic()
+        state = self.state()
+        last_end = (state.processors.end, state.sink.end)
+        try:
+            while not self._stop:
+                time.sleep(poll)
+                self._supervise()
+                state = self.state()
+                now = time.monotonic()
+                rate = (state.processors.consumed - last_consumed) / max(1e-6, now - last_t)
+                last_consumed, last_t = state.processors.consumed, now
+                self.echo(f"[{now - t0:6.1f}s] {state.line(max(0.0, rate))}")
+                ends = (state.processors.end, state.sink.end)
+                if until_drained and state.drained and ends == last_end:
+                    stable += 1
+                    if stable >= idle_checks:
+                        break
+                else:
+                    stable = 0
+                last_end = ends
+                if max_seconds is not None and now - t0 > max_seconds:
+                    raise KappaError(f"not drained after {max_seconds:.0f}s: {state.line(rate)}")
+        finally:
+            self.stop()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        self.echo(f"stopped after {time.monotonic() - t0:.1f}s; {state.line(0)}")
+        return state
