@@ -54,6 +54,16 @@ class Settings(BaseSettings):
     metrics_port: int = 0
     """Base port of the Prometheus endpoints; 0 picks free ports."""
 
+    sink_batch_rows: int = 50_000
+    """Max rows the sink buffers before one insert per table (bounds its memory)."""
+    sink_batch_seconds: float = 0.5
+    """Max age of a sink batch before it is inserted (bounds freshness)."""
+    sink_fail_inserts: int = 0
+    """Failure injection (tests): the embedded sink fails its next N inserts, then recovers."""
+    sink_crash_at: str = ""
+    """Crash injection (tests): ``<point>:<batch>`` SIGKILLs the sink at ``point`` (mid_batch,
+    before_offsets, before_commit) of its ``batch``-th batch."""
+
     kafka_heap: str = "768m"
     registry_heap: str = "384m"
 
