@@ -6,9 +6,16 @@ Histogram buckets are in the unit named by the metric (seconds).
 
 from __future__ import annotations
 
+import atexit
+import json
+import os
+from pathlib import Path
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from kappa.stack.process import free_port
+from kappa.errors import ConfigError
+from kappa.settings import get_settings
+from kappa.stack.process import free_port, port_free
 
 __all__ = [
     "BATCH_SECONDS",
@@ -27,7 +34,10 @@ __all__ = [
     "SINK_BATCH_SECONDS",
     "SINK_INSERT_FAILURES",
     "SINK_ROWS",
+    "TARGETS_DIR",
+    "list_targets",
     "serve",
+    "targets_dir",
 ]
 
 # Batch processing time: 1 ms .. 30 s.
@@ -66,9 +76,110 @@ DRIFT_DETECTIONS = Counter("kappa_model_drift_detections_total", "Drift detectio
 COMPONENT_UP = Gauge("kappa_component_up", "1 while the component runs and is healthy.", ["component"])
 
 
+TARGETS_DIR = Path("metrics") / "targets"
+"""Under ``KAPPA_HOME``: one Prometheus file_sd JSON per live endpoint (``<component>-<pid>.json``)."""
+
+
+def targets_dir(home: Path) -> Path:
+    """The file_sd directory the local Prometheus watches (``kappa up --with-prometheus``)."""
+    return home / TARGETS_DIR
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_target(path: Path) -> tuple[str, str, int] | None:
+    """(component, address, pid) of one file_sd file, None when unreadable/foreign."""
+    try:
+        entry = json.loads(path.read_text())[0]
+        labels = entry["labels"]
+        return str(labels["component"]), str(entry["targets"][0]), int(labels["pid"])
+    except (OSError, ValueError, LookupError, TypeError):
+        return None
+
+
+def _register(home: Path, component: str, host: str, port: int) -> Path:
+    """Write this process's file_sd target atomically and remove it at exit.
+
+    Why: ports are picked at random so several workers never collide; Prometheus finds them
+    through this directory instead. A process killed with -9 leaves its file behind, so
+    Prometheus reports ``up == 0`` for it (the component-down alert) until the component
+    restarts and prunes the dead files of its own name.
+    """
+    folder = targets_dir(home)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(f"{component}-*.json"):
+        found = _read_target(stale)
+        if found and found[0] == component and not _pid_alive(found[2]):
+            stale.unlink(missing_ok=True)
+    pid = os.getpid()
+    address = f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+    path = folder / f"{component}-{pid}.json"
+    tmp = path.with_name(path.name + ".tmp")  # not *.json: Prometheus never reads half a file
+    tmp.write_text(json.dumps([{"targets": [address],
+                                "labels": {"component": component, "pid": str(pid)}}]))
+    tmp.replace(path)
+
+    def _unregister() -> None:
+        if os.getpid() == pid:  # a forked child must not remove its parent's registration
+            path.unlink(missing_ok=True)
+
+    atexit.register(_unregister)
+    return path
+
+
+def list_targets(home: Path) -> list[tuple[str, str]]:
+    """(component, address) of every live metrics endpoint registered under ``home``.
+
+    ``kappa status`` prints these; files of dead processes are skipped (not deleted: they are
+    what makes Prometheus see the crash).
+    """
+    out = []
+    for path in sorted(targets_dir(home).glob("*.json")):
+        found = _read_target(path)
+        if found and _pid_alive(found[2]):
+            out.append((found[0], found[1]))
+    return out
+
+
+def _pick_port(base: int) -> int:
+    """``base`` or the next free port above it (several workers per host share one base)."""
+    for port in range(base, base + 100):
+        if port_free(port):
+            return port
+    raise ConfigError(
+        f"no free metrics port in {base}..{base + 99}: set KAPPA_METRICS_PORT to another base "
+        "or to 0 (free ports, found through file_sd)"
+    )
+
+
 def serve(component: str, port: int = 0) -> int:
-    """Expose ``/metrics`` on 127.0.0.1 (``port`` 0 picks a free one); return the port."""
-    port = port or free_port()
-    start_http_server(port, addr="127.0.0.1")
+    """Expose ``/metrics``, register it for Prometheus, mark ``component`` up; return the port.
+
+    ``port`` 0 means ``KAPPA_METRICS_PORT`` (the first free port from that base) or, when that
+    is 0 too, any free port. The address is ``KAPPA_METRICS_HOST`` (127.0.0.1 by default;
+    containers set 0.0.0.0 so Prometheus in another container can scrape).
+    """
+    settings = get_settings()
+    host = settings.metrics_host
+    for attempt in range(5):
+        chosen = port or (_pick_port(settings.metrics_port) if settings.metrics_port else free_port())
+        try:
+            start_http_server(chosen, addr=host)
+            break
+        except OSError as exc:  # lost the race for a free port to another process
+            if port or attempt == 4:
+                raise ConfigError(
+                    f"cannot serve metrics of {component} on {host}:{chosen}: {exc}; pick another "
+                    "port (KAPPA_METRICS_PORT) or leave it 0"
+                ) from exc
+    _register(settings.home.resolve(), component, host, chosen)
     COMPONENT_UP.labels(component).set(1)
-    return port
+    return chosen

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     """Partitions of the keyed input topics (users, orders, order_labels)."""
     metrics_port: int = 0
     """Base port of the Prometheus endpoints; 0 picks free ports."""
+    metrics_host: str = "127.0.0.1"
+    """Address the Prometheus endpoints bind; containers set 0.0.0.0 to be scraped from outside."""
 
     sink_batch_rows: int = 50_000
     """Max rows the sink buffers before one insert per table (bounds its memory)."""
