@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 __all__ = [
     "ACCEPTED_CURRENCIES",
@@ -69,7 +69,7 @@ def reason_code(reason: str) -> str:
     return reason.split(":", 1)[0].strip()
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
