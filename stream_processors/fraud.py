@@ -1,0 +1,253 @@
+"""The fraud model: score each order at its event time, learn it when its (delayed) label arrives.
+
+Semantics (deterministic, replayable):
+
+* Orders (at ``event_time``) and labels (at ``label_time``) of every partition are merged into
+  one single-partition stream and applied in the total order ``(time, kind, order_id)`` with
+  labels before orders at equal times. Events are held in a buffer and released once the
+  *watermark* passes them: watermark = min over the input sources (topic partitions) of the
+  latest time seen, minus ``lag_ms``. So **a score is the prediction of the model that has
+  learned exactly the labels with label_time <= the order's event_time** (and whose orders it
+  had seen). A replay of the same log applies the same sequence and rebuilds the same model and
+  the same scores. Two things break the total order, both counted (``late``): an event older
+  than the released watermark (out of order by more than ``lag_ms``), and the idle flush
+  (:meth:`FraudLearner.release` with no bound), which releases the tail of a quiet stream.
+* An order's features are kept until its label arrives, then learned (``learn_one``) after its
+  prediction is scored against the label: the progressive metrics of ``fraud`` compare the
+  prediction made at scoring time with the label. Features expire ``horizon_ms`` after the
+  order's event time (counted ``features_expired``).
+* A label whose order is unknown is counted (``orphan_label``) and kept ``horizon_ms``; when its
+  order arrives in that time, the order is scored then learned at once (``orphan_matched``);
+  otherwise it is dropped and counted (``orphan_expired``). Never silently lost.
+* Duplicates (an order or a label delivered twice, e.g. by an at-least-once forwarder) are
+  dropped by order_id (``duplicate``): a label is never learned twice.
+* Quality buckets are event-time minutes (``bucket_ms`` = 60 000): the bucket of a record is the
+  minute of the last applied event; the record holds the cumulative metrics as of its end.
+* Drift: ADWIN on the 0/1 error stream; policy ``reset`` (fresh model), ``challenger`` (a fresh
+  model learns beside the champion and replaces it once its log loss over the labels since the
+  detection is lower, after ``challenger_min`` labels; the default) or ``none`` (report only).
+
+>>> f = order_features({"amount": 99.0, "currency": "EUR", "category": "books",
+...     "payment_method": "card", "ip_country": "FR", "event_time": 3_600_000,
+...     "user_country": "DE", "user_signup_time": 0, "user_segment": "new"})
+>>> f["ip_mismatch"], f["unknown_user"], f["currency=EUR"], round(f["hour_cos"], 3)
+(1.0, 0.0, 1.0, 0.966)
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from typing import Any
+
+from river import linear_model, optim, preprocessing
+
+from stream_processors.learning_metrics import Progressive
+from stream_processors.samples import DRIFT_DETECTOR, Emitted
+
+__all__ = ["DRIFT_POLICIES", "FraudLearner", "fraud_model", "order_features"]
+
+MODEL = "fraud"
+LABEL, ORDER = 0, 1
+DRIFT_POLICIES = ("reset", "challenger", "none")
+_DAY_MS = 86_400_000
+
+
+def fraud_model() -> Any:
+    """Default fraud pipeline: the features are already numeric/one-hot, so scale then classify."""
+    return preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.05))
+
+
+def order_features(order: dict[str, Any]) -> dict[str, float]:
+    """Features of an enriched order known at order time (no label leakage)."""
+    t = int(order["event_time"])
+    hour = (t // 3_600_000) % 24
+    country = order.get("user_country")
+    signup = order.get("user_signup_time")
+    f = {
+        "log_amount": math.log1p(max(float(order["amount"]), 0.0)),
+        f"currency={order['currency']}": 1.0,
+        f"category={order['category']}": 1.0,
+        f"payment={order['payment_method']}": 1.0,
+        "hour_sin": math.sin(2 * math.pi * hour / 24),
+        "hour_cos": math.cos(2 * math.pi * hour / 24),
+        "unknown_user": 1.0 if country is None else 0.0,
+        "ip_mismatch": 1.0 if country is not None and order["ip_country"] != country else 0.0,
+        "log_account_age_days": math.log1p(max(t - int(signup), 0) / _DAY_MS) if signup is not None else 0.0,
+    }
+    if order.get("user_segment"):
+        f[f"segment={order['user_segment']}"] = 1.0
+    return f
+
+
+class FraudLearner:
+    """The whole state of the fraud model; pickled as its checkpoint.
+
+    Feed it with :meth:`add` (one merged event and its offset in the merged stream), then
+    :meth:`release` to apply what the watermark allows; both return the records to publish.
+    ``offset`` is the last merged offset added: re-delivered events at or below it are skipped.
+    """
+
+    def __init__(self, version: str = "v1", *, lag_ms: int = 5_000, horizon_ms: int = 7 * _DAY_MS,
+                 bucket_ms: int = 60_000, drift_policy: str = "challenger", drift_delta: float = 0.002,
+                 challenger_min: int = 200, sources: tuple[str, ...] = ()) -> None:
+        if drift_policy not in DRIFT_POLICIES:
+            from kappa.errors import ConfigError
+
+            raise ConfigError(f"drift policy {drift_policy!r} is not one of {', '.join(DRIFT_POLICIES)}")
+        self.version = version
+        self.lag_ms = lag_ms
+        self.horizon_ms = horizon_ms
+        self.bucket_ms = bucket_ms
+        self.drift_policy = drift_policy
+        self.challenger_min = challenger_min
+        self.model = fraud_model()
+        self.progress = Progressive(drift_delta)
+        self.challenger: Any = None
+        self.duel = [0.0, 0.0, 0]  # champion loss, challenger loss, labels since detection
+        self.pending: dict[str, tuple[dict[str, float], int, dict[Any, float]]] = {}
+        self.orphans: dict[str, tuple[bool, int]] = {}
+        self.learned: dict[str, int] = {}
+        self.buffer: list[tuple[int, int, str, dict[str, Any]]] = []
+        self.source_time: dict[str, int] = dict.fromkeys(sources, -(2**62))
+        self.released = -(2**62)
+        self.offset = -1
+        self.bucket: int | None = None
+        self.counts: dict[str, int] = {}
+
+    # -- input -----------------------------------------------------------------------------
+    def add(self, kind: str, time: int, order_id: str, data: dict[str, Any], source: str,
+            offset: int) -> bool:
+        """Buffer one merged event (``kind`` "order" or "label"); False when already applied."""
+        if offset <= self.offset:
+            self._count("redelivered")
+            return False
+        self.offset = offset
+        time = int(time)
+        if time > self.source_time.get(source, -(2**62)):
+            self.source_time[source] = time
+        if time < self.released:
+            self._count("late")
+        heapq.heappush(self.buffer, (time, LABEL if kind == "label" else ORDER, order_id, data))
+        return True
+
+    @property
+    def watermark(self) -> int:
+        """Events at or before this time are released: min latest time over sources, minus lag."""
+        if not self.source_time:
+            return -(2**62)
+        return min(self.source_time.values()) - self.lag_ms
+
+    def release(self, until: int | None = None) -> tuple[Emitted, list[dict[str, Any]]]:
+        """Apply buffered events up to ``until`` (default: the watermark; ``-1``: all of them).
+
+        Returns the ModelQuality/DriftEvent records and the FraudScore records to publish.
+        """
+        bound = self.watermark if until is None else (2**62 if until == -1 else until)
+        out, scores = Emitted(), []
+        while self.buffer and self.buffer[0][0] <= bound:
+            time, kind, order_id, data = heapq.heappop(self.buffer)
+            self._enter(time, out)
+            if time > self.released:
+                self.released = time
+                self._expire(time)
+            if kind == LABEL:
+                self._label(order_id, bool(data["is_fraud"]), time, out)
+            else:
+                self._order(order_id, data, time, out, scores)
+        return out, scores
+
+    def flush(self) -> Emitted:
+        """The current (partial) bucket's quality record."""
+        out = Emitted()
+        if self.bucket is not None:
+            out.quality.append(self.progress.quality(MODEL, self.bucket, self.version))
+        return out
+
+    # -- application -----------------------------------------------------------------------
+    def _count(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
+
+    def _enter(self, time: int, out: Emitted) -> None:
+        bucket = time // self.bucket_ms * self.bucket_ms
+        if self.bucket is not None and bucket > self.bucket:
+            out.quality.append(self.progress.quality(MODEL, self.bucket, self.version))
+        if self.bucket is None or bucket > self.bucket:
+            self.bucket = bucket
+
+    def _expire(self, now: int) -> None:
+        cutoff = now - self.horizon_ms
+        for store, what in ((self.pending, "features_expired"), (self.orphans, "orphan_expired"),
+                            (self.learned, None)):
+            while store:
+                key = next(iter(store))
+                value = store[key]
+                t = value if isinstance(value, int) else value[1]
+                if t >= cutoff:
+                    break
+                del store[key]
+                if what:
+                    self._count(what)
+
+    def _order(self, order_id: str, data: dict[str, Any], time: int, out: Emitted,
+               scores: list[dict[str, Any]]) -> None:
+        if order_id in self.pending or order_id in self.learned:
+            self._count("duplicate")
+            return
+        x = order_features(data)
+        proba = self.model.predict_proba_one(x)
+        self._count("scored")
+        scores.append({"order_id": order_id, "fraud_score": float(proba.get(True, 0.0)), "model": MODEL,
+                       "labelled_before": self.progress.labelled, "event_time": time,
+                       "pipeline_version": self.version})
+        self.pending[order_id] = (x, time, proba)
+        if order_id in self.orphans:
+            y, label_time = self.orphans.pop(order_id)
+            self._count("orphan_matched")
+            self._label(order_id, y, max(label_time, time), out)
+
+    def _label(self, order_id: str, y: bool, time: int, out: Emitted) -> None:
+        if order_id in self.learned:
+            self._count("duplicate")
+            return
+        if order_id not in self.pending:
+            if order_id in self.orphans:
+                self._count("duplicate")
+            else:
+                self._count("orphan_label")
+                self.orphans[order_id] = (y, time)
+            return
+        x, _event_time, proba = self.pending.pop(order_id)
+        self.learned[order_id] = time
+        drifted = self.progress.update(y, proba)
+        self._count("learned")
+        if self.challenger is not None:
+            self._duel(x, y, proba)
+        self.model.learn_one(x, y)
+        if drifted:
+            self._on_drift(time, out)
+
+    def _duel(self, x: dict[str, float], y: bool, proba: dict[Any, float]) -> None:
+        def loss(p: dict[Any, float]) -> float:
+            q = min(max(p.get(y, 0.0), 1e-15), 1.0)
+            return -math.log(q)
+
+        self.duel[0] += loss(proba)
+        self.duel[1] += loss(self.challenger.predict_proba_one(x))
+        self.duel[2] += 1
+        self.challenger.learn_one(x, y)
+        if self.duel[2] >= self.challenger_min:
+            if self.duel[1] < self.duel[0]:
+                self.model = self.challenger
+                self._count("challenger_promoted")
+            self.challenger = None
+
+    def _on_drift(self, time: int, out: Emitted) -> None:
+        action = self.drift_policy
+        if action == "reset":
+            self.model = fraud_model()
+        elif action == "challenger" and self.challenger is None:
+            self.challenger = fraud_model()
+            self.duel = [0.0, 0.0, 0]
+        out.drift.append({"model": MODEL, "detector": DRIFT_DETECTOR, "labelled": self.progress.labelled,
+                          "event_time": time, "action": action, "pipeline_version": self.version})
