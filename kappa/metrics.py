@@ -26,6 +26,7 @@ __all__ = [
     "DUPLICATES",
     "EVENT_LAG_SECONDS",
     "LATE_EVENTS",
+    "MODEL_EVENTS",
     "MODEL_LABELLED",
     "MODEL_METRIC",
     "PRODUCED",
@@ -72,6 +73,10 @@ SINK_INSERT_FAILURES = Counter("kappa_sink_insert_failures_total",
 MODEL_METRIC = Gauge("kappa_model_quality_ratio", "Latest progressive metric of a model (accuracy, roc_auc, log_loss).",
                      ["model", "metric"])
 MODEL_LABELLED = Counter("kappa_model_labelled_total", "Labelled samples learned, by model.", ["model"])
+MODEL_EVENTS = Counter("kappa_model_events_total",
+                       "Online-learning events by outcome: scored, learned, orphan_label, orphan_matched, "
+                       "orphan_expired, features_expired, duplicate, late, redelivered.",
+                       ["model", "outcome"])
 DRIFT_DETECTIONS = Counter("kappa_model_drift_detections_total", "Drift detections, by model.", ["model"])
 COMPONENT_UP = Gauge("kappa_component_up", "1 while the component runs and is healthy.", ["component"])
 

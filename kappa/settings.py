@@ -66,6 +66,22 @@ class Settings(BaseSettings):
     """Crash injection (tests): ``<point>:<batch>`` SIGKILLs the sink at ``point`` (mid_batch,
     before_offsets, before_commit) of its ``batch``-th batch."""
 
+    drift_policy: str = "challenger"
+    """What the fraud model does on a drift detection: ``challenger`` (default: a fresh model learns
+    beside it and replaces it once better on the labels since the detection), ``reset`` or ``none``."""
+    drift_delta: float = 0.002
+    """ADWIN confidence of the drift detectors (smaller: fewer, surer detections)."""
+    learning_bucket_size: int = 100
+    """Samples per model_quality bucket of the ``samples.*`` streams."""
+    learning_batch_size: int = 1
+    """Mini-batch of the ``samples.*`` learners: 1 is exact progressive validation."""
+    fraud_horizon_hours: float = 168.0
+    """How long the fraud model keeps an order's features (and an orphan label) for its pair."""
+    fraud_lag_seconds: float = 5.0
+    """Out-of-orderness the fraud merge waits for before applying events in event-time order."""
+    fraud_idle_seconds: float = 2.0
+    """A quiet fraud stream releases its buffered tail after this long (processing time)."""
+
     kafka_heap: str = "768m"
     registry_heap: str = "384m"
 
