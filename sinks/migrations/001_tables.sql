@@ -1,0 +1,125 @@
+-- Storage of pipeline version ${version} in database ${db}: one table per output, keyed so
+-- that a re-delivered row replaces its earlier copy (exactly-once results), with lineage
+-- (kafka_topic/partition/offset, pipeline_version, ingested_at) on every row.
+-- Every table takes inserts, so every table keeps a deduplication window for
+-- insert_deduplication_token (re-sent batches are dropped by the engine).
+
+CREATE DATABASE IF NOT EXISTS ${db};
+
+CREATE TABLE IF NOT EXISTS ${db}.orders (
+    order_id String,
+    user_id Int64,
+    amount Float64,
+    currency LowCardinality(String),
+    category LowCardinality(String),
+    payment_method LowCardinality(String),
+    ip_country LowCardinality(String),
+    event_time DateTime64(3, 'UTC'),
+    user_country Nullable(String),
+    user_segment Nullable(String),
+    user_signup_time Nullable(DateTime64(3, 'UTC')),
+    fraud_score Nullable(Float64),
+    late Bool,
+    source_topic String,
+    source_partition Int32,
+    source_offset Int64,
+    pipeline_version LowCardinality(String),
+    kafka_topic LowCardinality(String),
+    kafka_partition Int32,
+    kafka_offset Int64,
+    ingested_at DateTime64(3, 'UTC')
+) ENGINE = ReplacingMergeTree(kafka_offset)
+ORDER BY order_id
+SETTINGS non_replicated_deduplication_window = 1000;
+
+CREATE TABLE IF NOT EXISTS ${db}.scores (
+    order_id String,
+    fraud_score Float64,
+    model LowCardinality(String),
+    labelled_before Int64,
+    event_time DateTime64(3, 'UTC'),
+    pipeline_version LowCardinality(String),
+    kafka_topic LowCardinality(String),
+    kafka_partition Int32,
+    kafka_offset Int64,
+    ingested_at DateTime64(3, 'UTC')
+) ENGINE = ReplacingMergeTree(kafka_offset)
+ORDER BY order_id
+SETTINGS non_replicated_deduplication_window = 1000;
+
+CREATE TABLE IF NOT EXISTS ${db}.revenue_windows (
+    window_start DateTime64(3, 'UTC'),
+    category LowCardinality(String),
+    currency LowCardinality(String),
+    orders Int64,
+    revenue Float64,
+    revision Int64,
+    final Bool,
+    pipeline_version LowCardinality(String),
+    kafka_topic LowCardinality(String),
+    kafka_partition Int32,
+    kafka_offset Int64,
+    ingested_at DateTime64(3, 'UTC')
+) ENGINE = ReplacingMergeTree(revision)
+ORDER BY (window_start, category, currency)
+SETTINGS non_replicated_deduplication_window = 1000;
+
+CREATE TABLE IF NOT EXISTS ${db}.model_quality (
+    model LowCardinality(String),
+    bucket Int64,
+    labelled Int64,
+    accuracy Float64,
+    roc_auc Float64,
+    log_loss Float64,
+    drift_detections Int64,
+    pipeline_version LowCardinality(String),
+    kafka_topic LowCardinality(String),
+    kafka_partition Int32,
+    kafka_offset Int64,
+    ingested_at DateTime64(3, 'UTC')
+) ENGINE = ReplacingMergeTree(kafka_offset)
+ORDER BY (model, bucket)
+SETTINGS non_replicated_deduplication_window = 1000;
+
+CREATE TABLE IF NOT EXISTS ${db}.drift_events (
+    model LowCardinality(String),
+    detector LowCardinality(String),
+    labelled Int64,
+    event_time DateTime64(3, 'UTC'),
+    action LowCardinality(String),
+    pipeline_version LowCardinality(String),
+    kafka_topic LowCardinality(String),
+    kafka_partition Int32,
+    kafka_offset Int64,
+    ingested_at DateTime64(3, 'UTC')
+) ENGINE = ReplacingMergeTree(kafka_offset)
+ORDER BY (model, detector, labelled, event_time)
+SETTINGS non_replicated_deduplication_window = 1000;
+
+-- Keyed by what identifies one rejection, so a processor that re-emits it after a crash
+-- (at a new offset) does not count it twice.
+CREATE TABLE IF NOT EXISTS ${db}.rejected_events (
+    source String,
+    topic String,
+    reason String,
+    payload String,
+    rejected_at DateTime64(3, 'UTC'),
+    stage LowCardinality(String),
+    pipeline_version LowCardinality(String),
+    kafka_topic LowCardinality(String),
+    kafka_partition Int32,
+    kafka_offset Int64,
+    ingested_at DateTime64(3, 'UTC')
+) ENGINE = ReplacingMergeTree(kafka_offset)
+ORDER BY (stage, topic, source, reason, cityHash64(payload))
+SETTINGS non_replicated_deduplication_window = 1000;
+
+-- Offsets stored with the data: the sink seeks here on partition assignment.
+CREATE TABLE IF NOT EXISTS ${db}.sink_offsets (
+    topic String,
+    partition Int32,
+    next_offset Int64,
+    updated_at DateTime64(3, 'UTC')
+) ENGINE = ReplacingMergeTree(next_offset)
+ORDER BY (topic, partition)
+SETTINGS non_replicated_deduplication_window = 1000;

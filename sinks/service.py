@@ -1,0 +1,253 @@
+"""The sink service of one pipeline version: Kafka output topics -> ClickHouse, exactly once.
+
+It consumes the version's output topics and the producer-edge DLQs (``<prefix><input>.dlq``,
+by regex so new ones are found) as group ``kappa-<V>-sink``, decodes each message with its
+Avro schema (undecodable ones become ``rejected_events`` rows, stage ``sink``), groups the
+rows into size- and time-bounded batches and hands them to :class:`sinks.writer.Writer`.
+Kafka offsets are committed synchronously only after the batch and its offsets are in
+ClickHouse; on partition assignment the consumer seeks to the offsets stored there.
+With the embedded engine it also owns the chdb directory and serves ``kappa query``
+through a read-only endpoint on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from kappa import topics
+from kappa.errors import RegistryUnavailable
+from kappa.kafka import client_config, ensure_topics
+from kappa.settings import Settings
+from kappa.stack import endpoints
+from schemas.serde import DecodeError, Decoder, Registry
+from sinks import migrate, views
+from sinks.backends import endpoint_file, open_backend
+from sinks.base import Backend
+from sinks.endpoint import QueryEndpoint
+from sinks.rows import TABLES, poison_row, route
+from sinks.writer import Batch, CrashPoint, Writer
+
+__all__ = ["SinkService", "dlq_pattern", "sink_group"]
+
+log = logging.getLogger("kappa.sink")
+
+
+def sink_group(version: str) -> str:
+    """Consumer group of the sink of ``version`` (its committed offsets mean "landed")."""
+    return f"kappa-{version}-sink"
+
+
+def dlq_pattern(prefix: str) -> str:
+    """Regex of the producer-edge DLQs of the inputs named with ``prefix``.
+
+    >>> import re
+    >>> p = dlq_pattern("t1.")
+    >>> [bool(re.match(p, t)) for t in ("t1.orders.dlq", "orders.dlq", "t1.samples.x.dlq", "t2.users.dlq")]
+    [True, False, True, False]
+    """
+    return "^" + re.escape(prefix).replace("\\-", "-") + r"(users|orders|order_labels|samples\.[^.]+)\.dlq$"
+
+
+class SinkService:
+    """Runs the sink of ``version`` until ``stop`` is set (then flushes, commits, closes)."""
+
+    def __init__(self, settings: Settings, version: str | None = None,
+                 backend: Backend | None = None, serve_queries: bool = True) -> None:
+        self.settings = settings
+        self.version = version or settings.version
+        self.outputs = topics.output_topics(self.version)
+        self.group = sink_group(self.version)
+        self._backend = backend
+        self.serve_queries = serve_queries
+        self.stop_event = threading.Event()
+        self.batch = Batch()
+        self.endpoint: QueryEndpoint | None = None
+        self.consumer: Consumer | None = None
+        self.writer: Writer | None = None
+        self.decoders: dict[str, Decoder] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        """Open the store, migrate, create views if none, open the endpoint, subscribe."""
+        s = self.settings
+        backend = self._backend or open_backend(s, fail_inserts=s.sink_fail_inserts)
+        self._backend = backend
+        applied = migrate.apply(backend, self.version)
+        if applied:
+            log.info("applied migrations %s to %s", applied, migrate.database(self.version))
+        if views.ensure_views(backend, self.version):
+            log.info("serving views now point at version %s", self.version)
+        self.writer = Writer(backend, self.version, CrashPoint.parse(s.sink_crash_at),
+                             on_failure=self._pause, on_recover=self._resume,
+                             give_up=self._giving_up)
+        if self.serve_queries and backend.name == "embedded":
+            from sinks.embedded import EmbeddedBackend
+
+            assert isinstance(backend, EmbeddedBackend)
+            self.endpoint = QueryEndpoint(EmbeddedBackend(backend.path, readonly=True),
+                                          endpoint_file(s))
+            self.endpoint.start()
+        ep = endpoints(s)
+        ensure_topics(s, ep.kafka_bootstrap, self.outputs.specs(s.partitions))
+        registry = Registry(ep.schema_registry_url)
+        self.decoders = {t.schema: Decoder(registry, t.schema) for t in TABLES.values() if t.schema}
+        self.consumer = Consumer(client_config(s, ep.kafka_bootstrap, **{
+            "group.id": self.group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "topic.metadata.refresh.interval.ms": 2000,
+            "max.poll.interval.ms": 600_000,
+            "queued.max.messages.kbytes": 65_536,
+            "enable.partition.eof": False,
+        }))
+        o = self.outputs
+        subscription = [o.enriched, o.scores, o.revenue, o.model_quality, o.drift, o.rejected,
+                        dlq_pattern(s.topic_prefix)]
+        self.consumer.subscribe(subscription, on_assign=self._on_assign, on_revoke=self._on_revoke)
+        log.info("sink %s consuming %s as group %s", self.version, subscription, self.group)
+
+    def run(self) -> None:
+        """Consume until :meth:`stop`; everything in flight is flushed and committed."""
+        if self.consumer is None:
+            self.start()
+        try:
+            while not self.stop_event.is_set():
+                self.poll_once()
+            self.flush()
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to flush, commit and return (signal-handler safe)."""
+        self.stop_event.set()
+
+    def close(self) -> None:
+        """Leave the group, stop the endpoint, release the engine."""
+        if self.consumer is not None:
+            try:
+                self.consumer.close()
+            except (KafkaException, RuntimeError):
+                pass
+            self.consumer = None
+        if self.endpoint is not None:
+            self.endpoint.stop()
+            self.endpoint.backend.close()
+            self.endpoint = None
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+    # -- consuming -----------------------------------------------------------------------
+    def poll_once(self) -> None:
+        """One consume call; flush when the batch is full or old enough."""
+        assert self.consumer is not None
+        s = self.settings
+        if self.batch.size:
+            wait = max(0.01, s.sink_batch_seconds - (time.monotonic() - self.batch.started))
+        else:
+            wait = min(0.2, s.sink_batch_seconds)
+        room = max(1, min(10_000, s.sink_batch_rows - self.batch.size))
+        for msg in self.consumer.consume(num_messages=room, timeout=wait):
+            err = msg.error()
+            if err is not None:
+                if err.code() not in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
+                    log.warning("consumer error: %s", err)
+                continue
+            self._add(msg)
+        if self.batch.size and (self.batch.size >= s.sink_batch_rows
+                                or time.monotonic() - self.batch.started >= s.sink_batch_seconds):
+            self.flush()
+
+    def _add(self, msg: Message) -> None:
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        assert topic is not None and partition is not None and offset is not None
+        table = route(self.outputs, topic)
+        value = msg.value()
+        row: dict[str, Any]
+        if value is None:
+            row, table = poison_row(topic, partition, offset, None, "empty value (tombstone)",
+                                    msg.timestamp()[1]), TABLES["rejected_events"]
+        else:
+            assert table.schema is not None
+            row, poisoned = self._decode(table.schema, value, topic, partition, offset,
+                                         msg.timestamp()[1])
+            if poisoned:
+                table = TABLES["rejected_events"]
+        if table.name == "rejected_events":
+            row["pipeline_version"] = self.version
+        row["kafka_topic"], row["kafka_partition"], row["kafka_offset"] = topic, partition, offset
+        self.batch.add(table.name, row, topic, partition, offset)
+
+    def _decode(self, schema: str, value: bytes, topic: str, partition: int, offset: int,
+                timestamp_ms: int) -> tuple[dict[str, Any], bool]:
+        """``(row, poisoned)``: the decoded record, or a rejected_events row when undecodable."""
+        delay = 0.1
+        while True:
+            try:
+                return self.decoders[schema].decode(value), False
+            except DecodeError as exc:
+                return poison_row(topic, partition, offset, value, exc.reason, timestamp_ms), True
+            except RegistryUnavailable as exc:  # an outage, not poison: wait for the registry
+                log.warning("%s; retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+                delay = min(5.0, delay * 2)
+
+    def flush(self) -> None:
+        """Write the batch (retrying through outages), then commit its offsets to Kafka."""
+        batch, self.batch = self.batch, Batch()
+        if not batch.size:
+            return
+        assert self.writer is not None
+        self.writer.write(batch)
+        self.writer.checkpoint("before_commit")
+        if self.consumer is None:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in batch.next_offsets().items()]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:  # safe: the offsets are in ClickHouse with the data
+            log.warning("Kafka commit failed (%s); ClickHouse holds the offsets", exc)
+
+    # -- rebalance and backpressure --------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        assert self.writer is not None
+        stored = self.writer.stored_offsets()
+        for tp in partitions:
+            if (tp.topic, tp.partition) in stored:
+                tp.offset = stored[(tp.topic, tp.partition)]
+        log.info("assigned %s", [(tp.topic, tp.partition, tp.offset) for tp in partitions])
+        consumer.assign(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.flush()
+
+    def _pause(self) -> None:
+        if self.consumer is not None:
+            try:
+                self.consumer.pause(self.consumer.assignment())
+            except KafkaException:
+                pass
+
+    def _resume(self) -> None:
+        if self.consumer is not None:
+            try:
+                self.consumer.resume(self.consumer.assignment())
+            except KafkaException:
+                pass
+
+    def _giving_up(self) -> bool:
+        """During shutdown, stop retrying after 30 s: nothing was committed, nothing is lost."""
+        if not self.stop_event.is_set():
+            self._stop_seen: float | None = None
+            return False
+        if getattr(self, "_stop_seen", None) is None:
+            self._stop_seen = time.monotonic()
+        assert self._stop_seen is not None
+        return time.monotonic() - self._stop_seen > 30

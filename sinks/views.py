@@ -1,0 +1,88 @@
+"""The serving views: stable names in database ``kappa`` over one version's tables.
+
+Why views: users and dashboards query ``kappa.orders`` etc. forever, while the storage
+behind them is versioned; a replay builds ``kappa_<V2>`` next to ``kappa_<V1>`` and
+:func:`swap_views` repoints every view with ``CREATE OR REPLACE VIEW`` (each swap is
+atomic per view). Views read with ``FINAL`` so they show exactly one current row per key
+however many times a row was delivered.
+"""
+
+from __future__ import annotations
+
+from sinks.base import Backend, quote
+from sinks.migrate import database
+
+__all__ = ["SERVING_DB", "VIEWS", "ensure_views", "serving_version", "swap_views"]
+
+SERVING_DB = "kappa"
+
+VIEWS: dict[str, str] = {
+    "orders": """
+        SELECT o.order_id AS order_id, o.user_id AS user_id, o.amount AS amount,
+               o.currency AS currency, o.category AS category,
+               o.payment_method AS payment_method, o.ip_country AS ip_country,
+               o.event_time AS event_time, o.user_country AS user_country,
+               o.user_segment AS user_segment, o.user_signup_time AS user_signup_time,
+               coalesce(s.fraud_score, o.fraud_score) AS fraud_score, o.late AS late,
+               o.source_topic AS source_topic, o.source_partition AS source_partition,
+               o.source_offset AS source_offset, o.pipeline_version AS pipeline_version,
+               o.ingested_at AS ingested_at
+        FROM {db}.orders AS o FINAL
+        LEFT JOIN (SELECT order_id, toNullable(fraud_score) AS fraud_score
+                   FROM {db}.scores FINAL) AS s ON o.order_id = s.order_id""",
+    "revenue_per_minute": """
+        SELECT window_start, category, currency, orders, revenue, revision, final, pipeline_version
+        FROM {db}.revenue_windows FINAL""",
+    "model_quality": """
+        SELECT model, bucket, labelled, accuracy, roc_auc, log_loss, drift_detections,
+               pipeline_version
+        FROM {db}.model_quality FINAL""",
+    "rejected_events": """
+        SELECT source, reason, payload, rejected_at, topic, stage, pipeline_version,
+               kafka_topic, kafka_partition, kafka_offset
+        FROM {db}.rejected_events FINAL""",
+    "drift_events": """
+        SELECT model, detector, labelled, event_time, action, pipeline_version
+        FROM {db}.drift_events FINAL""",
+}
+
+
+def _ensure_serving_db(backend: Backend) -> None:
+    backend.execute(f"CREATE DATABASE IF NOT EXISTS {SERVING_DB}")
+    backend.execute(
+        f"CREATE TABLE IF NOT EXISTS {SERVING_DB}.serving_versions (version String, "
+        "swapped_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY swapped_at "
+        "SETTINGS non_replicated_deduplication_window = 100"
+    )
+
+
+def swap_views(backend: Backend, version: str) -> None:
+    """Point every serving view at the tables of ``version`` (migrated already)."""
+    _ensure_serving_db(backend)
+    db = database(version)
+    for name, select in VIEWS.items():
+        backend.execute(f"CREATE OR REPLACE VIEW {SERVING_DB}.{name} AS {select.format(db=db)}")
+    backend.execute(f"INSERT INTO {SERVING_DB}.serving_versions (version) VALUES ({quote(version)})")
+
+
+def serving_version(backend: Backend) -> str | None:
+    """The version the views point at (the last swapped), or None before the first swap."""
+    _ensure_serving_db(backend)
+    return backend.scalar(
+        f"SELECT argMax(version, swapped_at) FROM {SERVING_DB}.serving_versions HAVING count() > 0"
+    )
+
+
+def ensure_views(backend: Backend, version: str) -> bool:
+    """Create the views for ``version`` when none exist (the first version to run); True if so."""
+    _ensure_serving_db(backend)
+    have = {r[0] for r in backend.rows(f"SELECT name FROM system.tables WHERE database = '{SERVING_DB}'")}
+    current = serving_version(backend)
+    if current is None:
+        swap_views(backend, version)
+        return True
+    db = database(current)
+    for name, select in VIEWS.items():
+        if name not in have:  # a view added by a newer release: create it for the live version
+            backend.execute(f"CREATE VIEW IF NOT EXISTS {SERVING_DB}.{name} AS {select.format(db=db)}")
+    return False
