@@ -1,0 +1,26 @@
+"""``python -m stream_processors worker --version V [--worker N]``: one Faust worker in the foreground."""
+
+from __future__ import annotations
+
+import click
+
+from stream_processors.worker import run_worker
+
+
+@click.group()
+def main() -> None:
+    """Kappa stream processors."""
+
+
+@main.command()
+@click.option("--version", "version", default=None, help="Pipeline version (default KAPPA_VERSION).")
+@click.option("--worker", "worker", type=int, default=None,
+              help="Worker number (state dir worker-N); default: the first free one.")
+@click.option("--loglevel", default="WARNING", show_default=True)
+def worker(version: str | None, worker: int | None, loglevel: str) -> None:
+    """Run one worker of group kappa-<version>; SIGTERM stops it cleanly."""
+    run_worker(version, worker, loglevel)
+
+
+if __name__ == "__main__":
+    main()

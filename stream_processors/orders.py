@@ -1,0 +1,193 @@
+"""Stage 1 over ``users`` + ``orders``: validate -> DLQ, dedupe, enrich, window partials — per batch.
+
+Both topics are keyed by user_id with the same partition count, so partition ``p`` of each
+holds the same users; one stage instance sees both and keeps per partition ``p`` (in state
+partition ``p``):
+
+- ``u<user_id>``: recent profile versions (:mod:`stream_processors.users`);
+- ``d<order_id>``: first occurrence ``[partition, offset, lateness, event_time]`` (dedupe);
+- ``p``: the partition's watermark, last applied offset and open window partials
+  (:class:`~stream_processors.windows.PartitionWindows`), written last in each batch.
+
+Re-delivery after a crash is recognised, not mistaken for a duplicate: the same
+(partition, offset) as the stored first occurrence is the same event, so it is emitted again
+with its original lateness, and its window contribution is skipped when ``p`` already has it.
+Hence at-least-once delivery gives exact final per-key results.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kappa.errors import RegistryUnavailable
+from kappa.metrics import CONSUMED, DUPLICATES, LATE_EVENTS, REJECTED
+from schemas.rules import reason_code, validate_order, validate_user
+from schemas.serde import DecodeError, Decoder
+from stream_processors.base import Emitted, Message, State, dumps, loads
+from stream_processors.users import NULL_USER, as_of, upsert
+from stream_processors.windows import PartitionWindows, window_key, window_start
+
+__all__ = ["DEDUPE_RETENTION_MS", "MAX_PAYLOAD", "OrderStage", "rejection"]
+
+DEDUPE_RETENTION_MS = 24 * 3600 * 1000
+"""Order ids are remembered for at least this much event time (the contract says >= 24 h)."""
+_SWEEP_EVERY_MS = 3600 * 1000
+MAX_PAYLOAD = 900_000
+"""Raw payloads above this are cut in the DLQ envelope so it still fits a 1 MB Kafka message."""
+
+
+def rejection(msg: Message, reason: str, now_ms: int) -> dict[str, Any]:
+    """RejectedEvent envelope of ``msg`` (stage ``processor``, source ``topic/partition/offset``).
+
+    >>> r = rejection(Message("orders", 1, 7, None, b"x"), "bad_amount: -1", 5)
+    >>> r["source"], r["reason"], r["payload"], r["stage"]
+    ('orders/1/7', 'bad_amount: -1', b'x', 'processor')
+    """
+    payload = msg.value or b""
+    if len(payload) > MAX_PAYLOAD:
+        reason = f"{reason} (payload of {len(payload)} bytes cut to {MAX_PAYLOAD})"
+        payload = payload[:MAX_PAYLOAD]
+    return {"source": f"{msg.topic}/{msg.partition}/{msg.offset}", "topic": msg.topic,
+            "reason": reason, "payload": payload, "rejected_at": now_ms, "stage": "processor"}
+
+
+class OrderStage:
+    """Validate, dedupe, enrich and pre-aggregate one batch of users/orders messages."""
+
+    def __init__(self, version: str, users_topic: str, orders_topic: str, user_decoder: Decoder,
+                 order_decoder: Decoder, state: State, grace_ms: int,
+                 clock: Callable[[], float] = time.time, registry_retry_s: float = 2.0) -> None:
+        self.version = version
+        self.users_topic = users_topic
+        self.orders_topic = orders_topic
+        self.user_decoder = user_decoder
+        self.order_decoder = order_decoder
+        self.state = state
+        self.grace_ms = grace_ms
+        self.clock = clock
+        self.registry_retry_s = registry_retry_s
+
+    def process(self, msgs: Sequence[Message]) -> Emitted:
+        """One batch in, everything it emits out (users of a batch are applied before its orders)."""
+        now_ms = int(self.clock() * 1000)
+        out = Emitted()
+        users: dict[int, list[Message]] = defaultdict(list)
+        orders: dict[int, list[Message]] = defaultdict(list)
+        for m in msgs:
+            if m.topic == self.orders_topic:
+                orders[m.partition].append(m)
+            elif m.topic == self.users_topic:
+                users[m.partition].append(m)
+        for p, ms in users.items():
+            CONSUMED.labels(self.users_topic).inc(len(ms))
+            self._users(p, ms, now_ms, out)
+        for p, ms in orders.items():
+            CONSUMED.labels(self.orders_topic).inc(len(ms))
+            ms.sort(key=lambda m: m.offset)
+            self._orders(p, ms, now_ms, out)
+        return out
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _decode(self, decoder: Decoder, msg: Message, now_ms: int, out: Emitted) -> dict[str, Any] | None:
+        while True:
+            try:
+                return decoder.decode(msg.value)  # type: ignore[arg-type]
+            except DecodeError as exc:
+                self._reject(msg, f"undecodable: {exc.reason}", now_ms, out)
+                return None
+            except RegistryUnavailable:
+                # Not bad input: the registry is down. Wait for it rather than reject good data.
+                time.sleep(self.registry_retry_s)
+
+    def _reject(self, msg: Message, reason: str, now_ms: int, out: Emitted) -> None:
+        out.rejected.append(rejection(msg, reason, now_ms))
+        REJECTED.labels("processor", msg.topic, reason_code(reason)).inc()
+
+    def _reader(self, p: int, out: Emitted) -> tuple[dict[bytes, bytes | None], Callable[[bytes], Any]]:
+        writes = out.writes.setdefault(p, {})
+        state_get = self.state.get
+
+        def get(key: bytes) -> Any:
+            return loads(writes[key] if key in writes else state_get(p, key))
+
+        return writes, get
+
+    def _users(self, p: int, ms: list[Message], now_ms: int, out: Emitted) -> None:
+        writes, get = self._reader(p, out)
+        for m in ms:
+            rec = self._decode(self.user_decoder, m, now_ms, out)
+            if rec is None:
+                continue
+            reason = validate_user(rec, now_ms)
+            if reason:
+                self._reject(m, reason, now_ms, out)
+                continue
+            key = b"u%d" % rec["user_id"]
+            writes[key] = dumps(upsert(get(key) or [], rec))
+
+    def _orders(self, p: int, ms: list[Message], now_ms: int, out: Emitted) -> None:
+        writes, get = self._reader(p, out)
+        prog = PartitionWindows.from_json(get(b"p"))
+        touched: set[str] = set()
+        grace = self.grace_ms
+        for m in ms:
+            rec = self._decode(self.order_decoder, m, now_ms, out)
+            if rec is None:
+                continue
+            reason = validate_order(rec, now_ms)
+            if reason:
+                self._reject(m, reason, now_ms, out)
+                continue
+            dkey = b"d" + rec["order_id"].encode()
+            first = get(dkey)
+            kind: str | None = None
+            if first is not None:
+                if first[0] != p or first[1] != m.offset:
+                    DUPLICATES.inc()
+                    continue
+                kind = first[2]  # the same event again (re-delivery): keep its verdict
+            et = rec["event_time"]
+            wkey = window_key(window_start(et), rec["category"], rec["currency"])
+            if not prog.applied(m.offset):
+                kind = prog.add(m.offset, rec["category"], rec["currency"], rec["amount"], et,
+                                grace, kind)
+                if kind != "on_time":
+                    LATE_EVENTS.labels(kind).inc()
+            kind = kind or "on_time"
+            if wkey in prog.windows:
+                touched.add(wkey)
+            if first is None:
+                writes[dkey] = dumps([p, m.offset, kind, et])
+            user = as_of(get(b"u%d" % rec["user_id"]) or [], et) or NULL_USER
+            out.enriched.append((rec["order_id"], {
+                **rec, **user, "fraud_score": None, "late": kind == "too_late",
+                "source_topic": m.topic, "source_partition": p, "source_offset": m.offset,
+                "pipeline_version": self.version,
+            }))
+        if ms:
+            prog.offset = max(prog.offset, ms[-1].offset)
+        for wkey in sorted(touched):
+            start, cat, cur, n, revenue = prog.windows[wkey]
+            out.partials.append((wkey, dumps({"s": start, "c": cat, "u": cur, "p": p, "n": n,
+                                               "r": revenue, "o": prog.offset, "wm": prog.watermark})))
+        prog.prune(grace)
+        self._sweep(p, prog, writes, get)
+        writes.pop(b"p", None)
+        writes[b"p"] = dumps(prog.to_json())  # last: the changelog holds it after its dedupe keys
+
+    def _sweep(self, p: int, prog: PartitionWindows, writes: dict[bytes, bytes | None],
+               get: Callable[[bytes], Any]) -> None:
+        """Forget order ids older than the retention, at most once per hour of event time."""
+        if prog.watermark is None:
+            return
+        last = get(b"x")
+        if last is not None and prog.watermark - last < _SWEEP_EVERY_MS:
+            return
+        cutoff = prog.watermark - DEDUPE_RETENTION_MS
+        for key, value in self.state.scan(p, b"d"):
+            if key not in writes and loads(value)[3] < cutoff:
+                writes[key] = None
+        writes[b"x"] = dumps(prog.watermark)

@@ -1,0 +1,56 @@
+"""Run one Faust worker of a pipeline version in the foreground (``python -m stream_processors worker``).
+
+Each worker needs its own RocksDB directory: ``KAPPA_HOME/processors/<version>/worker-<n>``.
+``n`` is given (``--worker``) or the lowest one whose lock is free; the lock (``flock``) is held
+for the life of the process and released by the OS even on kill -9, so a restarted worker gets
+its directory — and its local state — back.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from pathlib import Path
+from typing import IO
+
+import faust
+
+from kappa.errors import ConfigError
+from kappa.metrics import serve
+from kappa.settings import get_settings
+from stream_processors.app import create_app
+
+__all__ = ["claim_dir", "run_worker"]
+
+log = logging.getLogger(__name__)
+
+
+def claim_dir(root: Path, worker: int | None) -> tuple[Path, IO[str]]:
+    """Lock and return ``root/worker-<n>`` (``n`` given, or the first free one)."""
+    candidates = [worker] if worker is not None else list(range(64))
+    for n in candidates:
+        path = root / f"worker-{n}"
+        path.mkdir(parents=True, exist_ok=True)
+        lock = open(path / ".lock", "w")  # held for the process lifetime
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            continue
+        lock.write(str(os.getpid()))
+        lock.flush()
+        return path, lock
+    raise ConfigError(f"worker directory {root}/worker-{worker} is locked by another running worker: "
+                      "stop it or pass another --worker number")
+
+
+def run_worker(version: str | None = None, worker: int | None = None, loglevel: str = "WARNING") -> None:
+    """Start one worker of ``version`` and block until SIGTERM/SIGINT (clean stop: commit, close)."""
+    settings = get_settings()
+    version = version or settings.version
+    datadir, _lock = claim_dir(settings.home.resolve() / "processors" / version, worker)
+    serve("processor")
+    pipe = create_app(settings, version, datadir)
+    log.info("worker %s of kappa-%s in %s", worker, version, datadir)
+    faust.Worker(pipe.app, loglevel=loglevel, redirect_stdouts=False).execute_from_commandline()
