@@ -1,0 +1,80 @@
+"""Which schema every topic carries: the one place the topic -> schema mapping lives.
+
+Inputs are matched after removing the input topic prefix (``KAPPA_TOPIC_PREFIX``); outputs
+by the versioned names of :mod:`kappa.topics`.
+
+>>> schema_for_topic("orders"), schema_for_topic("t1.orders", prefix="t1.")
+('orders', 'orders')
+>>> schema_for_topic("samples.phishing"), schema_for_topic("orders.dlq")
+('sample', 'rejected_event')
+>>> schema_for_topic("kappa.v2.revenue_per_minute")
+'revenue_window'
+"""
+
+from __future__ import annotations
+
+import re
+
+from kappa.errors import KappaError
+from kappa.topics import ORDER_LABELS, ORDERS, SAMPLES_PREFIX, USERS, InputTopics, output_topics
+
+__all__ = ["INPUT_SCHEMAS", "OUTPUT_SCHEMAS", "UnknownTopic", "schema_for_topic", "topic_schemas"]
+
+INPUT_SCHEMAS = {USERS: "users", ORDERS: "orders", ORDER_LABELS: "order_labels"}
+"""Unprefixed input topic -> schema name."""
+
+OUTPUT_SCHEMAS = {
+    "enriched": "enriched_order",
+    "revenue": "revenue_window",
+    "scores": "fraud_score",
+    "model_quality": "model_quality",
+    "drift": "drift_event",
+    "rejected": "rejected_event",
+}
+"""Attribute of :class:`kappa.topics.OutputTopics` -> schema name."""
+
+_OUTPUT = re.compile(r"^kappa\.([^.]+)\.")
+
+
+class UnknownTopic(KappaError):
+    """A topic no Kappa schema is declared for."""
+
+
+def schema_for_topic(topic: str, prefix: str = "") -> str:
+    """Schema name (``schemas/avro/<name>.avsc``) of the values of ``topic``."""
+    if topic.endswith(".dlq"):
+        return "rejected_event"
+    match = _OUTPUT.match(topic)
+    if match:
+        outputs = output_topics(match.group(1))
+        for attr, name in OUTPUT_SCHEMAS.items():
+            if getattr(outputs, attr) == topic:
+                return name
+    bare = topic[len(prefix):] if prefix and topic.startswith(prefix) else topic
+    if bare in INPUT_SCHEMAS:
+        return INPUT_SCHEMAS[bare]
+    if bare.startswith(SAMPLES_PREFIX) and len(bare) > len(SAMPLES_PREFIX):
+        return "sample"
+    raise UnknownTopic(
+        f"no schema is declared for topic {topic!r}: use users, orders, order_labels, "
+        f"samples.<name>, <topic>.dlq or a kappa.<version>.* output (schemas/catalog.py)"
+    )
+
+
+def topic_schemas(version: str, prefix: str = "") -> dict[str, str]:
+    """Every fixed topic of the contract (inputs, their DLQs, outputs of ``version``) -> schema.
+
+    ``samples.<name>`` topics are open-ended and registered when first published to.
+
+    >>> topic_schemas("v1")["kappa.v1.scores"]
+    'fraud_score'
+    """
+    inputs = InputTopics(prefix)
+    out: dict[str, str] = {}
+    for bare, name in INPUT_SCHEMAS.items():
+        out[inputs.prefix + bare] = name
+        out[inputs.dlq(inputs.prefix + bare)] = "rejected_event"
+    outputs = output_topics(version)
+    for attr, name in OUTPUT_SCHEMAS.items():
+        out[getattr(outputs, attr)] = name
+    return out
