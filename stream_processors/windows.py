@@ -111,17 +111,20 @@ class PartitionWindows:
         self.offset = max(self.offset, offset)
         return kind
 
-    def prune(self, grace_ms: int) -> list[str]:
-        """Forget partials of windows closed on this partition; return their keys.
+    def prune(self, grace_ms: int, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Forget partials of windows closed on this partition (except ``keep``); return their keys.
+
+        Callers keep the windows their current batch touched: that batch's partials are not
+        durable yet, and a re-delivery must still find the window to emit it again.
 
         >>> pw = PartitionWindows(watermark=200_000, windows={"0|a|EUR": [0, "a", "EUR", 1, 1.0]})
-        >>> pw.prune(60_000), pw.windows
-        (['0|a|EUR'], {})
+        >>> pw.prune(60_000, keep={"0|a|EUR"}), pw.prune(60_000), pw.windows
+        ([], ['0|a|EUR'], {})
         """
         if self.watermark is None:
             return []
         closed = [k for k, w in self.windows.items()
-                  if w[0] + WINDOW_MS + grace_ms <= self.watermark]
+                  if w[0] + WINDOW_MS + grace_ms <= self.watermark and k not in keep]
         for k in closed:
             del self.windows[k]
         return closed

@@ -1,0 +1,94 @@
+"""Event-time windows: assignment, lateness, both aggregation stages, idle close — pure logic."""
+
+from __future__ import annotations
+
+import json
+
+from stream_processors.base import MemoryState, Message
+from stream_processors.revenue import TICK, RevenueStage
+from stream_processors.windows import PartitionWindows, WindowTotal, classify, window_start
+
+GRACE = 30_000
+
+
+def test_window_start_is_minute_aligned() -> None:
+    assert [window_start(t) for t in (0, 59_999, 60_000, 119_999)] == [0, 0, 60_000, 60_000]
+
+
+def test_classify_boundaries() -> None:
+    # window [60 s, 120 s): end 120 s; grace 30 s -> too late once the watermark reaches 150 s
+    assert classify(61_000, 119_999, GRACE) == "on_time"
+    assert classify(61_000, 120_000, GRACE) == "within_grace"
+    assert classify(61_000, 149_999, GRACE) == "within_grace"
+    assert classify(61_000, 150_000, GRACE) == "too_late"
+
+
+def test_partition_windows_sums_late_within_grace_and_skips_too_late() -> None:
+    pw = PartitionWindows()
+    kinds = [
+        pw.add(0, "books", "EUR", 10.0, 61_000, GRACE),
+        pw.add(1, "books", "EUR", 2.5, 130_000, GRACE),   # watermark -> 130 s
+        pw.add(2, "books", "EUR", 1.0, 70_000, GRACE),    # within grace of [60,120)
+        pw.add(3, "books", "EUR", 5.0, 160_000, GRACE),   # watermark -> 160 s
+        pw.add(4, "books", "EUR", 100.0, 65_000, GRACE),  # 120+30 <= 160: too late
+    ]
+    assert kinds == ["on_time", "on_time", "within_grace", "on_time", "too_late"]
+    assert pw.windows["60000|books|EUR"][3:] == [2, 11.0]
+    assert pw.windows["120000|books|EUR"][3:] == [2, 7.5]
+    assert pw.applied(4) and not pw.applied(5)
+    assert pw.prune(GRACE) == ["60000|books|EUR"]
+    assert PartitionWindows.from_json(json.loads(json.dumps(pw.to_json()))) == pw
+
+
+def test_window_total_ignores_replayed_partials_and_sums_partitions() -> None:
+    w = WindowTotal(0, "a", "EUR")
+    assert w.apply(1, 1, 1.5, offset=10)
+    assert w.apply(0, 2, 3.0, offset=4)
+    assert not w.apply(1, 1, 1.5, offset=10)  # re-delivered partial
+    assert not w.apply(1, 0, 0.0, offset=9)   # older partial
+    assert w.apply(1, 3, 6.0, offset=12)
+    assert (w.orders, w.revenue, w.revision) == (5, 9.0, 3)
+    assert w.close() and not w.close()
+    assert w.record("v9")["final"] and w.record("v9")["revision"] == 4
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _partial(p: int, offset: int, start: int, n: int, rev: float, wm: int, q: int = 0) -> Message:
+    key = f"{start}|books|EUR"
+    value = {"s": start, "c": "books", "u": "EUR", "p": p, "n": n, "r": rev, "o": offset, "wm": wm}
+    return Message("partials", q, offset, key.encode(), json.dumps(value).encode())
+
+
+def _apply(stage: RevenueStage, state: MemoryState, msgs: list[Message]) -> list[dict]:
+    out = stage.process(msgs)
+    for p, items in out.writes.items():
+        state.write(p, items)
+    return [r for _, r in out.revenue]
+
+
+def test_revenue_stage_merges_closes_on_watermark_and_on_idle() -> None:
+    state, clock = MemoryState(), _Clock()
+    stage = RevenueStage("v1", state, GRACE, idle_s=1.0, clock=clock)
+    out = _apply(stage, state, [_partial(0, 5, 0, 2, 20.0, 50_000), _partial(1, 7, 0, 1, 5.0, 55_000)])
+    assert [(r["orders"], r["revenue"], r["final"]) for r in out] == [(3, 25.0, False)]
+    # watermark 90 s = end 60 s + grace 30 s: closes window 0, opens window 60 s
+    out = _apply(stage, state, [_partial(0, 9, 60_000, 1, 1.0, 90_000)])
+    assert {(r["window_start"], r["final"]) for r in out} == {(0, True), (60_000, False)}
+    assert stage.idle() == []
+    clock.now += 0.5
+    assert stage.idle() == []
+    clock.now += 100.0  # idle long enough: event time is assumed to advance with the wall clock
+    assert stage.idle() == [0]
+    out = _apply(stage, state, [Message("partials", 0, 10, None, TICK)])
+    assert [(r["window_start"], r["orders"], r["final"]) for r in out] == [(60_000, 1, True)]
+    assert stage.idle() == []
+    # a restarted stage rebuilds its open set from state: nothing open any more
+    again = RevenueStage("v1", state, GRACE, clock=clock)
+    assert again.open_windows(0) == set()
