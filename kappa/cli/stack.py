@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -23,13 +24,26 @@ def _print(rows: list[stack.ComponentStatus]) -> None:
 
 @click.command()
 @click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for each component.")
-def up(timeout: float) -> None:
+@click.option("--with-prometheus", is_flag=True,
+              help="Also run a local Prometheus (Debian package) that scrapes every Kappa process.")
+def up(timeout: float, with_prometheus: bool) -> None:
     """Start the local stack (Kafka + schema registry) in the background; no-op when up."""
     settings = get_settings()
     t0 = time.monotonic()
-    rows = stack.up(settings, timeout=timeout)
+    rows = stack.up(settings, timeout=timeout, with_prometheus=with_prometheus)
     _print(rows)
     click.echo(f"stack up in {time.monotonic() - t0:.1f}s (state in {settings.home})")
+
+
+def _print_metrics_endpoints(home: Path) -> None:
+    """The /metrics endpoints of running Kappa processes (registered by kappa.metrics.serve)."""
+    from kappa.metrics import list_targets
+
+    targets = list_targets(home)
+    if targets:
+        click.echo("metrics endpoints:")
+    for component, address in targets:
+        click.echo(f"  {component:<12} http://{address}/metrics")
 
 
 @click.command()
@@ -43,9 +57,11 @@ def down() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable status.")
 def status(as_json: bool) -> None:
     """Print each component with its address; exit 0 only when all are healthy."""
-    rows = stack.status(get_settings())
+    settings = get_settings()
+    rows = stack.status(settings)
     if as_json:
         click.echo(json.dumps(stack.manager.as_dict(rows), indent=2))
     else:
         _print(rows)
+        _print_metrics_endpoints(settings.home)
     sys.exit(0 if rows and all(r.healthy for r in rows) else 1)

@@ -219,8 +219,11 @@ def _wait(check: Any, what: str, timeout: float, pid: int, marker: str, log: Pat
     raise StackError(f"{what} did not answer within {timeout:.0f}s; see {log}")
 
 
-def up(settings: Settings, timeout: float = 180.0) -> list[ComponentStatus]:
-    """Start whatever is not running yet (idempotent) and wait until it answers."""
+def up(settings: Settings, timeout: float = 180.0, with_prometheus: bool = False) -> list[ComponentStatus]:
+    """Start whatever is not running yet (idempotent) and wait until it answers.
+
+    ``with_prometheus`` also runs a local Prometheus scraping every Kappa process (issue 8).
+    """
     settings.home.mkdir(parents=True, exist_ok=True)
     state = _load(settings)
     state["ports"] = _pick_ports(state)
@@ -256,7 +259,22 @@ def up(settings: Settings, timeout: float = 180.0) -> list[ComponentStatus]:
             _save(settings, state)
         _wait(lambda: registry_healthy(url), f"schema registry at {url}", timeout, pids["registry"],
               marker, settings.home / "logs" / "registry.log")
+    if with_prometheus:
+        from kappa.stack import prometheus
+
+        pids["prometheus"], state["ports"]["prometheus"] = prometheus.ensure(
+            settings, pids.get("prometheus"), state["ports"].get("prometheus", 0), timeout=timeout)
+        state["pids"] = pids
+        _save(settings, state)
     return status(settings)
+
+
+def _stop_marker(settings: Settings, name: str) -> str:
+    if name == "prometheus":  # Prometheus is marked by its config path under KAPPA_HOME
+        from kappa.stack import prometheus
+
+        return prometheus.marker(settings)
+    return _marker(settings, name)
 
 
 def down(settings: Settings, timeout: float = 30.0) -> list[str]:
@@ -266,8 +284,8 @@ def down(settings: Settings, timeout: float = 30.0) -> list[str]:
     stopped = []
     for name in ("prometheus", "registry", "kafka"):
         pid = pids.pop(name, None)
-        if pid and is_ours(pid, _marker(settings, name) if name != "prometheus" else "prometheus"):
-            stop(pid, _marker(settings, name) if name != "prometheus" else "prometheus", timeout)
+        if pid and is_ours(pid, _stop_marker(settings, name)):
+            stop(pid, _stop_marker(settings, name), timeout)
             stopped.append(name)
     state["pids"] = pids
     if state:
@@ -301,6 +319,15 @@ def status(settings: Settings) -> list[ComponentStatus]:
         out.append(ComponentStatus("registry", url, alive and registry_healthy(url), True,
                                    pid if alive else None, rss_bytes(pid) if alive and pid else 0,
                                    f"Apicurio Registry {fetch.APICURIO_VERSION}" if alive else "not running"))
+    if "prometheus" in pids:
+        from kappa.stack import prometheus
+
+        url = f"http://127.0.0.1:{ports.get('prometheus', prometheus.PREFERRED_PORT)}"
+        pid = pids["prometheus"]
+        alive = is_ours(pid, prometheus.marker(settings))
+        out.append(ComponentStatus("prometheus", url, alive and prometheus.healthy(url), True,
+                                   pid if alive else None, rss_bytes(pid) if alive and pid else 0,
+                                   "Prometheus (scrapes KAPPA_HOME/metrics/targets)" if alive else "not running"))
     return out
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "DEPLOY",
     "LocalPrometheus",
     "config_path",
+    "ensure",
     "healthy",
     "marker",
     "query",
@@ -138,6 +139,19 @@ def start(settings: Settings, port: int = 0, scrape_interval: str = "5s",
         time.sleep(0.2)
     stop(pid, marker(settings))
     raise StackError(f"Prometheus at {url} was not ready within {timeout:.0f}s; see {log}")
+
+
+def ensure(settings: Settings, pid: int | None, port: int = 0, scrape_interval: str = "5s",
+           timeout: float = 60.0) -> tuple[int, int]:
+    """``kappa up --with-prometheus``: keep a running one (idempotent) or start it; return (pid, port).
+
+    ``pid``/``port`` are what ``stack.json`` recorded; the port is kept across restarts so
+    bookmarks and Grafana datasources keep working.
+    """
+    if port and pid is not None and is_ours(pid, marker(settings)) and healthy(f"http://127.0.0.1:{port}"):
+        return pid, port
+    new_pid, url = start(settings, port, scrape_interval, timeout)
+    return new_pid, int(url.rsplit(":", 1)[1])
 
 
 @dataclass
