@@ -143,10 +143,12 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=4 * batch_events,
         broker_max_poll_records=batch_events,
+        broker_session_timeout=10.0,  # a dead worker's partitions move within ~10 s
+        broker_heartbeat_interval=3.0,
     )
     registry = Registry(ep.schema_registry_url)
     out = Outputs(settings, ep.kafka_bootstrap, registry, outputs, partials)
-    table = app.Table("state", partitions=n, key_serializer="raw", value_serializer="raw",
+    table = app.Table("state", partitions=n, key_type=bytes, value_type=bytes,
                       options={"driver": "rocksdict"}, help="dedupe ids, user versions, windows")
     state = TableState(table, out)
     grace_ms = int(settings.window_grace_seconds * 1000)

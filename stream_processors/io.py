@@ -44,7 +44,7 @@ class Outputs:
             settings, bootstrap,
             **{"partitioner": "murmur2_random", "enable.idempotence": True, "linger.ms": 5,
                "batch.num.messages": 10000, "queue.buffering.max.messages": 1_000_000,
-               "compression.type": "lz4", "message.max.bytes": 1_000_000}))
+               "message.max.bytes": 1_000_000}))  # no compression: aiokafka here lacks lz4/snappy
         self.topics = outputs
         self.partials_topic = partials_topic
         self.enriched = Encoder(registry, f"{outputs.enriched}-value", "enriched_order")
