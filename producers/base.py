@@ -30,6 +30,7 @@ from kappa import metrics
 from kappa.errors import ConfigError, KappaError
 from kappa.kafka import client_config
 from kappa.settings import Settings
+from kappa.stack.manager import endpoints
 from kappa.topics import dlq
 from schemas.catalog import schema_for_topic
 from schemas.rules import reason_code
@@ -93,16 +94,15 @@ class Publisher:
     def __init__(self, settings: Settings, bootstrap: str | None = None,
                  registry: Registry | None = None, *, rate: float | None = None,
                  total: int | None = None, **producer_config: Any) -> None:
-        bootstrap = bootstrap or settings.kafka_bootstrap
-        url = settings.schema_registry_url
-        if not bootstrap or (registry is None and not url):
-            raise ConfigError("set KAPPA_KAFKA_BOOTSTRAP and KAPPA_SCHEMA_REGISTRY_URL "
-                              "(or run `kappa up`) before publishing")
+        if bootstrap is None or registry is None:
+            ep = endpoints(settings)  # env first, else the `kappa up` stack; StackError if none
+            bootstrap = bootstrap or ep.kafka_bootstrap
+            registry = registry or Registry(ep.schema_registry_url)
         if rate is not None and rate <= 0:
             raise ConfigError(f"--rate must be > 0 events/s, got {rate}")
         self.settings = settings
         self.bootstrap = bootstrap
-        self.registry = registry or Registry(str(url))
+        self.registry = registry
         self.rate = rate
         self._producer = Producer(client_config(
             settings, bootstrap, **{**PRODUCER_CONFIG, "error_cb": self._on_error,
@@ -167,12 +167,7 @@ class Publisher:
         self._since_poll += 1
         if self._since_poll >= 5000:
             self._since_poll = 0
-            self._producer.poll(0)
-            if self._progress is not None:
-                self._progress.update(5000)
-            if self._fatal is not None:
-                raise PublishFailed(f"Kafka refused messages ({self._fatal}); check the broker "
-                                    f"at {self.bootstrap} and the topic")
+            self._after_chunk(5000)
 
     def publish(self, topic: str, record: dict[str, Any], key: str | None = None) -> bytes:
         """Encode ``record`` for ``topic`` and produce it with UTF-8 ``key``; return the bytes.
@@ -185,14 +180,48 @@ class Publisher:
 
     def publish_many(self, topic: str, records: Iterable[dict[str, Any]],
                      key_field: str | None = None) -> int:
-        """Encode and produce many records (key = ``str(record[key_field])``); return the count."""
-        encode = self.encoder(topic).encode
+        """Encode and produce many records (key = ``str(record[key_field])``); return the count.
+
+        The batch hot path: one tight loop with everything bound locally; raises
+        ValueError/TypeError on the first record that does not fit (the ones before it are
+        sent and counted).
+        """
+        encode = self.encoder(topic).encode_one
+        produce, poll = self._producer.produce, self._producer.poll
+        paced = self.rate is not None
         n = 0
-        for record in records:
-            key = None if key_field is None else str(record[key_field]).encode()
-            self.produce_raw(topic, encode(record), key)
-            n += 1
+        try:
+            for record in records:
+                value = encode(record)
+                key = None if key_field is None else str(record[key_field]).encode()
+                if paced:
+                    self._pace()
+                try:
+                    produce(topic, value, key)
+                except BufferError:
+                    while True:
+                        poll(0.05)
+                        try:
+                            produce(topic, value, key)
+                            break
+                        except BufferError:
+                            continue
+                n += 1
+                if not n % 5000:
+                    self._sent[topic] += 5000
+                    n -= 5000
+                    self._after_chunk(5000)
+        finally:
+            self._sent[topic] += n
         return n
+
+    def _after_chunk(self, n: int) -> None:
+        self._producer.poll(0)
+        if self._progress is not None:
+            self._progress.update(n)
+        if self._fatal is not None:
+            raise PublishFailed(f"Kafka refused messages ({self._fatal}); check the broker "
+                                f"at {self.bootstrap} and the topic")
 
     def publish_dlq(self, topic: str, source: str, reason: str, raw: bytes) -> None:
         """Send a rejected input to ``dlq(topic)`` as a RejectedEvent (stage ``producer``).
@@ -216,7 +245,7 @@ class Publisher:
         """Wait for every acknowledgement; raise PublishFailed when some never came."""
         remaining = self._producer.flush(timeout)
         if self._progress is not None:
-            self._progress.update(sum(self._sent.values()) - self._progress.n)
+            self._progress.update(max(sum(self._sent.values()) - self._progress.n, 0))
         summary = self.summary(undelivered=remaining)
         self._record_metrics(summary)
         if remaining or summary.failed:

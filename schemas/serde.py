@@ -228,6 +228,11 @@ class Encoder:
             self._fast = encode
         return self._fast
 
+    @property
+    def encode_one(self) -> Any:
+        """The bound ``record -> framed bytes`` function (for hot loops; same as :meth:`encode`)."""
+        return self._encoder()
+
     def encode(self, record: dict[str, Any]) -> bytes:
         """One record -> framed bytes (ValueError/TypeError when it does not fit the schema)."""
         return self._encoder()(record)
