@@ -105,7 +105,7 @@ def _read_target(path: Path) -> tuple[str, str, int] | None:
     try:
         entry = json.loads(path.read_text())[0]
         labels = entry["labels"]
-        return str(labels["component"]), str(entry["targets"][0]), int(labels["pid"])
+        return str(labels["service"]), str(entry["targets"][0]), int(labels["pid"])
     except (OSError, ValueError, LookupError, TypeError):
         return None
 
@@ -128,8 +128,10 @@ def _register(home: Path, component: str, host: str, port: int) -> Path:
     address = f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
     path = folder / f"{component}-{pid}.json"
     tmp = path.with_name(path.name + ".tmp")  # not *.json: Prometheus never reads half a file
+    # target label `service`, not `component`: kappa_component_up has its own `component` label,
+    # and a clash would make Prometheus rename it to exported_component
     tmp.write_text(json.dumps([{"targets": [address],
-                                "labels": {"component": component, "pid": str(pid)}}]))
+                                "labels": {"service": component, "pid": str(pid)}}]))
     tmp.replace(path)
 
     def _unregister() -> None:
