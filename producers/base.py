@@ -138,11 +138,12 @@ class Publisher:
 
     # -- publishing -------------------------------------------------------------------------
 
-    def encoder(self, topic: str) -> Encoder:
-        """The Encoder of ``topic`` (schema from :mod:`schemas.catalog`, subject ``<topic>-value``)."""
+    def encoder(self, topic: str, schema: str | None = None) -> Encoder:
+        """The Encoder of ``topic``: subject ``<topic>-value``, schema ``schema`` or the one
+        :mod:`schemas.catalog` declares for the topic (fixed at first use)."""
         enc = self._encoders.get(topic)
         if enc is None:
-            name = schema_for_topic(topic, self.settings.topic_prefix)
+            name = schema or schema_for_topic(topic, self.settings.topic_prefix)
             enc = self._encoders[topic] = Encoder(self.registry, subject(topic), name)
         return enc
 

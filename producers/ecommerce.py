@@ -41,7 +41,7 @@ from typing import Any
 from kappa.errors import ConfigError
 from schemas.rules import ORDER_REASONS, reason_code, validate_order
 
-__all__ = ["Event", "GeneratorConfig", "Manifest", "generate", "manifest_of"]
+__all__ = ["Event", "GeneratorConfig", "Manifest", "generate", "manifest_of", "publish_events"]
 
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000
@@ -423,3 +423,16 @@ def generate(cfg: GeneratorConfig, now_ms: int | None = None) -> tuple[list[Even
         events = _shift(events, delta)
         start += delta
     return events, manifest_of(events, cfg, start)
+
+
+def publish_events(publisher: Any, events: list[Event]) -> int:
+    """Publish ``events`` in order to the (prefixed) input topics of ``publisher.settings``."""
+    from kappa.topics import input_topics
+
+    names = input_topics(publisher.settings.topic_prefix)
+    topics = {"users": names.users, "orders": names.orders, "order_labels": names.order_labels}
+    encode = {t: publisher.encoder(topics[t], t).encode_one for t in topics}
+    produce = publisher.produce_raw
+    for e in events:
+        produce(topics[e.topic], encode[e.topic](e.value), e.key.encode())
+    return len(events)

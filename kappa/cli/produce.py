@@ -1,0 +1,128 @@
+"""``kappa produce``: publish from the e-commerce generator, a JSONL/CSV file or a River dataset."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import time
+
+import click
+
+from kappa.errors import ConfigError
+from kappa.kafka import TopicSpec, ensure_topics
+from kappa.settings import Settings, get_settings
+from kappa.topics import dlq, input_specs
+
+__all__ = ["produce"]
+
+
+def _settings(topic_prefix: str | None) -> Settings:
+    base = get_settings()
+    if topic_prefix is None:
+        return base
+    return base.model_copy(update={"topic_prefix": topic_prefix})
+
+
+def _start_ms(start: str | None) -> int | None:
+    if start is None:
+        return None
+    if start.lstrip("-").isdigit():
+        return int(start)
+    try:
+        when = dt.datetime.fromisoformat(start.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"--start {start!r} is not ISO-8601 (e.g. 2024-05-01T00:00:00Z)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp() * 1000)
+
+
+@click.command()
+@click.option("--generator", type=click.Choice(["ecommerce"]), help="Built-in event generator.")
+@click.option("--events", type=int, default=10_000, show_default=True,
+              help="Generator: orders to publish (duplicates and invalid ones included).")
+@click.option("--seed", type=int, default=42, show_default=True, help="Generator seed.")
+@click.option("--users", type=int, default=None, help="Generator: users (default events/4).")
+@click.option("--start", default=None,
+              help="Generator: event-time start, ISO-8601 or epoch ms (default: end just before now).")
+@click.option("--drift-at", type=int, default=None, help="Generator: order index of the concept drift.")
+@click.option("--dup-rate", type=float, default=0.01, show_default=True)
+@click.option("--invalid-rate", type=float, default=0.01, show_default=True)
+@click.option("--late-rate", type=float, default=0.005, show_default=True)
+@click.option("--file", "path", type=click.Path(dir_okay=False), help="JSONL or CSV file to publish.")
+@click.option("--topic", help="File: topic to publish to.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default=None,
+              help="File: force the format (default: from the extension).")
+@click.option("--schema", default=None, help="File: schema name (default: the topic's, schemas/catalog.py).")
+@click.option("--validate", is_flag=True, help="File: also apply the data-quality rules (schemas/rules.py).")
+@click.option("--river-dataset", default=None, help="River bundled dataset, e.g. Phishing.")
+@click.option("--limit", type=int, default=None, help="River dataset: publish at most this many samples.")
+@click.option("--rate", type=float, default=None, help="Events per second (default: as fast as possible).")
+@click.option("--topic-prefix", default=None, help="Prefix of the input topics (default KAPPA_TOPIC_PREFIX).")
+def produce(generator: str | None, events: int, seed: int, users: int | None, start: str | None,
+            drift_at: int | None, dup_rate: float, invalid_rate: float, late_rate: float,
+            path: str | None, topic: str | None, fmt: str | None, schema: str | None,
+            validate: bool, river_dataset: str | None, limit: int | None, rate: float | None,
+            topic_prefix: str | None) -> None:
+    """Publish events: --generator ecommerce, --file PATH --topic T, or --river-dataset NAME."""
+    from kappa.stack.manager import endpoints
+    from producers.base import Publisher
+
+    chosen = [x for x in (generator, path, river_dataset) if x]
+    if len(chosen) != 1:
+        raise click.UsageError("give exactly one of --generator, --file or --river-dataset")
+    settings = _settings(topic_prefix)
+    ep = endpoints(settings)
+
+    if generator:
+        from producers.ecommerce import GeneratorConfig, generate, publish_events
+
+        cfg = GeneratorConfig(events=events, seed=seed, users=users, start_ms=_start_ms(start),
+                              drift_at=drift_at, dup_rate=dup_rate, invalid_rate=invalid_rate,
+                              late_rate=late_rate, grace_ms=int(settings.window_grace_seconds * 1000))
+        records, manifest = generate(cfg)
+        ensure_topics(settings, ep.kafka_bootstrap, input_specs(settings.partitions, settings.topic_prefix))
+        pub = Publisher(settings, ep.kafka_bootstrap, rate=rate, total=len(records))
+        with pub:
+            publish_events(pub, records)
+            summary = pub.flush()
+        for line in manifest.summary_lines():
+            click.echo(line)
+        run = f"ecommerce-seed{seed}-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**6:06d}"
+        out = settings.home / "manifests" / f"{run}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"run": run, "topic_prefix": settings.topic_prefix, **manifest.to_dict()}
+        out.write_text(json.dumps(doc, indent=1))
+        click.echo(f"manifest: {out}")
+        click.echo(str(summary))
+        return
+
+    if river_dataset:
+        from producers.river_datasets import publish_dataset
+
+        pub = Publisher(settings, ep.kafka_bootstrap, rate=rate, total=limit)
+        with pub:
+            name, n = publish_dataset(pub, river_dataset, limit)
+            summary = pub.flush()
+        click.echo(f"{river_dataset}: {n} samples -> {name}")
+        click.echo(str(summary))
+        return
+
+    from producers.files import publish_file
+
+    if not topic:
+        raise click.UsageError("--file needs --topic")
+    ensure_topics(settings, ep.kafka_bootstrap, [TopicSpec(topic, settings.partitions),
+                                                 TopicSpec(dlq(topic), 1)])
+    pub = Publisher(settings, ep.kafka_bootstrap, rate=rate)
+    with pub:
+        report = publish_file(pub, path, topic, fmt, validate=validate, schema=schema,  # type: ignore[arg-type]
+                              report=lambda line: click.echo(line, err=True))
+        summary = pub.flush()
+    click.echo(f"{report.path}: {report.rows} rows, {report.published} published to {topic}, "
+               f"{report.rejected} rejected to {dlq(topic)}")
+    click.echo(str(summary))
+    if report.rejected:
+        click.secho(f"{report.rejected} row(s) rejected (see above)", fg="red", err=True)
+        sys.exit(2)
