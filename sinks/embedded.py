@@ -43,7 +43,8 @@ class EmbeddedBackend(Backend):
         self.fail_inserts = fail_inserts
         self._lock = threading.Lock()
         self.path.mkdir(parents=True, exist_ok=True)
-        conn_str = f"{self.path.resolve()}" + ("?mode=ro" if readonly else "")
+        conn_str = f"{self.path.resolve()}" + (
+            "?mode=ro&output_format_pretty_single_large_number_tip_threshold=0" if readonly else "")
         try:
             self._conn = chdb.connect(conn_str)
         except Exception as exc:

@@ -71,6 +71,7 @@ class SinkService:
         self.consumer: Consumer | None = None
         self.writer: Writer | None = None
         self.decoders: dict[str, Decoder] = {}
+        self._catch_up: list[TopicPartition] = []
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -106,6 +107,10 @@ class SinkService:
             "max.poll.interval.ms": 600_000,
             "queued.max.messages.kbytes": 65_536,
             "enable.partition.eof": False,
+            # Static membership: a restarted sink (after kill -9) takes its partitions back at
+            # once instead of waiting for the dead member's session to expire.
+            "group.instance.id": f"{self.group}-0",
+            "session.timeout.ms": 10_000,
         }))
         o = self.outputs
         subscription = [o.enriched, o.scores, o.revenue, o.model_quality, o.drift, o.rejected,
@@ -154,6 +159,9 @@ class SinkService:
         else:
             wait = min(0.2, s.sink_batch_seconds)
         room = max(1, min(10_000, s.sink_batch_rows - self.batch.size))
+        if self._catch_up:
+            self._commit(self._catch_up)
+            self._catch_up = []
         for msg in self.consumer.consume(num_messages=room, timeout=wait):
             err = msg.error()
             if err is not None:
@@ -209,7 +217,10 @@ class SinkService:
         self.writer.checkpoint("before_commit")
         if self.consumer is None:
             return
-        offsets = [TopicPartition(t, p, o) for (t, p), o in batch.next_offsets().items()]
+        self._commit([TopicPartition(t, p, o) for (t, p), o in batch.next_offsets().items()])
+
+    def _commit(self, offsets: list[TopicPartition]) -> None:
+        assert self.consumer is not None
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:  # safe: the offsets are in ClickHouse with the data
@@ -219,11 +230,16 @@ class SinkService:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         assert self.writer is not None
         stored = self.writer.stored_offsets()
+        resume = []
         for tp in partitions:
             if (tp.topic, tp.partition) in stored:
                 tp.offset = stored[(tp.topic, tp.partition)]
+                resume.append(TopicPartition(tp.topic, tp.partition, tp.offset))
         log.info("assigned %s", [(tp.topic, tp.partition, tp.offset) for tp in partitions])
         consumer.assign(partitions)
+        # A crash after the ClickHouse write but before the Kafka commit leaves Kafka behind;
+        # catch it up, else a partition with no new messages would look undrained forever.
+        self._catch_up = resume
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.flush()
