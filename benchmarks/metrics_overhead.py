@@ -94,10 +94,10 @@ def run(mode: str, batches: list[list[bytes]], decoder: Decoder) -> tuple[float,
             for reason, n in Tally(r for r in reasons if r is not None).items():
                 metrics.REJECTED.labels("validate", TOPIC, reason).inc(n)
         elif mode == "per-event":
-            for reason in reasons:
+            for code in reasons:
                 consumed.inc()
-                if reason is not None:
-                    metrics.REJECTED.labels("validate", TOPIC, reason).inc()
+                if code is not None:
+                    metrics.REJECTED.labels("validate", TOPIC, code).inc()
         if mode != "off":
             timer.observe(time.perf_counter() - b0)
             in_metrics += time.perf_counter() - m0

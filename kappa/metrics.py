@@ -2,6 +2,15 @@
 
 Each long-running process calls :func:`serve` once to expose ``/metrics`` on 127.0.0.1.
 Histogram buckets are in the unit named by the metric (seconds).
+
+How they are used (deploy/prometheus/rules, deploy/grafana/dashboards):
+
+- update per batch, never per event: ``CONSUMED.labels(topic).inc(len(batch))`` (the overhead
+  is measured by benchmarks/metrics_overhead.py);
+- create the label children you know at start (``DRIFT_DETECTIONS.labels(model)``,
+  ``SINK_INSERT_FAILURES.labels(table)``): a counter that first appears at 1 has no
+  ``increase()`` in Prometheus, so the first event would not show on the dashboards;
+- keep label values stable and few (topic, table, model, reason code), never ids.
 """
 
 from __future__ import annotations
