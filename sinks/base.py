@@ -46,13 +46,13 @@ def check_read_only(sql: str) -> str:
     >>> check_read_only("SELECT 1; DROP TABLE kappa.orders")
     Traceback (most recent call last):
     ...
-    sinks.base.ReadOnlyViolation: kappa query runs exactly one statement; remove the ';' in the middle
+    sinks.base.ReadOnlyViolation: kappa query is read-only and runs exactly one statement; remove the ';' in the middle
     """
     text = _COMMENTS.sub(" ", sql).strip().rstrip(";").strip()
     if not text:
         raise ReadOnlyViolation("kappa query got an empty statement; pass one SELECT")
     if ";" in _strip_literals(text):
-        raise ReadOnlyViolation("kappa query runs exactly one statement; remove the ';' in the middle")
+        raise ReadOnlyViolation("kappa query is read-only and runs exactly one statement; remove the ';' in the middle")
     verb = re.match(r"[(\s]*([A-Za-z]+)", text)
     word = verb.group(1).upper() if verb else text.split()[0]
     if word not in READ_ONLY_VERBS:
