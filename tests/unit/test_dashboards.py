@@ -165,3 +165,15 @@ def test_provider_path_is_where_compose_mounts_the_dashboards() -> None:
     compose = yaml.safe_load((REPO / "deploy" / "docker-compose.observability.yml").read_text())
     mounts = compose["services"]["grafana"]["volumes"]
     assert any(m.startswith("./deploy/grafana/dashboards:") and m.split(":")[1] == path for m in mounts), mounts
+
+
+def test_compose_mounts_point_at_files_that_exist() -> None:
+    compose = yaml.safe_load((REPO / "deploy" / "docker-compose.observability.yml").read_text())
+    for name in ("prometheus", "grafana"):
+        for mount in compose["services"][name]["volumes"]:
+            host = mount.split(":")[0]
+            if host.startswith("./"):
+                assert (REPO / host).exists(), f"{name} mounts missing {host}"
+    command = compose["services"]["prometheus"]["command"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in command
+    assert "./deploy/prometheus:/etc/prometheus:ro" in compose["services"]["prometheus"]["volumes"]
