@@ -1,0 +1,108 @@
+"""Pure logic of the sinks: read-only guard, migrations templating, Arrow rows, batches, routing."""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+import pytest
+
+from kappa.topics import output_topics
+from sinks.base import ReadOnlyViolation, check_read_only
+from sinks.migrate import database, migrations
+from sinks.rows import TABLES, TS, poison_row, route
+from sinks.service import dlq_pattern, sink_group
+from sinks.views import VIEWS
+from sinks.writer import Batch, CrashPoint
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT 1", "select * from kappa.orders", "(SELECT 1)", "WITH x AS (SELECT 1) SELECT * FROM x",
+    "SHOW TABLES FROM kappa", "DESCRIBE kappa.orders", "EXPLAIN SELECT 1", "EXISTS kappa.orders",
+    "/* c */ SELECT ';' AS semicolon", "SELECT 1;",
+])
+def test_read_only_statements_pass(sql: str) -> None:
+    assert check_read_only(sql)
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT INTO kappa.orders VALUES (1)", "DROP TABLE kappa.orders", "ALTER TABLE t DELETE WHERE 1",
+    "CREATE TABLE t (a Int8) ENGINE = Memory", "TRUNCATE kappa.orders", "OPTIMIZE TABLE t FINAL",
+    "SYSTEM STOP MERGES", "SET readonly = 0", "SELECT 1; DROP TABLE t", "",
+    "SELECT 1 INTO OUTFILE '/tmp/x'", "-- only a comment",
+])
+def test_writes_and_tricks_are_refused(sql: str) -> None:
+    with pytest.raises(ReadOnlyViolation, match=r"read-only|empty"):
+        check_read_only(sql)
+
+
+def test_migrations_render_for_any_version_and_set_dedup_window_on_every_table() -> None:
+    stmts = [s for m in migrations() for s in m.statements("t-123")]
+    assert not any("${" in s for s in stmts)
+    creates = [s for s in stmts if "CREATE TABLE" in s]
+    names = {re.search(r"kappa_t_123\.(\w+)", s).group(1) for s in creates}  # type: ignore[union-attr]
+    assert names == set(TABLES)
+    for s in creates:
+        assert "non_replicated_deduplication_window" in s, s
+        assert "IF NOT EXISTS" in s
+
+
+def test_arrow_columns_match_the_ddl() -> None:
+    ddl = " ".join(s for m in migrations() for s in m.statements("v1"))
+    for table in TABLES.values():
+        body = ddl.split(f"kappa_v1.{table.name} (", 1)[1].split(") ENGINE", 1)[0]
+        ddl_cols = [line.split()[0] for line in body.split(",\n") if line.strip()]
+        assert ddl_cols == [c for c, _ in table.columns], table.name
+
+
+def test_arrow_timestamps_are_exact_epoch_millis_and_nulls_survive() -> None:
+    row = {c: None for c, _ in TABLES["orders"].columns}
+    row.update(order_id="o1", user_id=1, amount=1.5, currency="EUR", category="c", payment_method="card",
+               ip_country="DE", event_time=1_700_000_000_123, late=False, source_topic="orders",
+               source_partition=0, source_offset=0, pipeline_version="v1", kafka_topic="t",
+               kafka_partition=0, kafka_offset=0, ingested_at=1)
+    t = TABLES["orders"].arrow([row])
+    assert t.schema.field("event_time").type == TS
+    assert t.column("event_time").cast(pa.int64())[0].as_py() == 1_700_000_000_123
+    assert t.column("user_signup_time")[0].as_py() is None
+
+
+def test_routing_covers_every_output_and_dlq() -> None:
+    o = output_topics("v9")
+    assert {route(o, t).name for t in (o.enriched, o.scores, o.revenue, o.model_quality, o.drift,
+                                       o.rejected, "x.orders.dlq")} == set(TABLES) - {"sink_offsets"}
+    with pytest.raises(KeyError):
+        route(o, "kappa.v8.scores")
+
+
+def test_dlq_pattern_is_limited_to_the_prefix() -> None:
+    p = re.compile(dlq_pattern(""))
+    assert p.match("orders.dlq") and p.match("samples.phishing.dlq")
+    assert not p.match("t1.orders.dlq") and not p.match("kappa.v1.rejected")
+
+
+def test_batch_ranges_digest_and_next_offsets() -> None:
+    b = Batch()
+    for off in (3, 4, 5):
+        b.add("orders", {}, "t", 1, off)
+    b.add("scores", {}, "u", 0, 9)
+    assert b.size == 4 and b.next_offsets() == {("t", 1): 6, ("u", 0): 10}
+    same = Batch(ranges={("u", 0): (9, 9), ("t", 1): (3, 5)})
+    assert b.digest() == same.digest() != Batch(ranges={("t", 1): (3, 6)}).digest()
+
+
+def test_poison_rows_are_deterministic() -> None:
+    a = poison_row("t", 0, 1, b"x", "bad", 5)
+    assert a == poison_row("t", 0, 1, b"x", "bad", 5) and a["stage"] == "sink"
+
+
+def test_crash_point_parsing() -> None:
+    assert CrashPoint.parse("mid_batch:2") == CrashPoint("mid_batch", 2)
+    with pytest.raises(Exception, match="point must be one of"):
+        CrashPoint.parse("nowhere:1")
+
+
+def test_names() -> None:
+    assert sink_group("v2") == "kappa-v2-sink"
+    assert database("v2") == "kappa_v2"
+    assert {"orders", "revenue_per_minute", "model_quality", "rejected_events"} <= set(VIEWS)
