@@ -1,0 +1,217 @@
+"""`kappa produce` end to end against the real broker and registry (CLI in a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from kappa.topics import input_topics
+from producers.ecommerce import FUTURE_OFFSET_MS
+from schemas.rules import reason_code, validate_order
+from schemas.serde import Decoder, Registry
+from tests.conftest import Stack
+
+pytestmark = pytest.mark.integration
+
+KAPPA = str(Path(sys.executable).with_name("kappa"))
+START = "2024-03-01T06:00:00Z"
+MIN = 60_000
+
+
+def _kappa(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([KAPPA, *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def _consume(stack: Stack, topic: str) -> list[Any]:
+    """Every message of ``topic`` from the beginning to the end offsets, in (partition, offset) order."""
+    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": "unused",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        got: list[Any] = []
+        want = sum(ends.values())
+        for _ in range(120):
+            if len(got) >= want:
+                break
+            for msg in consumer.consume(num_messages=5000, timeout=0.5):
+                assert msg.error() is None, msg.error()
+                got.append(msg)
+        assert len(got) == want, f"{topic}: consumed {len(got)} of {want}"
+        return sorted(got, key=lambda m: (m.partition(), m.offset()))
+    finally:
+        consumer.close()
+
+
+def _decode(stack: Stack, msgs: list[Any], name: str) -> list[dict[str, Any]]:
+    out = Decoder(Registry(stack.schema_registry_url), name).decode_many(m.value() for m in msgs)
+    assert all(isinstance(o, dict) for o in out), out
+    return out  # type: ignore[return-value]
+
+
+GOOD = {"order_id": "o-1", "user_id": 7, "amount": 12.5, "currency": "EUR", "category": "books",
+        "payment_method": "card", "ip_country": "DE", "event_time": "2024-03-01T10:00:00Z"}
+
+
+def test_jsonl_bad_rows_are_reported_dead_lettered_and_fail_the_command(
+        stack: Stack, unique: Callable[[str], str], tmp_path: Path) -> None:
+    prefix = unique("jf") + "."
+    path = tmp_path / "orders.jsonl"
+    rows = [
+        json.dumps(GOOD),                                                      # 1 good (ISO time)
+        '{"order_id": "o-2", "user_id": 8, "amount": 3',                       # 2 bad JSON
+        json.dumps({k: v for k, v in GOOD.items() if k != "currency"}),        # 3 missing field
+        json.dumps({**GOOD, "order_id": "o-4", "amount": "lots"}),             # 4 wrong type
+        "",                                                                     # 5 blank: skipped
+        json.dumps({**GOOD, "order_id": "o-6", "event_time": 1709290800123}),  # 6 good (epoch ms)
+        json.dumps({**GOOD, "order_id": "o-7", "user_id": "7"}),               # 7 wrong type
+        json.dumps([1, 2]),                                                     # 8 not an object
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    topic = prefix + "orders"
+    proc = _kappa(["produce", "--file", str(path), "--topic", topic, "--topic-prefix", prefix],
+                  stack.env(tmp_path))
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    reported = re.findall(rf"^{re.escape(str(path))}:(\d+): (\w+)", proc.stderr, re.M)
+    assert reported == [("2", "bad_json"), ("3", "missing_field"), ("4", "bad_type"),
+                        ("7", "bad_type"), ("8", "bad_json")], proc.stderr
+    assert "delivered 2" in proc.stdout and "rejected 5" in proc.stdout
+
+    published = _decode(stack, _consume(stack, topic), "orders")
+    assert sorted(o["order_id"] for o in published) == ["o-1", "o-6"]
+    assert {o["event_time"] for o in published} == {1709287200000, 1709290800123}
+    dead = _decode(stack, _consume(stack, topic + ".dlq"), "rejected_event")
+    by_line = {d["source"].rsplit(":", 1)[1]: d for d in dead}
+    assert sorted(by_line, key=int) == ["2", "3", "4", "7", "8"]
+    assert by_line["2"]["payload"] == rows[1].encode()
+    assert by_line["3"]["reason"] == "missing_field: currency"
+    assert all(d["stage"] == "producer" and d["topic"] == topic for d in dead)
+
+
+def test_csv_rows_are_coerced_per_field_type(stack: Stack, unique: Callable[[str], str],
+                                             tmp_path: Path) -> None:
+    prefix = unique("cf") + "."
+    path = tmp_path / "users.data"
+    path.write_text(
+        "user_id,country,segment,signup_time,updated_at\n"
+        "1,DE,new,2024-01-01T00:00:00Z,1709290800000\n"
+        "two,FR,vip,2024-01-01T00:00:00Z,1709290800000\n"
+        "3,GB,regular,yesterday,1709290800000\n"
+        "4,US,vip,2024-01-01T00:00:00+01:00,1709290800000\n"
+        "5,US\n"
+    )
+    topic = prefix + "users"
+    proc = _kappa(["produce", "--file", str(path), "--format", "csv", "--topic", topic,
+                   "--topic-prefix", prefix], stack.env(tmp_path))
+    assert proc.returncode != 0
+    assert [int(n) for n in re.findall(rf"{re.escape(str(path))}:(\d+):", proc.stderr)] == [3, 4, 6]
+    users = _decode(stack, _consume(stack, topic), "users")
+    assert sorted((u["user_id"], u["signup_time"]) for u in users) == [
+        (1, 1704067200000), (4, 1704063600000)]
+    assert len(_consume(stack, topic + ".dlq")) == 3
+
+
+def _generate(stack: Stack, prefix: str, home: Path, seed: int = 7) -> tuple[dict[str, Any], str]:
+    proc = _kappa(["produce", "--generator", "ecommerce", "--events", "2500", "--seed", str(seed),
+                   "--start", START, "--topic-prefix", prefix, "--invalid-rate", "0.02",
+                   "--dup-rate", "0.02", "--late-rate", "0.01"], stack.env(home))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    path = re.search(r"^manifest: (.+)$", proc.stdout, re.M)
+    assert path, proc.stdout
+    return json.loads(Path(path.group(1)).read_text()), proc.stdout
+
+
+def test_generator_manifest_matches_what_kafka_holds(stack: Stack, unique: Callable[[str], str],
+                                                     tmp_path: Path) -> None:
+    prefix = unique("gen") + "."
+    manifest, out = _generate(stack, prefix, tmp_path)
+    names = input_topics(prefix)
+    users = _consume(stack, names.users)
+    orders_msgs = _consume(stack, names.orders)
+    labels = _consume(stack, names.order_labels)
+    assert len(users) == manifest["users"] + manifest["user_updates"]
+    assert len(orders_msgs) == manifest["orders_published"]
+    assert len(labels) == manifest["labels"]
+    assert manifest["events"] == len(users) + len(orders_msgs) + len(labels)
+    assert f"sent {manifest['events']}  delivered {manifest['events']}" in out
+
+    orders = _decode(stack, orders_msgs, "orders")
+    now = manifest["start_ms"] + FUTURE_OFFSET_MS // 2  # any processing time before 2034
+    invalid: Counter[str] = Counter()
+    seen: set[str] = set()
+    duplicates = 0
+    max_on_partition: dict[int, int] = defaultdict(int)
+    too_late, totals = [], defaultdict(lambda: [0, 0.0])
+    revenue: dict[tuple[int, str, str], list[Any]] = defaultdict(lambda: [0, 0.0])
+    grace = 60_000
+    for msg, o in zip(orders_msgs, orders, strict=True):
+        assert msg.key() == str(o["user_id"]).encode()
+        reason = validate_order(o, now)
+        if reason:
+            invalid[reason_code(reason)] += 1
+            continue
+        if o["order_id"] in seen:
+            duplicates += 1
+            continue
+        seen.add(o["order_id"])
+        totals[o["currency"]][0] += 1
+        totals[o["currency"]][1] += o["amount"]
+        window = o["event_time"] // MIN * MIN
+        if window + MIN + grace <= max_on_partition[msg.partition()]:
+            too_late.append(o["order_id"])
+            continue
+        max_on_partition[msg.partition()] = max(max_on_partition[msg.partition()], o["event_time"])
+        r = revenue[(window, o["category"], o["currency"])]
+        r[0] += 1
+        r[1] += o["amount"]
+    assert dict(invalid) == manifest["invalid"] and len(invalid) == 5
+    assert duplicates == manifest["duplicates"] > 0
+    assert len(seen) == manifest["valid_unique_orders"]
+    assert sorted(too_late) == sorted(manifest["too_late_order_ids"]) and too_late
+    assert {c: (n, round(a, 2)) for c, (n, a) in totals.items()} == {
+        c: (t["count"], t["amount"]) for c, t in manifest["valid_totals"].items()}
+    assert {k: (n, round(a, 2)) for k, (n, a) in revenue.items()} == {
+        (w["window_start"], w["category"], w["currency"]): (w["orders"], w["revenue"])
+        for w in manifest["revenue"]}
+
+
+def test_generator_same_seed_same_bytes(stack: Stack, unique: Callable[[str], str],
+                                        tmp_path: Path) -> None:
+    runs = []
+    for _ in range(2):
+        prefix = unique("det") + "."
+        manifest, _ = _generate(stack, prefix, tmp_path, seed=99)
+        names = input_topics(prefix)
+        runs.append((manifest, {t: [(m.partition(), m.key(), m.value()[5:]) for m in _consume(stack, t)]
+                                for t in (names.users, names.orders, names.order_labels)}))
+    (m1, t1), (m2, t2) = runs
+    per_run = ("run", "topic_prefix")
+    assert {k: v for k, v in m1.items() if k not in per_run} == {
+        k: v for k, v in m2.items() if k not in per_run}
+    assert list(t1.values()) == list(t2.values())
+
+
+def test_river_dataset_in_order_on_one_partition(stack: Stack, unique: Callable[[str], str],
+                                                 tmp_path: Path) -> None:
+    prefix = unique("rv") + "."
+    proc = _kappa(["produce", "--river-dataset", "Phishing", "--limit", "300", "--topic-prefix",
+                   prefix], stack.env(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    msgs = _consume(stack, prefix + "samples.phishing")
+    assert {m.partition() for m in msgs} == {0}
+    samples = _decode(stack, msgs, "sample")
+    assert [s["index"] for s in samples] == list(range(300))
+    from river.datasets import Phishing
+
+    x0, y0 = next(iter(Phishing()))
+    assert samples[0]["x"] == {k: float(v) for k, v in x0.items()} and samples[0]["y"] == y0
