@@ -115,6 +115,7 @@ class Publisher:
         self._started = time.perf_counter()
         self._since_poll = 0
         self._paced = 0
+        self._pace_start = 0.0
         self._progress: Any = None
         if total is not None and total >= 20_000:
             from tqdm import tqdm
@@ -148,8 +149,10 @@ class Publisher:
         return enc
 
     def _pace(self) -> None:
+        if self._paced == 0:
+            self._pace_start = time.perf_counter()
         self._paced += 1
-        due = self._started + self._paced / self.rate  # type: ignore[operator]
+        due = self._pace_start + (self._paced - 1) / self.rate  # type: ignore[operator]
         ahead = due - time.perf_counter()
         if ahead > 0.001:
             time.sleep(ahead)

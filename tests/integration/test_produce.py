@@ -151,7 +151,8 @@ def test_generator_manifest_matches_what_kafka_holds(stack: Stack, unique: Calla
     seen: set[str] = set()
     duplicates = 0
     max_on_partition: dict[int, int] = defaultdict(int)
-    too_late, totals = [], defaultdict(lambda: [0, 0.0])
+    too_late: list[str] = []
+    totals: dict[str, list[Any]] = defaultdict(lambda: [0, 0.0])
     revenue: dict[tuple[int, str, str], list[Any]] = defaultdict(lambda: [0, 0.0])
     grace = 60_000
     for msg, o in zip(orders_msgs, orders, strict=True):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from kappa.errors import ConfigError
-from producers.ecommerce import Event, GeneratorConfig, generate, manifest_of
+from producers.ecommerce import Event, GeneratorConfig, Manifest, generate, manifest_of
 from schemas.fastpath import compile_writer
 from schemas.rules import ORDER_REASONS, validate_label, validate_order, validate_user
 from schemas.serde import schema_text
@@ -19,7 +19,7 @@ MIN = 60_000
 
 
 @pytest.fixture(scope="module")
-def run() -> tuple[list[Event], object]:
+def run() -> tuple[list[Event], Manifest]:
     return generate(CFG)
 
 
@@ -29,7 +29,7 @@ def _bytes(events: list[Event]) -> list[bytes]:
     return [e.key.encode() + b"|" + writers[e.topic](e.value) for e in events]  # type: ignore[misc]
 
 
-def test_same_seed_same_bytes_other_seed_differs(run: tuple[list[Event], object]) -> None:
+def test_same_seed_same_bytes_other_seed_differs(run: tuple[list[Event], Manifest]) -> None:
     events, manifest = run
     again, manifest2 = generate(CFG)
     assert _bytes(events) == _bytes(again)
@@ -38,7 +38,7 @@ def test_same_seed_same_bytes_other_seed_differs(run: tuple[list[Event], object]
     assert _bytes(other) != _bytes(events)
 
 
-def test_manifest_reconciles(run: tuple[list[Event], object]) -> None:
+def test_manifest_reconciles(run: tuple[list[Event], Manifest]) -> None:
     events, m = run
     assert m == manifest_of(events, CFG, START)
     assert m.orders_published == CFG.events == sum(e.topic == "orders" for e in events)
@@ -52,7 +52,7 @@ def test_manifest_reconciles(run: tuple[list[Event], object]) -> None:
     assert sum(t["count"] for t in m.valid_totals.values()) == m.valid_unique_orders
 
 
-def test_users_first_and_valid(run: tuple[list[Event], object]) -> None:
+def test_users_first_and_valid(run: tuple[list[Event], Manifest]) -> None:
     events, m = run
     assert all(e.kind == "user" for e in events[: m.users])
     now = m.end_ms
@@ -65,7 +65,7 @@ def test_users_first_and_valid(run: tuple[list[Event], object]) -> None:
             assert e.key == str(e.value["user_id"])
 
 
-def test_lateness_matches_the_processors_definition(run: tuple[list[Event], object]) -> None:
+def test_lateness_matches_the_processors_definition(run: tuple[list[Event], Manifest]) -> None:
     """Too late on any partitioning: an earlier valid order with the same key is far ahead."""
     events, m = run
     grace = CFG.grace_ms
@@ -92,7 +92,7 @@ def test_lateness_matches_the_processors_definition(run: tuple[list[Event], obje
     assert late_ids == m.too_late_order_ids
 
 
-def test_labels_after_their_order_and_drift_changes_signal(run: tuple[list[Event], object]) -> None:
+def test_labels_after_their_order_and_drift_changes_signal(run: tuple[list[Event], Manifest]) -> None:
     events, m = run
     position = {e.value["order_id"]: i for i, e in enumerate(events)
                 if e.topic == "orders" and e.kind in ("order", "too_late")}

@@ -158,7 +158,7 @@ def test_old_writer_resolves_against_new_reader(registry: Registry) -> None:
     new["fields"].append({"name": "coupon", "type": ["null", "string"], "default": None})
     new_reader = fastavro.parse_schema(new)
     framed = Encoder(registry, "orders-value", "orders").encode(rec)
-    got = fastavro.schemaless_reader(io.BytesIO(framed[5:]), load_schema("orders"), new_reader)
+    got: Any = fastavro.schemaless_reader(io.BytesIO(framed[5:]), load_schema("orders"), new_reader)
     assert got["coupon"] is None and got["order_id"] == rec["order_id"]
 
 
