@@ -40,8 +40,7 @@ class QueryEndpoint:
     @property
     def url(self) -> str:
         assert self._server is not None
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def start(self) -> str:
         """Bind 127.0.0.1 on a free port, serve in a daemon thread, write the address file."""

@@ -12,6 +12,7 @@ until it succeeds: nothing is skipped, and the caller pauses consumption meanwhi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -135,8 +136,8 @@ class Writer:
                 row["ingested_at"] = now_ms
             data = table.arrow(rows)
             t0 = time.perf_counter()
-            self._retry(name, lambda n=name, d=data: self.backend.insert_arrow(
-                f"{self.db}.{n}", d, f"{self.version}:{n}:{digest}"))
+            self._retry(name, functools.partial(self.backend.insert_arrow, f"{self.db}.{name}", data,
+                                                f"{self.version}:{name}:{digest}"))
             metrics.SINK_BATCH_SECONDS.labels(name).observe(time.perf_counter() - t0)
             metrics.SINK_BATCH_ROWS.labels(name).observe(len(rows))
             metrics.SINK_ROWS.labels(name).inc(len(rows))
