@@ -1,0 +1,345 @@
+"""Online learning in the Faust app: ``samples.*`` learners and the fraud model, checkpointed.
+
+Call :func:`register` once on the app (``kappa-<version>``). It adds four agents:
+
+* ``learn-samples``: every ``samples.*`` topic existing at start (Faust has no pattern
+  subscription), one
+  :class:`~stream_processors.samples.SampleLearner` per topic, in offset order.
+* ``fraud-orders`` / ``fraud-labels``: forward enriched orders and labels of all partitions into
+  the single-partition internal topic ``kappa.<V>.learning.fraud_events`` (JSON), so one global
+  model sees everything in one place.
+* ``fraud-model``: the :class:`~stream_processors.fraud.FraudLearner` on that topic, plus a timer
+  that releases the tail of a quiet stream after ``fraud_idle_seconds``.
+
+Durability: each agent consumes in batches with acks disabled (``take_events``); for a batch
+it writes the outputs, flushes them, then writes a checkpoint — the zlib-compressed pickle of
+the learner, which holds model, metrics, detector, pending features *and the last applied
+input offset* — to the compacted topic ``kappa.<V>.learning.checkpoints`` and flushes it, and
+only then returns so Faust acks (and later commits) the batch. A kill -9 at any point restarts
+from a checkpoint whose offsets are >= the committed ones: re-delivered input at or below the
+checkpointed offset is skipped, so no label is learned twice, and the outputs a crash may
+repeat are update-style (same key, same value).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import pickle
+import re
+import time
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from kappa import metrics
+from kappa.errors import KappaError
+from kappa.kafka import TopicSpec, admin, client_config, ensure_topics
+from kappa.settings import Settings
+from kappa.stack.manager import endpoints
+from kappa.topics import input_specs, input_topics, output_topics
+from schemas.serde import DecodeError, Decoder, Encoder, Registry, subject
+from stream_processors.fraud import FraudLearner
+from stream_processors.samples import Emitted, SampleLearner, model_name
+
+__all__ = ["Learning", "checkpoint_topic", "fraud_events_topic", "load_checkpoints", "register"]
+
+log = logging.getLogger(__name__)
+_MAX_BYTES = 64 * 1024 * 1024
+
+
+def checkpoint_topic(version: str) -> str:
+    """Compacted topic of the learners' checkpoints (key: ``samples/<topic>`` or ``fraud``)."""
+    return output_topics(version).prefix + "learning.checkpoints"
+
+
+def fraud_events_topic(version: str) -> str:
+    """Single-partition internal topic where orders and labels meet (JSON records)."""
+    return output_topics(version).prefix + "learning.fraud_events"
+
+
+def load_checkpoints(settings: Settings, bootstrap: str, version: str,
+                     timeout: float = 30.0) -> dict[str, Any]:
+    """Latest checkpoint per key, unpickled (empty when there is none yet)."""
+    topic = checkpoint_topic(version)
+    consumer = Consumer(client_config(settings, bootstrap, **{
+        "group.id": f"kappa-{version}-checkpoint-reader", "enable.auto.commit": False,
+        "fetch.message.max.bytes": _MAX_BYTES, "receive.message.max.bytes": _MAX_BYTES + 1_000_000}))
+    try:
+        deadline = time.monotonic() + timeout
+        while True:  # a topic created a moment ago may not have its leader yet
+            try:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=timeout)
+                break
+            except KafkaException as exc:
+                if time.monotonic() > deadline:
+                    raise KappaError(f"cannot read checkpoints from {topic} at {bootstrap}: {exc}") from exc
+                time.sleep(0.2)
+        latest: dict[str, bytes] = {}
+        if high > low:
+            consumer.assign([TopicPartition(topic, 0, low)])
+            position = low
+            while position < high:
+                msg = consumer.poll(timeout)
+                if msg is None:
+                    raise KappaError(f"reading checkpoints from {topic} stalled at offset {position}/{high}: "
+                                     f"is Kafka at {bootstrap} healthy?")
+                if msg.error():
+                    continue
+                position = msg.offset() + 1
+                latest[msg.key().decode()] = msg.value()
+        return {k: pickle.loads(zlib.decompress(v)) for k, v in latest.items() if v}
+    finally:
+        consumer.close()
+
+
+class Learning:
+    """The learners of one pipeline version and their Kafka plumbing (outputs + checkpoints)."""
+
+    def __init__(self, settings: Settings, version: str) -> None:
+        self.settings = settings
+        self.version = version
+        ep = endpoints(settings)
+        self.bootstrap = ep.kafka_bootstrap
+        self.registry = Registry(ep.schema_registry_url)
+        self.inputs = input_topics(settings.topic_prefix)
+        self.outputs = output_topics(version)
+        ensure_topics(settings, self.bootstrap, [
+            *self.outputs.specs(settings.partitions),
+            TopicSpec(checkpoint_topic(version), 1, {
+                "cleanup.policy": "compact", "max.message.bytes": str(_MAX_BYTES),
+                "min.cleanable.dirty.ratio": "0.1", "segment.ms": "600000"}),
+            TopicSpec(fraud_events_topic(version), 1, {"retention.ms": "-1"}),
+            *[t for t in input_specs(settings.partitions, settings.topic_prefix)
+              if t.name == self.inputs.order_labels],
+        ])
+        self.producer = Producer(client_config(settings, self.bootstrap, **{
+            "partitioner": "murmur2_random", "enable.idempotence": True, "acks": "all",
+            "linger.ms": 5, "message.max.bytes": _MAX_BYTES + 1_000_000}))
+        self.enc_quality = Encoder(self.registry, subject(self.outputs.model_quality), "model_quality")
+        self.enc_score = Encoder(self.registry, subject(self.outputs.scores), "fraud_score")
+        self.enc_drift = Encoder(self.registry, subject(self.outputs.drift), "drift_event")
+        self.dec_sample = Decoder(self.registry, "sample")
+        self.dec_order = Decoder(self.registry, "enriched_order")
+        self.dec_label = Decoder(self.registry, "order_labels")
+        self.stale = True
+        self.reload()
+
+    def reload(self) -> None:
+        """(Re)load every learner from its latest checkpoint: at start and after a rebalance,
+        since another worker may have advanced a learner while it was not ours."""
+        settings, version = self.settings, self.version
+        saved = load_checkpoints(settings, self.bootstrap, version)
+        self.samples: dict[str, SampleLearner] = {
+            k.split("/", 1)[1]: v for k, v in saved.items() if k.startswith("samples/")}
+        self.fraud: FraudLearner = saved.get("fraud") or FraudLearner(
+            version, lag_ms=int(settings.fraud_lag_seconds * 1000),
+            horizon_ms=int(settings.fraud_horizon_hours * 3_600_000),
+            drift_policy=settings.drift_policy, drift_delta=settings.drift_delta,
+            sources=tuple(f"{t}/{p}" for t in (self.outputs.enriched, self.inputs.order_labels)
+                          for p in range(settings.partitions)))
+        self._fraud_counts = dict(self.fraud.counts)
+        self.stale = False
+        log.info("learning %s: resumed %d samples learners %s, fraud labelled=%d",
+                 version, len(self.samples),
+                 {t: s.progress.labelled for t, s in self.samples.items()}, self.fraud.progress.labelled)
+
+    def samples_topics(self) -> list[str]:
+        """Every existing ``samples.*`` topic of this prefix (the pattern's matches, at start)."""
+        pattern = re.compile(self.inputs.samples_pattern)
+        names = admin(self.settings, self.bootstrap).list_topics(timeout=30).topics
+        return sorted(t for t in names if pattern.match(t))
+
+    # -- output ------------------------------------------------------------------------------
+    def _emit(self, out: Emitted, scores: Sequence[dict[str, Any]] = ()) -> None:
+        for rec in out.quality:
+            key = f"{rec['model']}|{rec['bucket']}"
+            self.producer.produce(self.outputs.model_quality, self.enc_quality.encode(rec), key.encode())
+            for name in ("accuracy", "roc_auc", "log_loss"):
+                metrics.MODEL_METRIC.labels(rec["model"], name).set(rec[name])
+        for rec in out.drift:
+            self.producer.produce(self.outputs.drift, self.enc_drift.encode(rec), rec["model"].encode())
+            metrics.DRIFT_DETECTIONS.labels(rec["model"]).inc()
+        for rec in scores:
+            self.producer.produce(self.outputs.scores, self.enc_score.encode(rec), rec["order_id"].encode())
+        self.producer.poll(0)
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        left = await loop.run_in_executor(None, self.producer.flush, 60.0)
+        if left:
+            raise KappaError(f"{left} learning records not delivered to Kafka at {self.bootstrap} in 60 s; "
+                             "the batch will be re-processed after a restart")
+
+    async def checkpoint(self, items: dict[str, Any]) -> None:
+        """Flush outputs, then write and flush the checkpoints of ``items`` (key -> learner)."""
+        await self._flush()
+        for key, learner in items.items():
+            blob = zlib.compress(pickle.dumps(learner, protocol=pickle.HIGHEST_PROTOCOL), 1)
+            self.producer.produce(checkpoint_topic(self.version), blob, key.encode())
+        await self._flush()
+
+    # -- samples -----------------------------------------------------------------------------
+    def learn_samples(self, rows: Sequence[tuple[str, int, int, bytes | None]]) -> dict[str, Any]:
+        """Apply consumed ``(topic, offset, timestamp_ms, value)`` rows; return touched learners."""
+        touched: dict[str, SampleLearner] = {}
+        batch: dict[str, list[tuple[int, dict[str, Any], Any, int]]] = {}
+        size = self.settings.learning_batch_size
+        for topic, offset, ts, value in rows:
+            learner = self.samples.get(topic)
+            if learner is None:
+                learner = self.samples[topic] = SampleLearner(
+                    model_name(topic, self.settings.topic_prefix), self.settings.learning_bucket_size,
+                    self.version, self.settings.drift_delta)
+            touched[topic] = learner
+            try:
+                rec = self.dec_sample.decode(value or b"")
+            except DecodeError as exc:
+                metrics.REJECTED.labels("processor", topic, "undecodable").inc()
+                log.warning("skipping %s@%d: %s", topic, offset, exc.reason)
+                continue
+            metrics.CONSUMED.labels(topic).inc()
+            if size <= 1:
+                before = learner.progress.labelled
+                self._emit(learner.learn(rec["index"], rec["x"], rec["y"], offset, ts))
+                if learner.progress.labelled > before:
+                    metrics.MODEL_LABELLED.labels(learner.name).inc()
+            else:
+                batch.setdefault(topic, []).append((rec["index"], rec["x"], rec["y"], offset))
+                if len(batch[topic]) >= size:
+                    self._learn_batch(learner, batch.pop(topic), ts)
+        for topic, rows_ in batch.items():
+            self._learn_batch(self.samples[topic], rows_, 0)
+        for learner in touched.values():
+            self._emit(learner.flush())
+        return {f"samples/{t}": v for t, v in touched.items()}
+
+    def _learn_batch(self, learner: SampleLearner, rows: list[Any], ts: int) -> None:
+        before = learner.progress.labelled
+        self._emit(learner.learn_batch(rows, ts))
+        metrics.MODEL_LABELLED.labels(learner.name).inc(learner.progress.labelled - before)
+
+    # -- fraud -------------------------------------------------------------------------------
+    def forward(self, kind: str, rows: Sequence[tuple[str, int, int, bytes | None]]) -> None:
+        """Decode orders or labels and append them to the fraud events topic (JSON)."""
+        dec = self.dec_order if kind == "order" else self.dec_label
+        for topic, partition, offset, value in rows:
+            try:
+                rec = dec.decode(value or b"")
+            except DecodeError as exc:
+                metrics.REJECTED.labels("processor", topic, "undecodable").inc()
+                log.warning("fraud model skips %s/%d/%d: %s", topic, partition, offset, exc.reason)
+                continue
+            time = rec["event_time"] if kind == "order" else rec["label_time"]
+            event = {"kind": kind, "time": time, "id": rec["order_id"], "src": f"{topic}/{partition}",
+                     "data": rec}
+            self.producer.produce(fraud_events_topic(self.version), json.dumps(event).encode(),
+                                  rec["order_id"].encode())
+        self.producer.poll(0)
+
+    def learn_fraud(self, rows: Sequence[tuple[int, bytes | None]], idle: bool = False) -> None:
+        """Add merged ``(offset, value)`` events, release what the watermark (or idleness) allows."""
+        for offset, value in rows:
+            ev = json.loads(value or b"{}")
+            self.fraud.add(ev["kind"], ev["time"], ev["id"], ev["data"], ev["src"], offset)
+        before = self.fraud.progress.labelled
+        out, scores = self.fraud.release(-1 if idle else None)
+        out.extend(self.fraud.flush())
+        self._emit(out, scores)
+        metrics.MODEL_LABELLED.labels("fraud").inc(self.fraud.progress.labelled - before)
+        for what, n in self.fraud.counts.items():
+            if n > self._fraud_counts.get(what, 0):
+                metrics.MODEL_EVENTS.labels("fraud", what).inc(n - self._fraud_counts.get(what, 0))
+        self._fraud_counts = dict(self.fraud.counts)
+
+
+def register(app: Any, settings: Settings, version: str) -> Learning:
+    """Add the learning agents and timer to the Faust ``app``; return their shared state."""
+    lrn = Learning(settings, version)
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    # Faust cannot subscribe by pattern (its aiokafka driver ignores patterns): the learning
+    # streams are the samples.* topics that exist when the worker starts.
+    samples_topic = app.topic(*lrn.samples_topics(), **raw)
+    orders_topic = app.topic(lrn.outputs.enriched, **raw)
+    labels_topic = app.topic(lrn.inputs.order_labels, **raw)
+    events_topic = app.topic(fraud_events_topic(version), partitions=1, **raw)
+    lock = asyncio.Lock()
+    idle = {"last": 0.0, "dirty": False}
+
+    def fatal(agent: str) -> None:
+        # Results are exactly-once through re-delivery from the checkpoint: dying is as safe as
+        # kill -9, limping on with a dead agent is not.
+        log.critical("learning agent %s failed; exiting so the supervisor restarts the worker",
+                     agent, exc_info=True)
+        logging.shutdown()
+        os._exit(70)
+
+    @app.agent(samples_topic, name="learn-samples")
+    async def learn_samples(stream: Any) -> None:
+        async for events in stream.take_events(1000, within=0.5):
+            try:
+                async with lock:
+                    if lrn.stale:
+                        lrn.reload()
+                    rows = [(e.message.topic, e.message.offset, int((e.message.timestamp or 0) * 1000),
+                             e.message.value) for e in events]
+                    touched = lrn.learn_samples(rows)
+                    await lrn.checkpoint(touched)
+            except Exception:
+                fatal("learn-samples")
+
+    async def forward(kind: str, stream: Any) -> None:
+        async for events in stream.take_events(1000, within=0.2):
+            try:
+                lrn.forward(kind, [(e.message.topic, e.message.partition, e.message.offset,
+                                    e.message.value) for e in events])
+                await lrn._flush()
+            except Exception:
+                fatal(f"fraud-{kind}s")
+
+    @app.agent(orders_topic, name="fraud-orders")
+    async def fraud_orders(stream: Any) -> None:
+        await forward("order", stream)
+
+    @app.agent(labels_topic, name="fraud-labels")
+    async def fraud_labels(stream: Any) -> None:
+        await forward("label", stream)
+
+    @app.agent(events_topic, name="fraud-model")
+    async def fraud_model(stream: Any) -> None:
+        async for events in stream.take_events(2000, within=0.5):
+            try:
+                async with lock:
+                    if lrn.stale:
+                        lrn.reload()
+                    lrn.learn_fraud([(e.message.offset, e.message.value) for e in events])
+                    idle["last"], idle["dirty"] = asyncio.get_running_loop().time(), True
+                    await lrn.checkpoint({"fraud": lrn.fraud})
+            except Exception:
+                fatal("fraud-model")
+
+    @app.timer(interval=max(settings.fraud_idle_seconds / 2, 0.2))
+    async def fraud_idle_flush() -> None:
+        now = asyncio.get_running_loop().time()
+        if not idle["dirty"] or now - idle["last"] < settings.fraud_idle_seconds or not lrn.fraud.buffer:
+            return
+        try:
+            async with lock:
+                if lrn.stale:
+                    return
+                lrn.learn_fraud([], idle=True)
+                idle["dirty"] = False
+                await lrn.checkpoint({"fraud": lrn.fraud})
+        except Exception:
+            fatal("fraud-idle-flush")
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
+        lrn.stale = True
+
+    lrn.agents = (learn_samples, fraud_orders, fraud_labels, fraud_model, fraud_idle_flush)  # type: ignore[attr-defined]
+    return lrn

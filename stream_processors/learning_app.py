@@ -1,0 +1,54 @@
+"""A Faust app holding only the learning agents: for tests and benchmarks of issue 5 alone.
+
+The real pipeline registers the same agents in its ``kappa-<version>`` app via
+:func:`stream_processors.learning.register`; this module gives the same thing standalone::
+
+    KAPPA_VERSION=v1 python -m stream_processors.learning_app worker -l info
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import faust
+
+from kappa.kafka import faust_broker_credentials
+from kappa.settings import Settings
+from kappa.stack.manager import endpoints
+from stream_processors.learning import register
+
+__all__ = ["main", "make_app"]
+
+
+def make_app(settings: Settings, version: str) -> Any:
+    """Faust app ``kappa-<version>`` (memory store, no web server) with the learning agents."""
+    datadir = settings.home / "faust" / version
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        f"kappa-{version}",
+        broker=f"kafka://{endpoints(settings).kafka_bootstrap}",
+        broker_credentials=faust_broker_credentials(settings),
+        store="memory://",
+        datadir=str(datadir),
+        topic_partitions=settings.partitions,
+        web_enabled=False,
+        producer_max_request_size=64 * 1024 * 1024,
+        consumer_max_fetch_size=64 * 1024 * 1024,
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+    )
+    register(app, settings, version)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m stream_processors.learning_app worker``: run the learning agents."""
+    settings = Settings()
+    app = make_app(settings, settings.version)
+    sys.argv = [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]
+    app.main()
+
+
+if __name__ == "__main__":
+    main()
