@@ -68,6 +68,16 @@ def zigzag_varint(n: int) -> bytes:
     return _LOW[z & 0x3FFF] + tail
 
 
+def _hi(z: int) -> bytes:
+    """Varint bytes of ``z >> 14`` for a zigzagged long ``z`` >= 16384 (cached; range-checked)."""
+    if z < 0 or z >> 64:
+        raise OverflowError("value does not fit an Avro long")
+    if len(_HIGH) > 65536:
+        _HIGH.clear()
+    tail = _HIGH[z >> 14] = _varint(z >> 14)
+    return tail
+
+
 def _varint(z: int) -> bytes:
     out = bytearray()
     while z >= 0x80:
@@ -83,9 +93,10 @@ def _int32(n: int) -> bytes:
     return zigzag_varint(n)
 
 
-def _string_writer(cache_limit: int = 1024) -> Callable[[str], bytes]:
+def _string_writer(cache_limit: int = 1024, cache: dict[str, bytes] | None = None
+                   ) -> Callable[[str], bytes]:
     """Writer of one string field, caching its values while they look low-cardinality."""
-    cache: dict[str, bytes] = {}
+    cache = {} if cache is None else cache
 
     def write(value: str) -> bytes:
         out = cache.get(value)
@@ -159,14 +170,27 @@ def compile_writer(schema: dict[str, Any], header: bytes) -> Callable[[dict[str,
     """
     if not isinstance(schema, dict) or schema.get("type") != "record":
         return None
-    env: dict[str, Any] = {"_header": header, "_join": b"".join}
+    env: dict[str, Any] = {"_header": header, "_join": b"".join, "_SMALL": _SMALL, "_LOW": _LOW,
+                           "_HIGH": _HIGH, "_hi": _hi}
     parts = ["_header"]
     for i, field in enumerate(schema["fields"]):
-        writer = _field_writer(field["type"])
+        name, avro_type = field["name"], field["type"]
+        base = avro_type.get("type") if isinstance(avro_type, dict) else avro_type
+        if base == "long" and _primitive(avro_type) is not None:
+            # zigzag + varint inline: the hot path of ids and timestamps costs no call
+            parts.append(f"(_SMALL[z] if 0 <= (z := ((v := r[{name!r}]) << 1) ^ (v >> 63)) < 16384"
+                         f" else _LOW[z & 16383] + (_HIGH.get(z >> 14) or _hi(z)))")
+            continue
+        if base == "string" and _primitive(avro_type) is not None:
+            cache: dict[str, bytes] = {}
+            env[f"_c{i}"], env[f"_w{i}"] = cache.get, _string_writer(cache=cache)
+            parts.append(f"(_c{i}(r[{name!r}]) or _w{i}(r[{name!r}]))")
+            continue
+        writer = _field_writer(avro_type)
         if writer is None:
             return None
         env[f"_w{i}"] = writer
-        parts.append(f"_w{i}(r[{field['name']!r}])")
+        parts.append(f"_w{i}(r[{name!r}])")
     source = f"def write(r):\n    return _join(({', '.join(parts)},))\n"
     exec(compile(source, f"<avro writer {schema.get('name')}>", "exec"), env)
     return env["write"]
