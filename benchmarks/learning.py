@@ -1,0 +1,113 @@
+"""Online-learning throughput: scored+learned events/s, Kappa's learners next to River alone.
+
+Same data, same run, same process (no broker: this measures the learning stages, the Kafka
+plumbing is measured by the pipeline benchmarks). Rows:
+
+* ``river progressive_val_score``: River's own loop, the reference speed;
+* ``samples learner, one-at-a-time``: :class:`SampleLearner.learn` (exact progressive validation);
+* ``samples learner, mini-batch B``: ``predict_proba_many`` + ``learn_many`` per batch of B;
+* ``river loop, fraud features``: predict_proba_one + learn_one on the fraud features alone;
+* ``fraud learner``: :class:`FraudLearner` (merge, watermark, pending features, metrics, drift),
+  events = orders + labels; plus the pickle+zlib checkpoint size and time.
+
+    .venv/bin/python benchmarks/learning.py [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import time
+import zlib
+from collections.abc import Callable
+
+from river import datasets, evaluate, metrics
+
+from stream_processors.fraud import FraudLearner, fraud_model, order_features
+from stream_processors.learning_synthetic import scenario
+from stream_processors.samples import SampleLearner, default_model
+
+
+def best_of(repeat: int, fn: Callable[[], int]) -> tuple[int, float]:
+    """(events, best seconds) over ``repeat`` runs."""
+    best, n = float("inf"), 0
+    for _ in range(repeat):
+        t = time.perf_counter()
+        n = fn()
+        best = min(best, time.perf_counter() - t)
+    return n, best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--fraud-orders", type=int, default=20_000)
+    args = parser.parse_args()
+
+    phishing = list(datasets.Phishing()) * 8  # 10 000 samples
+    rows = []
+
+    def river_pvs() -> int:
+        evaluate.progressive_val_score(phishing, default_model(), metrics.Accuracy() + metrics.LogLoss())
+        return len(phishing)
+
+    def samples_one() -> int:
+        lrn = SampleLearner("phishing")
+        for i, (x, y) in enumerate(phishing):
+            lrn.learn(i, x, y, i)
+        return len(phishing)
+
+    def samples_batch(b: int) -> Callable[[], int]:
+        def run() -> int:
+            lrn = SampleLearner("phishing")
+            for s in range(0, len(phishing), b):
+                lrn.learn_batch([(i, x, y, i) for i, (x, y) in enumerate(phishing[s:s + b], start=s)])
+            return len(phishing)
+        return run
+
+    rows.append(("river progressive_val_score (Phishing x8)", *best_of(args.repeat, river_pvs)))
+    rows.append(("samples learner, one-at-a-time (exact)", *best_of(args.repeat, samples_one)))
+    for b in (32, 256):
+        rows.append((f"samples learner, mini-batch {b}", *best_of(args.repeat, samples_batch(b))))
+
+    orders, labels = scenario(args.fraud_orders, drift_at=args.fraud_orders // 2, seed=3)
+    truth = {lb["order_id"]: lb["is_fraud"] for lb in labels}
+    events = sorted([("order", o["event_time"], o["order_id"], o, f"o/{i % 4}") for i, o in enumerate(orders)]
+                    + [("label", lb["label_time"], lb["order_id"], lb, f"l/{i % 4}")
+                       for i, lb in enumerate(labels)], key=lambda e: e[1])
+
+    def river_fraud() -> int:
+        model = fraud_model()
+        for o in orders:
+            x = order_features(o)
+            model.predict_proba_one(x)
+            model.learn_one(x, truth[o["order_id"]])
+        return 2 * len(orders)
+
+    state: dict[str, FraudLearner] = {}
+
+    def fraud_learner() -> int:
+        lrn = FraudLearner(sources=("o/0", "o/1", "o/2", "o/3", "l/0", "l/1", "l/2", "l/3"))
+        for off, (kind, t, oid, data, src) in enumerate(events):
+            lrn.add(kind, t, oid, data, src, off)
+            if off % 500 == 0:
+                lrn.release()
+        lrn.release(-1)
+        state["fraud"] = lrn
+        return len(events)
+
+    rows.append(("river loop, fraud features (learn at once)", *best_of(args.repeat, river_fraud)))
+    rows.append(("fraud learner (orders+labels, delayed)", *best_of(args.repeat, fraud_learner)))
+
+    print(f"{'stage':<46} {'events':>8} {'seconds':>8} {'events/s':>10}")
+    for name, n, secs in rows:
+        print(f"{name:<46} {n:>8} {secs:>8.3f} {n / secs:>10,.0f}")
+    lrn = state["fraud"]
+    t = time.perf_counter()
+    blob = zlib.compress(pickle.dumps(lrn, protocol=pickle.HIGHEST_PROTOCOL), 1)
+    print(f"\nfraud checkpoint: {len(blob):,} bytes (pending={len(lrn.pending)}, learned ids={len(lrn.learned)}), "
+          f"pickle+zlib {1000 * (time.perf_counter() - t):.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
