@@ -162,11 +162,15 @@ def _field_writer(avro_type: Any) -> Callable[[Any], bytes] | None:
     return _primitive(avro_type)
 
 
-def compile_writer(schema: dict[str, Any], header: bytes) -> Callable[[dict[str, Any]], bytes] | None:
+def compile_writer(schema: dict[str, Any], header: bytes,
+                   fallback: Callable[[dict[str, Any]], bytes] | None = None,
+                   ) -> Callable[[dict[str, Any]], bytes] | None:
     """``record -> header + Avro body`` for a flat record ``schema`` (JSON form), or None.
 
     None means the schema has a field type this path does not handle (maps, arrays,
-    nested records, enums, other unions): use fastavro for it.
+    nested records, enums, other unions): use fastavro for it. With ``fallback``, a record
+    the generated code cannot write is passed to it (inside the same call: no extra frame
+    on the hot path).
     """
     if not isinstance(schema, dict) or schema.get("type") != "record":
         return None
@@ -191,6 +195,12 @@ def compile_writer(schema: dict[str, Any], header: bytes) -> Callable[[dict[str,
             return None
         env[f"_w{i}"] = writer
         parts.append(f"_w{i}(r[{name!r}])")
-    source = f"def write(r):\n    return _join(({', '.join(parts)},))\n"
+    body = f"_join(({', '.join(parts)},))"
+    if fallback is None:
+        source = f"def write(r):\n    return {body}\n"
+    else:
+        env["_fallback"] = fallback
+        source = (f"def write(r):\n    try:\n        return {body}\n"
+                  f"    except Exception:\n        return _fallback(r)\n")
     exec(compile(source, f"<avro writer {schema.get('name')}>", "exec"), env)
     return env["write"]

@@ -214,18 +214,9 @@ class Encoder:
     def _encoder(self) -> Any:
         if self._fast is None:
             header = _HEADER.pack(0, self.schema_id)
-            fast = compile_writer(json.loads(schema_text(self.name)), header)
-            slow = self._slow
-
-            def encode(record: dict[str, Any]) -> bytes:
-                if fast is not None:
-                    try:
-                        return fast(record)
-                    except Exception:  # fastavro decides, and explains
-                        pass
-                return slow(header, record)
-
-            self._fast = encode
+            slow = functools.partial(self._slow, header)
+            fast = compile_writer(json.loads(schema_text(self.name)), header, fallback=slow)
+            self._fast = fast or slow  # fastavro decides (and explains) what fast cannot write
         return self._fast
 
     @property
