@@ -17,9 +17,11 @@ def main() -> None:
 @click.option("--worker", "worker", type=int, default=None,
               help="Worker number (state dir worker-N); default: the first free one.")
 @click.option("--loglevel", default="WARNING", show_default=True)
-def worker(version: str | None, worker: int | None, loglevel: str) -> None:
+@click.option("--learning/--no-learning", default=True, show_default=True,
+              help="Also run the online-learning agents (stream_processors.learning).")
+def worker(version: str | None, worker: int | None, loglevel: str, learning: bool) -> None:
     """Run one worker of group kappa-<version>; SIGTERM stops it cleanly."""
-    run_worker(version, worker, loglevel)
+    run_worker(version, worker, loglevel, learning)
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ class Pipeline:
 
 def create_app(settings: Settings, version: str, datadir: Path, *,
                batch_events: int = BATCH_EVENTS, batch_within: float = BATCH_WITHIN,
-               idle_s: float = 1.0) -> Pipeline:
+               idle_s: float = 1.0, learning: bool = True) -> Pipeline:
     """Build the Faust app of ``version`` with its state in ``datadir`` (unique per worker)."""
     ep = endpoints(settings)
     inputs = topics.input_topics(settings.topic_prefix)
@@ -185,7 +185,8 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
             if tp.topic == partials:
                 pipe.revenue.forget(tp.partition)
 
-    _register_learning(app, settings, version)
+    if learning:
+        _register_learning(app, settings, version)
     return pipe
 
 

@@ -45,12 +45,13 @@ def claim_dir(root: Path, worker: int | None) -> tuple[Path, IO[str]]:
                       "stop it or pass another --worker number")
 
 
-def run_worker(version: str | None = None, worker: int | None = None, loglevel: str = "WARNING") -> None:
+def run_worker(version: str | None = None, worker: int | None = None, loglevel: str = "WARNING",
+               learning: bool = True) -> None:
     """Start one worker of ``version`` and block until SIGTERM/SIGINT (clean stop: commit, close)."""
     settings = get_settings()
     version = version or settings.version
     datadir, _lock = claim_dir(settings.home.resolve() / "processors" / version, worker)
     serve("processor")
-    pipe = create_app(settings, version, datadir)
+    pipe = create_app(settings, version, datadir, learning=learning)
     log.info("worker %s of kappa-%s in %s", worker, version, datadir)
     faust.Worker(pipe.app, loglevel=loglevel, redirect_stdouts=False).execute_from_commandline()

@@ -79,9 +79,9 @@ class Run:
         env = self.stack.env(self.home)
         env.update(KAPPA_TOPIC_PREFIX=self.prefix, KAPPA_PARTITIONS=str(self.partitions),
                    KAPPA_WINDOW_GRACE_SECONDS=str(self.grace_s))
-        log = open(self.home / f"worker-{version}-{worker}.log", "ab")  # noqa: SIM115
+        log = open(self.home / f"worker-{version}-{worker}.log", "ab")
         proc = subprocess.Popen([sys.executable, "-m", "stream_processors", "worker", "--version",
-                                 version, "--worker", str(worker)], cwd=REPO, env=env,
+                                 version, "--worker", str(worker), "--no-learning"], cwd=REPO, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         self.procs.append(proc)
@@ -97,6 +97,7 @@ class Run:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        self.procs.clear()
 
     # -- outputs ----------------------------------------------------------------------------
     def read(self, topic: str, schema: str) -> list[tuple[str, dict[str, Any]]]:
@@ -228,15 +229,14 @@ def _stream(run: Run, n: int, seed: int = 7) -> tuple[int, int]:
     rng = random.Random(seed)
     for uid in range(1, 31):  # 30 known users, 10 unknown
         run.user(uid, -60_000, rng.choice(["DE", "FR", "IT"]))
-    ids = []
+    ids: list[tuple[str, int]] = []
     for i in range(n):
         if ids and rng.random() < 0.05:
-            oid = rng.choice(ids)  # duplicate
+            oid, uid = rng.choice(ids)  # a duplicate: same order, so same user (same partition)
         else:
-            oid = f"o{i}"
-            ids.append(oid)
+            oid, uid = f"o{i}", rng.randint(1, 40)
+            ids.append((oid, uid))
         dt = i * 900_000 // n + rng.randint(-90_000, 0)  # some within grace, some too late
-        uid = rng.randint(1, 40)
         run.order(oid, uid, round(rng.uniform(1, 100), 2), dt=max(dt, 0),
                   category=rng.choice(["books", "toys", "food"]), currency=rng.choice(["EUR", "USD"]))
         if i % 5000 == 0:
