@@ -30,7 +30,7 @@ from sinks import migrate, views
 from sinks.backends import endpoint_file, open_backend
 from sinks.base import Backend
 from sinks.endpoint import QueryEndpoint
-from sinks.rows import TABLES, poison_row, route
+from sinks.rows import TABLES, Table, poison_row, route
 from sinks.writer import Batch, CrashPoint, Writer
 
 __all__ = ["SinkService", "dlq_pattern", "sink_group"]
@@ -72,6 +72,7 @@ class SinkService:
         self.writer: Writer | None = None
         self.decoders: dict[str, Decoder] = {}
         self._catch_up: list[TopicPartition] = []
+        self._routes: dict[str, Table] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -176,7 +177,9 @@ class SinkService:
     def _add(self, msg: Message) -> None:
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         assert topic is not None and partition is not None and offset is not None
-        table = route(self.outputs, topic)
+        table = self._routes.get(topic)
+        if table is None:
+            table = self._routes[topic] = route(self.outputs, topic)
         value = msg.value()
         row: dict[str, Any]
         if value is None:
