@@ -1,0 +1,198 @@
+"""Events/s of the full processor job vs a bare Faust decode agent vs a raw confluent-kafka loop.
+
+Usage (against a running stack, e.g. the dev stack)::
+
+    KAPPA_KAFKA_BOOTSTRAP=127.0.0.1:9092 \\
+    KAPPA_SCHEMA_REGISTRY_URL=http://127.0.0.1:8081/apis/ccompat/v7 \\
+    .venv/bin/python benchmarks/processors.py --events 200000
+
+Each contender runs in its own process on the same pre-produced orders topic (fresh prefix),
+one worker, and reports events/s measured from its first to its last event (startup excluded)
+and its peak RSS. Prints one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import resource
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+
+from kappa import topics  # noqa: E402
+from kappa.kafka import client_config, ensure_topics  # noqa: E402
+from kappa.settings import Settings  # noqa: E402
+from schemas.serde import Decoder, Encoder, Registry  # noqa: E402
+
+
+def produce(settings: Settings, n: int) -> None:
+    """``n`` orders (5 % duplicates) over 10k users, plus the users."""
+    reg = Registry(settings.schema_registry_url or "")
+    t = topics.input_topics(settings.topic_prefix)
+    ensure_topics(settings, settings.kafka_bootstrap or "", topics.input_specs(settings.partitions,
+                                                                            settings.topic_prefix))
+    eo, eu = Encoder(reg, f"{t.orders}-value", "orders"), Encoder(reg, f"{t.users}-value", "users")
+    p = Producer(client_config(settings, settings.kafka_bootstrap or "", partitioner="murmur2_random",
+                               **{"linger.ms": 20, "queue.buffering.max.messages": 1_000_000}))
+    now = int(time.time() * 1000)
+    t0 = now - 3_600_000
+    rng = random.Random(1)
+    for uid in range(1, 10_001):
+        p.produce(t.users, eu.encode({"user_id": uid, "country": "DE", "segment": "vip",
+                                      "signup_time": t0 - 10**9, "updated_at": t0 - 1}), str(uid))
+    for i in range(n):
+        uid = rng.randint(1, 10_000)
+        oid = f"o{i - 1 if i and rng.random() < 0.05 else i}"
+        rec = {"order_id": oid, "user_id": uid, "amount": 10.0, "currency": rng.choice(["EUR", "USD"]),
+               "category": rng.choice(["books", "toys", "food", "tools"]), "payment_method": "card",
+               "ip_country": "DE", "event_time": t0 + i * 3_600_000 // n}
+        while True:
+            try:
+                p.produce(t.orders, eo.encode(rec), str(uid))
+                break
+            except BufferError:
+                p.poll(0.1)
+        if i % 10_000 == 0:
+            p.poll(0)
+    p.flush()
+
+
+def _child_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(KAPPA_TOPIC_PREFIX=settings.topic_prefix, KAPPA_PARTITIONS=str(settings.partitions),
+               KAPPA_HOME=str(settings.home))
+    return env
+
+
+def _ends(c: Consumer, topic: str) -> int:
+    meta = c.list_topics(topic, timeout=10).topics[topic]
+    return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions)
+
+
+def run_full(settings: Settings, n: int) -> tuple[float, int]:
+    """The real worker; throughput from the enriched topic's growth (first to last record)."""
+    version = f"bench{uuid.uuid4().hex[:6]}"
+    out = topics.output_topics(version)
+    proc = subprocess.Popen([sys.executable, "-m", "stream_processors", "worker", "--version", version,
+                             "--no-learning"], cwd=REPO, env=_child_env(settings),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    c = Consumer(client_config(settings, settings.kafka_bootstrap or "", **{"group.id": "bench-probe"}))
+    first = last = None
+    seen = 0
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline:
+            time.sleep(0.2)
+            try:
+                seen = _ends(c, out.enriched)
+            except Exception:  # noqa: BLE001 - topic not created yet
+                continue
+            if seen and first is None:
+                first = (time.time(), seen)
+            if seen >= n * 0.9 and first:  # ~5 % duplicates: wait until the count stops growing
+                if last and last[1] == seen:
+                    break
+                last = (time.time(), seen)
+    finally:
+        proc.terminate()
+        _, status, usage = os.wait4(proc.pid, 0)
+        c.close()
+    assert first and last
+    rate = (last[1] - first[1]) / max(last[0] - first[0] - 0.2, 1e-6)
+    return rate, usage.ru_maxrss // 1024
+
+
+def _timed_child(mode: str, settings: Settings, n: int) -> tuple[float, int]:
+    proc = subprocess.Popen([sys.executable, __file__, "--child", mode, "--events", str(n)],
+                            cwd=REPO, env=_child_env(settings), stdout=subprocess.PIPE)
+    data, _ = proc.communicate(timeout=900)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    rate = re.findall(r"(\d+\.\d+)\s*$", data.decode())  # Faust may print a spinner first
+    return float(rate[-1]), usage.ru_maxrss // 1024
+
+
+def child_raw(settings: Settings, n: int) -> float:
+    """confluent-kafka consume(batch) + bulk decode."""
+    t = topics.input_topics(settings.topic_prefix)
+    dec = Decoder(Registry(settings.schema_registry_url or ""), "orders")
+    c = Consumer(client_config(settings, settings.kafka_bootstrap or "",
+                               **{"group.id": f"bench-raw-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
+                                  "enable.auto.commit": True}))
+    c.subscribe([t.orders])
+    got, start = 0, None
+    while got < n:
+        msgs = c.consume(5000, timeout=1.0)
+        if msgs and start is None:
+            start = time.time()
+        dec.decode_many([m.value() for m in msgs if not m.error()])
+        got += len(msgs)
+    c.close()
+    return n / (time.time() - (start or time.time()))
+
+
+def child_faust(settings: Settings, n: int) -> float:
+    """A bare Faust agent that only decodes each event."""
+    import faust
+
+    t = topics.input_topics(settings.topic_prefix)
+    dec = Decoder(Registry(settings.schema_registry_url or ""), "orders")
+    app = faust.App(f"bench-faust-{uuid.uuid4().hex[:6]}", broker=f"kafka://{settings.kafka_bootstrap}",
+                    value_serializer="raw", web_enabled=False, consumer_auto_offset_reset="earliest",
+                    datadir=str(settings.home / f"faust-{uuid.uuid4().hex[:6]}"))
+    result: list[float] = []
+    state = {"got": 0, "start": 0.0}
+
+    @app.agent(app.topic(t.orders, value_serializer="raw"))
+    async def decode(stream):  # type: ignore[no-untyped-def]
+        async for value in stream:
+            if not state["got"]:
+                state["start"] = time.time()
+            dec.decode(value)
+            state["got"] += 1
+            if state["got"] >= n:
+                result.append(n / (time.time() - state["start"]))
+                print(result[0], flush=True)
+                os._exit(0)
+
+    faust.Worker(app, loglevel="ERROR", redirect_stdouts=False, quiet=True).execute_from_commandline()
+    return result[0] if result else 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--child", default="")
+    args = ap.parse_args()
+    if args.child:
+        settings = Settings()
+        rate = {"raw": child_raw, "faust": child_faust}[args.child](settings, args.events)
+        print(rate, flush=True)
+        return
+    home = Path(f"/tmp/kappa-bench-{uuid.uuid4().hex[:6]}")
+    settings = Settings(home=home, topic_prefix=f"bench{uuid.uuid4().hex[:6]}.", partitions=args.partitions)
+    home.mkdir(parents=True)
+    print(f"producing {args.events:,} orders to {settings.topic_prefix}orders ...", flush=True)
+    produce(settings, args.events)
+    rows = [("raw confluent-kafka consume+decode", *_timed_child("raw", settings, args.events)),
+            ("bare Faust agent, decode only", *_timed_child("faust", settings, args.events)),
+            ("full job (validate+dedupe+enrich+windows)", *run_full(settings, args.events))]
+    faust_rate = rows[1][1]
+    print(f"\n{'contender':45} {'events/s':>10} {'vs Faust':>9} {'peak RSS MB':>12}")
+    for name, rate, rss in rows:
+        print(f"{name:45} {rate:10,.0f} {rate / faust_rate:9.2f} {rss:12,}")
+    print("Quix Streams: not run (quixstreams not installed in this environment)")
+
+
+if __name__ == "__main__":
+    main()
