@@ -108,7 +108,7 @@ class FraudLearner:
         self.pending: dict[str, tuple[dict[str, float], int, dict[Any, float]]] = {}
         self.orphans: dict[str, tuple[bool, int]] = {}
         self.learned: dict[str, int] = {}
-        self.buffer: list[tuple[int, int, str, dict[str, Any]]] = []
+        self.buffer: list[tuple[int, int, str, int, dict[str, Any]]] = []
         self.source_time: dict[str, int] = dict.fromkeys(sources, -(2**62))
         self.released = -(2**62)
         self.offset = -1
@@ -128,7 +128,8 @@ class FraudLearner:
             self.source_time[source] = time
         if time < self.released:
             self._count("late")
-        heapq.heappush(self.buffer, (time, LABEL if kind == "label" else ORDER, order_id, data))
+        # offset breaks ties (e.g. a re-sent order): dicts are never compared
+        heapq.heappush(self.buffer, (time, LABEL if kind == "label" else ORDER, order_id, offset, data))
         return True
 
     @property
@@ -146,7 +147,7 @@ class FraudLearner:
         bound = self.watermark if until is None else (2**62 if until == -1 else until)
         out, scores = Emitted(), []
         while self.buffer and self.buffer[0][0] <= bound:
-            time, kind, order_id, data = heapq.heappop(self.buffer)
+            time, kind, order_id, _, data = heapq.heappop(self.buffer)
             self._enter(time, out)
             if time > self.released:
                 self.released = time
