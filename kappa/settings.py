@@ -82,8 +82,23 @@ class Settings(BaseSettings):
     fraud_idle_seconds: float = 2.0
     """A quiet fraud stream releases its buffered tail after this long (processing time)."""
 
+    category_map: str = ""
+    """Category mapping of the version run with it, ``src=dst[,src=dst...]`` (e.g. ``books=media``):
+    valid orders' ``category`` is renamed before dedupe, windows and enrichment. A transformation
+    knob a replay as a new version may change (``kappa replay``); empty = identity."""
+
     kafka_heap: str = "768m"
     registry_heap: str = "384m"
+
+    @property
+    def category_mapping(self) -> dict[str, str]:
+        """``category_map`` parsed.
+
+        >>> Settings(category_map="books=media, music=media").category_mapping
+        {'books': 'media', 'music': 'media'}
+        """
+        pairs = (item.split("=", 1) for item in self.category_map.split(",") if "=" in item)
+        return {src.strip(): dst.strip() for src, dst in pairs if src.strip()}
 
     @property
     def stack_file(self) -> Path:

@@ -154,7 +154,8 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
     grace_ms = int(settings.window_grace_seconds * 1000)
     pipe = Pipeline(app, settings, version, out, state=state)
     pipe.orders = OrderStage(version, inputs.users, inputs.orders, Decoder(registry, "users"),
-                             Decoder(registry, "orders"), state, grace_ms)
+                             Decoder(registry, "orders"), state, grace_ms,
+                             category_map=settings.category_mapping)
     pipe.revenue = RevenueStage(version, state, grace_ms, idle_s=idle_s)
     source = app.topic(inputs.users, inputs.orders, key_serializer="raw", value_serializer="raw")
     partial_topic = app.topic(partials, key_serializer="raw", value_serializer="raw")

@@ -59,7 +59,8 @@ class OrderStage:
 
     def __init__(self, version: str, users_topic: str, orders_topic: str, user_decoder: Decoder,
                  order_decoder: Decoder, state: State, grace_ms: int,
-                 clock: Callable[[], float] = time.time, registry_retry_s: float = 2.0) -> None:
+                 clock: Callable[[], float] = time.time, registry_retry_s: float = 2.0,
+                 category_map: dict[str, str] | None = None) -> None:
         self.version = version
         self.users_topic = users_topic
         self.orders_topic = orders_topic
@@ -69,6 +70,7 @@ class OrderStage:
         self.grace_ms = grace_ms
         self.clock = clock
         self.registry_retry_s = registry_retry_s
+        self.category_map = category_map or {}
 
     def process(self, msgs: Sequence[Message]) -> Emitted:
         """One batch in, everything it emits out (users of a batch are applied before its orders)."""
@@ -143,6 +145,8 @@ class OrderStage:
             if reason:
                 self._reject(m, reason, now_ms, out)
                 continue
+            if self.category_map:  # KAPPA_CATEGORY_MAP: a per-version transformation knob
+                rec["category"] = self.category_map.get(rec["category"], rec["category"])
             dkey = b"d" + rec["order_id"].encode()
             first = get(dkey)
             kind: str | None = None
