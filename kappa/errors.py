@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "FetchError",
+    "KafkaAuthFailed",
     "KafkaUnavailable",
     "KappaError",
     "PortInUse",
@@ -42,6 +43,10 @@ class PortInUse(StackError):
 
 class KafkaUnavailable(KappaError):
     """The Kafka bootstrap address does not answer."""
+
+
+class KafkaAuthFailed(KafkaUnavailable):
+    """Kafka answers but refuses the configured SASL credentials or TLS handshake."""
 
 
 class RegistryUnavailable(KappaError):

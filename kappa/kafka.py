@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from kappa.errors import KafkaUnavailable
+from kappa.errors import KafkaAuthFailed, KafkaUnavailable
 from kappa.settings import Settings
 
-__all__ = ["TopicSpec", "admin", "client_config", "ensure_topics", "faust_broker_credentials"]
+__all__ = ["TopicSpec", "admin", "check_connection", "client_config", "ensure_topics",
+           "faust_broker_credentials"]
 
 _quiet = logging.getLogger("kappa.kafka.client")
 _quiet.addHandler(logging.NullHandler())
@@ -71,6 +73,50 @@ def faust_broker_credentials(settings: Settings) -> Any:
         )
     return faust.SASLCredentials(username=settings.kafka_sasl_username or "", password=password,
                                  ssl_context=ctx)
+
+
+def _auth_failure(settings: Settings, bootstrap: str, err: KafkaError) -> KafkaAuthFailed:
+    proto = settings.kafka_security_protocol.upper()
+    if err.code() == KafkaError._AUTHENTICATION:
+        who = (f"SASL {settings.kafka_sasl_mechanism} as user {settings.kafka_sasl_username!r}"
+               if proto.startswith("SASL") else proto)
+        return KafkaAuthFailed(
+            f"Kafka at {bootstrap}: authentication failed ({who}, {proto}); check "
+            "KAPPA_KAFKA_SECURITY_PROTOCOL, KAPPA_KAFKA_SASL_MECHANISM, KAPPA_KAFKA_SASL_USERNAME and "
+            f"KAPPA_KAFKA_SASL_PASSWORD -- broker said: {err.str().split(': ', 1)[-1]}")
+    return KafkaAuthFailed(
+        f"Kafka at {bootstrap}: TLS handshake failed ({proto}, CA file "
+        f"{settings.kafka_ssl_cafile or 'system default'}); check KAPPA_KAFKA_SSL_CAFILE and that the "
+        f"address is a TLS listener -- {err.str().split(': ', 1)[-1]}")
+
+
+def check_connection(settings: Settings, bootstrap: str, timeout: float = 10.0) -> None:
+    """Return once ``bootstrap`` answers a metadata request with the configured security.
+
+    Raises KafkaAuthFailed as soon as the broker refuses the credentials (or the TLS
+    handshake) instead of letting the client retry until some later timeout, and
+    KafkaUnavailable when nothing answers within ``timeout`` seconds. Messages name the
+    address and the user, never the password.
+    """
+    errors: list[KafkaError] = []
+    client = AdminClient(client_config(settings, bootstrap, error_cb=errors.append,
+                                       **{"socket.timeout.ms": max(int(timeout * 1000), 1000)}))
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while True:
+        try:
+            client.list_topics(timeout=max(min(0.5, deadline - time.monotonic()), 0.05))
+            return
+        except KafkaException as exc:
+            last = exc
+        client.poll(0)
+        for err in errors:
+            if err.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL):
+                raise _auth_failure(settings, bootstrap, err) from KafkaException(err)
+        if time.monotonic() >= deadline:
+            raise KafkaUnavailable(
+                f"Kafka at {bootstrap} does not answer within {timeout:.0f}s "
+                f"({settings.kafka_security_protocol}): {last}") from last
 
 
 @dataclass(frozen=True)
