@@ -10,7 +10,7 @@ import time
 import click
 
 from kappa.errors import ConfigError
-from kappa.kafka import TopicSpec, ensure_topics
+from kappa.kafka import TopicSpec, check_connection, ensure_topics
 from kappa.settings import Settings, get_settings
 from kappa.topics import dlq, input_specs
 
@@ -74,6 +74,7 @@ def produce(generator: str | None, events: int, seed: int, users: int | None, st
         raise click.UsageError("give exactly one of --generator, --file or --river-dataset")
     settings = _settings(topic_prefix)
     ep = endpoints(settings)
+    check_connection(settings, ep.kafka_bootstrap)  # wrong credentials fail here, fast and clearly
 
     if generator:
         from producers.ecommerce import GeneratorConfig, generate, publish_events

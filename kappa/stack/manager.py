@@ -21,6 +21,7 @@ import requests
 from confluent_kafka.admin import AdminClient
 
 from kappa.errors import KafkaUnavailable, RegistryUnavailable, StackError
+from kappa.kafka import check_connection
 from kappa.settings import Settings
 from kappa.stack import fetch
 from kappa.stack.process import is_ours, port_free, require_free, rss_bytes, spawn, stop
@@ -233,8 +234,7 @@ def up(settings: Settings, timeout: float = 180.0, with_prometheus: bool = False
 
     if settings.kafka_bootstrap:
         bootstrap = settings.kafka_bootstrap
-        if not kafka_healthy(bootstrap):
-            raise KafkaUnavailable(f"Kafka at {bootstrap} (KAPPA_KAFKA_BOOTSTRAP) does not answer")
+        check_connection(settings, bootstrap)  # KafkaAuthFailed / KafkaUnavailable naming the address
     else:
         bootstrap = f"127.0.0.1:{ports['kafka']}"
         marker = _marker(settings, "kafka")
@@ -300,8 +300,12 @@ def status(settings: Settings) -> list[ComponentStatus]:
     ports: dict[str, int] = state.get("ports", {})
     out = []
     if settings.kafka_bootstrap:
-        out.append(ComponentStatus("kafka", settings.kafka_bootstrap,
-                                   kafka_healthy(settings.kafka_bootstrap), managed=False))
+        try:  # with the security settings from env (SASL/TLS), like every Kappa client
+            check_connection(settings, settings.kafka_bootstrap, timeout=3.0)
+            ok, why = True, ""
+        except KafkaUnavailable as exc:
+            ok, why = False, str(exc)
+        out.append(ComponentStatus("kafka", settings.kafka_bootstrap, ok, managed=False, detail=why))
     else:
         addr = f"127.0.0.1:{ports.get('kafka', _PREFERRED['kafka'])}"
         pid = pids.get("kafka")
