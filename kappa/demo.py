@@ -20,7 +20,7 @@ from kappa.lag import group_lag, matching_topics
 from kappa.runner import Pipeline
 from kappa.settings import Settings
 
-__all__ = ["DemoReport", "run_demo"]
+__all__ = ["DemoReport", "reconcile", "run_demo"]
 
 
 @dataclass
@@ -60,7 +60,8 @@ def _publish(settings: Settings, events: int, seed: int, echo: Callable[[str], N
     return data
 
 
-def _report(settings: Settings, manifest: dict[str, Any]) -> DemoReport:
+def reconcile(settings: Settings, manifest: dict[str, Any]) -> DemoReport:
+    """Compare the serving views with a generator manifest (the checks behind the demo report)."""
     from sinks.query import query_rows
 
     def q(sql: str) -> list[dict[str, Any]]:
@@ -140,7 +141,7 @@ def run_demo(settings: Settings, events: int = 20_000, seed: int = 42,
         manifest = _publish(settings, events, seed, echo)
     echo(f"4/4 running pipeline {version} until drained ...")
     pipeline.run(until_drained=True, max_seconds=max_seconds)
-    report = _report(settings, manifest)
+    report = reconcile(settings, manifest)
     echo("")
     echo(f"=== Kappa demo report ({time.monotonic() - t0:.0f}s) ===")
     for line in report.lines:

@@ -10,6 +10,9 @@ has landed (both read from Kafka's committed offsets, stable over two checks).
 
 from __future__ import annotations
 
+import ctypes
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -38,6 +41,12 @@ def processor_group(version: str) -> str:
 def sink_group(version: str) -> str:
     """Consumer group of the sink service of ``version``."""
     return f"kappa-{version}-sink"
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the runner dies (even by kill -9), so no orphan holds chdb."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -102,7 +111,12 @@ class Pipeline:
     def state(self) -> DrainState:
         """Current lag of both groups (the processors' group over inputs, the sink's over outputs)."""
         i = self.inputs
-        in_topics = matching_topics(self.admin, [i.users, i.orders, i.order_labels], [i.samples_pattern])
+        # inputs, plus every internal topic the group consumes (repartitions, the fraud merge)
+        internal = [re.escape(f"kappa-{self.version}-") + r".*", re.escape(f"kappa.{self.version}.learning.") + r".*"]
+        in_topics = matching_topics(self.admin, [i.users, i.orders, i.order_labels],
+                                    [i.samples_pattern, *internal])
+        in_topics = {t: n for t, n in in_topics.items() if not t.endswith("-changelog")
+                     and not t.endswith(".checkpoints")}
         out_topics = matching_topics(
             self.admin,
             [self.outputs.enriched, self.outputs.revenue, self.outputs.scores, self.outputs.model_quality,
@@ -116,12 +130,11 @@ class Pipeline:
         child.log.parent.mkdir(parents=True, exist_ok=True)
         out = open(child.log, "ab")
         child.proc = subprocess.Popen(child.argv, stdout=out, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, env=self._env())
+                                      stdin=subprocess.DEVNULL, env=self._env(),
+                                      preexec_fn=_die_with_parent)
         out.close()
 
     def _env(self) -> dict[str, str]:
-        import os
-
         env = dict(os.environ)
         env["KAPPA_HOME"] = str(self.settings.home.resolve())
         env["KAPPA_VERSION"] = self.version
