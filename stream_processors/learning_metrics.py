@@ -40,12 +40,15 @@ class Progressive:
     """Cumulative Accuracy, ROCAUC, LogLoss, labelled count and an ADWIN on the error stream.
 
     Pickleable as a whole, so it is checkpointed with its model and resumes where it stopped.
+    ``roc_thresholds`` is River's ``ROCAUC(n_thresholds=...)``: keep the default 10 wherever the
+    figures must equal ``progressive_val_score`` (the ``samples.*`` streams).
     """
 
-    def __init__(self, drift_delta: float = 0.002) -> None:
+    def __init__(self, drift_delta: float = 0.002, roc_thresholds: int = 10) -> None:
         self.drift_delta = drift_delta
+        self.roc_thresholds = roc_thresholds
         self.accuracy = metrics.Accuracy()
-        self.roc_auc = metrics.ROCAUC()
+        self.roc_auc = metrics.ROCAUC(n_thresholds=roc_thresholds)
         self.log_loss = metrics.LogLoss()
         self.labelled = 0
         self.drift_detections = 0
