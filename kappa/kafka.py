@@ -63,16 +63,10 @@ def faust_broker_credentials(settings: Settings) -> Any:
     if proto == "SSL":
         return faust.SSLCredentials(ctx)
     password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
-    mechanism = settings.kafka_sasl_mechanism.upper()
-    if mechanism.startswith("SCRAM"):
-        return faust.auth.SASLCredentials(
-            username=settings.kafka_sasl_username or "",
-            password=password,
-            mechanism=mechanism,
-            ssl_context=ctx,
-        )
+    # faust.SASLCredentials is faust.auth.SASLCredentials, imported lazily (``faust.auth`` is not
+    # an attribute of a fresh ``import faust``); it takes PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512.
     return faust.SASLCredentials(username=settings.kafka_sasl_username or "", password=password,
-                                 ssl_context=ctx)
+                                 ssl_context=ctx, mechanism=settings.kafka_sasl_mechanism.upper())
 
 
 def _auth_failure(settings: Settings, bootstrap: str, err: KafkaError) -> KafkaAuthFailed:
