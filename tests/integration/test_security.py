@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer
+from pydantic import SecretStr
 
 from kappa.errors import KafkaAuthFailed
 from kappa.kafka import TopicSpec, check_connection, client_config, ensure_topics, faust_broker_credentials
@@ -66,7 +67,7 @@ def sasl_settings(broker: SecureBroker, protocol: str = "SASL_PLAINTEXT",
         kafka_security_protocol=protocol,
         kafka_sasl_mechanism="SCRAM-SHA-512",
         kafka_sasl_username=broker.username,
-        kafka_sasl_password=broker.password if password is None else password,
+        kafka_sasl_password=SecretStr(broker.password if password is None else password),
         kafka_ssl_cafile=broker.ca_file if protocol == "SASL_SSL" else None,
         **extra,  # type: ignore[arg-type]
     )
@@ -98,7 +99,7 @@ def consume(settings: Settings, bootstrap: str, topic: str, group: str, expected
         while len(got) < expected and time.monotonic() < deadline:
             for msg in consumer.consume(num_messages=1000, timeout=1.0):
                 assert msg.error() is None, msg.error()
-                got.append(msg.value())
+                got.append(msg.value() or b"")
     finally:
         consumer.close()
     return got
