@@ -7,6 +7,7 @@ needs nothing but the broker.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -61,9 +62,16 @@ def group_lag(admin: AdminClient, group: str, topics: dict[str, int], timeout: f
     if not tps:
         return GroupLag(group, {})
     ends: dict[tuple[str, int], int] = {}
-    futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in tps}, request_timeout=timeout)
-    for tp, fut in futures.items():
-        ends[(tp.topic, tp.partition)] = fut.result().offset
+    for attempt in range(10):  # just-created topics answer NOT_LEADER until metadata settles
+        try:
+            futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in tps}, request_timeout=timeout)
+            for tp, fut in futures.items():
+                ends[(tp.topic, tp.partition)] = fut.result().offset
+            break
+        except KafkaException:
+            if attempt == 9:
+                raise
+            time.sleep(0.5)
     committed: dict[tuple[str, int], int] = {}
     try:
         req = [ConsumerGroupTopicPartitions(group, tps)]
