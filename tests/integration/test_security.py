@@ -26,6 +26,7 @@ from kappa.errors import KafkaAuthFailed
 from kappa.kafka import TopicSpec, check_connection, client_config, ensure_topics, faust_broker_credentials
 from kappa.settings import Settings
 from kappa.stack.manager import registry_healthy
+from kappa.stack.process import free_port
 from kappa.stack.secure import SecureBroker, start_secure_broker, stop_secure_broker
 
 pytestmark = pytest.mark.integration
@@ -267,7 +268,14 @@ def test_no_secret_in_cli_output_or_logs(broker: SecureBroker, registry_url: str
     assert "failed 0" in produce.stdout
     assert "DEBUG" in produce.stderr  # -v really logged debug details, so the check below means something
 
-    for out in (status, status_json, produce):
+    # The ClickHouse credentials path (server backend) with a server that refuses connections:
+    # the error names the URL, the debug logs of clickhouse-connect/urllib3 run, no password.
+    query = _kappa(["-v", "query", "SELECT 1"],
+                   {**env, "KAPPA_CLICKHOUSE_URL": f"http://127.0.0.1:{free_port()}"}, timeout=60)
+    assert query.returncode == 1 and "does not answer" in query.stderr, query.stderr[-2000:]
+    assert "DEBUG clickhouse_connect" in query.stderr
+
+    for out in (status, status_json, produce, query):
         for secret in secrets_:
             assert secret not in out.stdout and secret not in out.stderr
     assert (home / "manifests").is_dir()  # the produce run wrote its state under KAPPA_HOME
