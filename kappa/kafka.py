@@ -92,15 +92,18 @@ def check_connection(settings: Settings, bootstrap: str, timeout: float = 10.0) 
     KafkaUnavailable when nothing answers within ``timeout`` seconds. Messages name the
     address and the user, never the password.
     """
+    _metadata(settings, bootstrap, timeout)
+
+
+def _metadata(settings: Settings, bootstrap: str, timeout: float) -> tuple[AdminClient, Any]:
+    """An AdminClient for ``bootstrap`` and its first metadata (see :func:`check_connection`)."""
     errors: list[KafkaError] = []
-    client = AdminClient(client_config(settings, bootstrap, error_cb=errors.append,
-                                       **{"socket.timeout.ms": max(int(timeout * 1000), 1000)}))
+    client = AdminClient(client_config(settings, bootstrap, error_cb=errors.append))
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while True:
         try:
-            client.list_topics(timeout=max(min(0.5, deadline - time.monotonic()), 0.05))
-            return
+            return client, client.list_topics(timeout=max(min(0.5, deadline - time.monotonic()), 0.05))
         except KafkaException as exc:
             last = exc
         client.poll(0)
@@ -130,11 +133,8 @@ def admin(settings: Settings, bootstrap: str) -> AdminClient:
 def ensure_topics(settings: Settings, bootstrap: str, specs: Iterable[TopicSpec],
                   timeout: float = 30.0) -> list[str]:
     """Create the missing topics (existing ones are left alone); return the names created."""
-    client = admin(settings, bootstrap)
-    try:
-        existing = set(client.list_topics(timeout=timeout).topics)
-    except KafkaException as exc:
-        raise KafkaUnavailable(f"Kafka at {bootstrap} does not answer: {exc}") from exc
+    client, meta = _metadata(settings, bootstrap, timeout)  # wrong credentials fail fast here
+    existing = set(meta.topics)
     new = [
         NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=dict(s.config))
         for s in specs

@@ -193,6 +193,10 @@ def test_wrong_password_fails_fast_naming_the_address(broker: SecureBroker, prot
     msg = str(info.value)
     assert bootstrap in msg and "authentication failed" in msg and "'kappa'" in msg
     assert wrong not in msg and broker.password not in msg
+    t0 = time.monotonic()  # topic setup (kappa run, sinks, processors) takes the same path
+    with pytest.raises(KafkaAuthFailed, match="authentication failed"):
+        ensure_topics(settings, bootstrap, [TopicSpec("never-created")])
+    assert time.monotonic() - t0 < 5
 
 
 def test_wrong_password_is_refused_to_faust_clients_too(broker: SecureBroker) -> None:
