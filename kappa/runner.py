@@ -193,7 +193,7 @@ class Pipeline:
         stable = 0
         last_consumed, last_t = 0, time.monotonic()
         state = self.state()
-        last_end = (state.processors.end, state.sink.end)
+        last_end = (-1, -1)
         try:
             while not self._stop:
                 time.sleep(poll)
@@ -203,7 +203,11 @@ class Pipeline:
                 rate = (state.processors.consumed - last_consumed) / max(1e-6, now - last_t)
                 last_consumed, last_t = state.processors.consumed, now
                 self.echo(f"[{now - t0:6.1f}s] {state.line(max(0.0, rate))}")
-                ends = (state.processors.end, state.sink.end)
+                # Idle ticks keep flowing through the internal partials topic while windows wait
+                # out their grace on wall-clock time; they carry no data, so they don't count as
+                # new input (their lag must still be 0: every data partial was consumed).
+                ends = (sum(e for (t, _), (_, e) in state.processors.per_partition.items()
+                            if not t.endswith("-partials")), state.sink.end)
                 if until_drained and state.drained and ends == last_end:
                     stable += 1
                     if stable >= idle_checks:
