@@ -1,0 +1,257 @@
+"""``kappa replay`` against the real broker, registry and embedded ClickHouse engine.
+
+One log (generator data under a uuid topic prefix) in one KAPPA_HOME; v1 runs live on it, then
+replays build other versions beside it. Tests run in file order and share that state.
+
+Known gap (stream_processors/learning.py, not the replay): two runs of the same pipeline on
+the same log give different fraud scores and fraud ROC AUC (the fraud merge's order of orders vs
+labels depends on arrival timing), so fraud_score and the quality metrics are left out of the
+row-for-row comparisons; everything else (facts, windows, rejections, labelled counts) is exact.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from kappa import topics
+from kappa.kafka import client_config, ensure_topics
+from kappa.replay import (
+    NotRetained,
+    ReplayError,
+    SinkBusy,
+    StartPoint,
+    _view_sql,
+    cleanup,
+    parse_start,
+    replay,
+    start_offsets,
+)
+from kappa.runner import Pipeline
+from kappa.settings import Settings
+from sinks.query import query_rows
+from tests.conftest import Stack
+
+pytestmark = pytest.mark.integration
+
+CATEGORY_MAP = "toys=kids,books=media"
+
+
+@dataclass
+class World:
+    stack: Stack
+    home: Path
+    prefix: str
+
+    def settings(self, **kw: Any) -> Settings:
+        return self.stack.settings(home=self.home, topic_prefix=self.prefix, **kw)
+
+
+def _run(settings: Settings, version: str) -> None:
+    Pipeline(settings, version, echo=lambda _: None).run(until_drained=True, poll=1.0, max_seconds=300)
+
+
+@pytest.fixture(scope="module")
+def world(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    from producers.base import Publisher
+    from producers.ecommerce import GeneratorConfig, generate, publish_events
+
+    w = World(stack, tmp_path_factory.mktemp("replay-home"), f"rp{os.getpid()}{time.time_ns() % 10**6}.")
+    s = w.settings()
+    records, _ = generate(GeneratorConfig(events=2000, seed=11, drift_at=1000))
+    ensure_topics(s, stack.kafka_bootstrap, topics.input_specs(s.partitions, s.topic_prefix))
+    with Publisher(s, stack.kafka_bootstrap) as pub:
+        publish_events(pub, records)
+        pub.flush()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("KAPPA_CATEGORY_MAP", raising=False)
+        _run(s, "v1")
+    yield w
+
+
+def facts(w: World, version: str, view: str) -> list[dict[str, Any]]:
+    """The rows of serving view ``view`` computed over ``version``'s tables, minus lineage columns."""
+    from sinks.migrate import database
+
+    cols = {
+        "orders": "order_id, user_id, amount, currency, category, payment_method, ip_country, "
+                  "toUnixTimestamp64Milli(event_time) AS et, user_country, user_segment, late, "
+                  "source_partition, source_offset",
+        "revenue_per_minute": "toUnixTimestamp64Milli(window_start) AS ws, category, currency, orders, "
+                              "round(revenue, 6) AS revenue",
+        # model, bucket, labelled only: the fraud model's scores and metrics are not reproducible
+        # run to run yet (see the module docstring), so they are not compared
+        "model_quality": "model, bucket, labelled",
+        "rejected_events": "source, reason",
+    }[view]
+    src = _view_sql(view, database(version)) if version != "serving" else f"kappa.{view}"
+    return query_rows(w.settings(), f"SELECT {cols} FROM {src} ORDER BY {cols.split(',')[0].split()[-1]}, "
+                                    f"{cols}")
+
+
+def test_replay_refuses_while_a_live_sink_holds_the_directory(world: World) -> None:
+    env = {**world.stack.env(world.home), "KAPPA_TOPIC_PREFIX": world.prefix}
+    proc = subprocess.Popen([sys.executable, "-m", "sinks", "serve", "--version", "v1"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (world.home / "clickhouse-query.json").exists():
+            assert time.monotonic() < deadline, "sink endpoint did not come up"
+            time.sleep(0.2)
+        with pytest.raises(SinkBusy, match="stop kappa run first, or use a ClickHouse server via KAPPA_CLICKHOUSE_URL"):
+            replay(world.settings(), "vbusy", parse_start("earliest"), echo=lambda _: None)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def test_unchanged_replay_is_identical_to_live(world: World) -> None:
+    out: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("KAPPA_CATEGORY_MAP", raising=False)
+        result = replay(world.settings(), "v2", StartPoint(None), echo=out.append, poll=1.0, max_seconds=300)
+    assert result.drained and not result.swapped
+    assert any("lag: users" in line and "ETA" in line for line in out), out[:5]
+    assert any(line.startswith("replay summary: v2 from earliest") for line in out)
+    for view in ("orders", "revenue_per_minute", "model_quality", "rejected_events"):
+        live, again = facts(world, "v1", view), facts(world, "v2", view)
+        assert live, view
+        assert again == live, view
+    v = result.verification
+    assert v is not None
+    assert all(v.stats[k][0] == v.stats[k][1] for k in ("orders", "revenue_per_minute", "rejected_events")), v.lines()
+    # the views still read v1: nothing was swapped
+    served = query_rows(world.settings(), "SELECT DISTINCT pipeline_version AS v FROM kappa.orders")
+    assert {r["v"] for r in served} == {"v1"}
+
+
+def test_replay_from_instant_replaces_only_that_range(world: World) -> None:
+    rows = query_rows(world.settings(), "SELECT toUnixTimestamp64Milli(quantileExact(0.5)(event_time)) AS mid "
+                                        "FROM kappa_v1.orders")
+    mid = int(rows[0]["mid"]) + 12_345
+    start = StartPoint(mid)
+    assert start.boundary_ms is not None
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("KAPPA_CATEGORY_MAP", raising=False)
+        result = replay(world.settings(), "v3", start, echo=lambda _: None, poll=1.0, max_seconds=300)
+    assert result.drained and result.copied["orders"] > 0
+    b = start.boundary_ms
+    lineage = query_rows(world.settings(),
+                         "SELECT pipeline_version AS v, toUnixTimestamp64Milli(min(event_time)) AS lo, "
+                         "toUnixTimestamp64Milli(max(event_time)) AS hi FROM kappa_v3.orders FINAL GROUP BY v")
+    by = {r["v"]: r for r in lineage}
+    assert int(by["v1"]["hi"]) < b <= int(by["v3"]["lo"])  # before B copied from live, from B recomputed
+    # the generator's log is published at once (record time >> event time), so the lookup reads it
+    # all and the recomputed range equals the live one exactly
+    assert facts(world, "v3", "orders") == facts(world, "v1", "orders")
+    assert facts(world, "v3", "revenue_per_minute") == facts(world, "v1", "revenue_per_minute")
+    # fraud quality: copied before B (same as live), recomputed from B
+    live_q = [r for r in facts(world, "v1", "model_quality") if r["model"] != "fraud" or int(r["bucket"]) < b]
+    new_q = [r for r in facts(world, "v3", "model_quality") if r["model"] != "fraud" or int(r["bucket"]) < b]
+    assert new_q == live_q
+
+
+def test_changed_transformation_swap_under_query_loop_equals_fresh_run(world: World) -> None:
+    probe = ("SELECT (SELECT count() FROM kappa.orders) AS orders, "
+             "(SELECT countIf(category = 'media') FROM kappa.orders) AS media, "
+             "(SELECT sum(orders) FROM kappa.revenue_per_minute) AS window_orders, "
+             "(SELECT countIf(category = 'media') FROM kappa.revenue_per_minute) AS media_windows, "
+             "(SELECT count() FROM kappa.rejected_events) AS rejected, "
+             "(SELECT count() FROM kappa.model_quality) AS quality, "
+             "(SELECT uniqExact(pipeline_version) FROM kappa.orders) AS versions")
+    seen: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(query_rows(world.settings(), probe)[0])
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads: list[threading.Thread] = []
+
+    def on_caught_up(_: object) -> None:
+        before = query_rows(world.settings(), probe)[0]
+        seen.append(before)
+        t = threading.Thread(target=loop, daemon=True)
+        t.start()
+        threads.append(t)
+        time.sleep(1.0)  # the loop is running when the swap starts
+
+    result = replay(world.settings(category_map=CATEGORY_MAP), "v4", parse_start("earliest"), swap_views=True,
+                    echo=lambda _: None, poll=1.0, max_seconds=300, on_caught_up=on_caught_up)
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert result.swapped and result.swapped_from == "v1"
+    assert not errors, errors[:3]
+    assert result.verification is not None and not result.verification.identical
+    assert any("category_map" in e for e in result.verification.explanations)
+    assert any(e.startswith("orders: orders per category") for e in result.verification.explanations)
+    old, new = seen[0], seen[-1]
+    assert old != new and int(old["media"]) == 0 and int(new["media"]) > 0
+    assert all(r in (old, new) for r in seen), [r for r in seen if r not in (old, new)][:3]
+    assert old in seen[1:] or new in seen[1:]
+    assert len(seen) > 5
+    # the serving views read v4 ...
+    served = query_rows(world.settings(), "SELECT DISTINCT pipeline_version AS v FROM kappa.orders")
+    assert {r["v"] for r in served} == {"v4"}
+    assert (world.home / "live_version.json").read_text().count('"v4"') == 1
+    # ... whose results equal a fresh run of the changed pipeline on the same log
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KAPPA_CATEGORY_MAP", CATEGORY_MAP)
+        _run(world.settings(category_map=CATEGORY_MAP), "v5")
+    for view in ("orders", "revenue_per_minute", "model_quality", "rejected_events"):
+        assert facts(world, "serving", view) == facts(world, "v5", view), view
+
+
+def test_cleanup_refuses_the_live_version_and_drops_an_old_one(world: World) -> None:
+    s = world.settings()
+    with pytest.raises(ReplayError, match="refusing to drop v4: it is the live version"):
+        cleanup(s, "v4", echo=lambda _: None)
+    dropped = cleanup(s, "v2", echo=lambda _: None)
+    assert "database kappa_v2" in dropped and any(d.startswith("topic kappa.v2.") for d in dropped)
+    assert not query_rows(s, "SELECT name FROM system.databases WHERE name = 'kappa_v2'")
+    admin = AdminClient(client_config(s, world.stack.kafka_bootstrap))
+    deadline = time.monotonic() + 30
+    while any(t.startswith(("kappa.v2.", "kappa-v2-")) for t in admin.list_topics(timeout=10).topics):
+        assert time.monotonic() < deadline, "v2 topics still listed"
+        time.sleep(0.5)
+    assert query_rows(s, "SELECT count() AS n FROM kappa.orders")[0]["n"] > 0  # serving untouched
+
+
+def test_refuses_a_start_that_is_no_longer_retained(stack: Stack, tmp_path: Path) -> None:
+    prefix = f"rt{time.time_ns() % 10**9}."
+    s = stack.settings(home=tmp_path, topic_prefix=prefix, partitions=1)
+    ensure_topics(s, stack.kafka_bootstrap, topics.input_specs(1, prefix))
+    orders = topics.input_topics(prefix).orders
+    now = int(time.time() * 1000)
+    p = Producer(client_config(s, stack.kafka_bootstrap))
+    for i in range(5):
+        p.produce(orders, b"x", b"k", timestamp=now - 3_600_000 + i * 600_000)
+    p.flush(10)
+    admin = AdminClient(client_config(s, stack.kafka_bootstrap))
+    for fut in admin.delete_records([TopicPartition(orders, 0, 2)]).values():
+        fut.result()
+    deleted_before = now - 3_600_000 + 2 * 600_000  # the oldest retained record's time
+    with pytest.raises(NotRetained, match="retains records only since"):
+        start_offsets(s, stack.kafka_bootstrap, StartPoint(now - 3 * 3_600_000), echo=lambda _: None)
+    got = start_offsets(s, stack.kafka_bootstrap, StartPoint(deleted_before + 20 * 60_000), echo=lambda _: None)
+    assert got[(orders, 0)] == 3  # first record >= boundary - 5 min
+    warned: list[str] = []
+    assert start_offsets(s, stack.kafka_bootstrap, StartPoint(None), echo=warned.append) == {}
+    assert warned and "no longer holds the first records" in warned[0]
