@@ -38,12 +38,10 @@ def best_of(repeat: int, fn: Callable[[], int]) -> tuple[int, float]:
     return n, best
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--fraud-orders", type=int, default=20_000)
-    args = parser.parse_args()
-
+def run(repeat: int = 3, fraud_orders: int = 20_000,
+        state: dict[str, FraudLearner] | None = None) -> list[dict[str, float | str | int]]:
+    """Rows ``{"stage", "events", "seconds", "events_per_s"}`` (best of ``repeat``)."""
+    args = argparse.Namespace(repeat=repeat, fraud_orders=fraud_orders)
     phishing = list(datasets.Phishing()) * 8  # 10 000 samples
     rows = []
 
@@ -84,7 +82,7 @@ def main() -> None:
             model.learn_one(x, truth[o["order_id"]])
         return 2 * len(orders)
 
-    state: dict[str, FraudLearner] = {}
+    state = {} if state is None else state
 
     def fraud_learner() -> int:
         lrn = FraudLearner(sources=("o/0", "o/1", "o/2", "o/3", "l/0", "l/1", "l/2", "l/3"))
@@ -98,6 +96,16 @@ def main() -> None:
 
     rows.append(("river loop, fraud features (learn at once)", *best_of(args.repeat, river_fraud)))
     rows.append(("fraud learner (orders+labels, delayed)", *best_of(args.repeat, fraud_learner)))
+    return [{"stage": name, "events": n, "seconds": secs, "events_per_s": n / secs} for name, n, secs in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--fraud-orders", type=int, default=20_000)
+    args = parser.parse_args()
+    state: dict[str, FraudLearner] = {}
+    rows = [(r["stage"], r["events"], r["seconds"]) for r in run(args.repeat, args.fraud_orders, state)]
 
     print(f"{'stage':<46} {'events':>8} {'seconds':>8} {'events/s':>10}")
     for name, n, secs in rows:

@@ -24,13 +24,11 @@ from producers.base import PRODUCER_CONFIG, Publisher
 from producers.ecommerce import GeneratorConfig, generate
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=4)
-    args = parser.parse_args()
-    settings = Settings()
+def run(events: int, partitions: int = 4, rounds: int = 4,
+        settings: Settings | None = None) -> list[dict[str, float | str | int]]:
+    """Best events/s per path: rows ``{"path", "events_per_s", "events", "rounds", "delivered"}``."""
+    args = argparse.Namespace(events=events, partitions=partitions, rounds=rounds)
+    settings = settings or Settings()
     bootstrap = settings.kafka_bootstrap or "127.0.0.1:9092"
     run = uuid.uuid4().hex[:8]
     topic_avro, topic_raw = f"bench-{run}.orders", f"bench-{run}.raw"
@@ -83,11 +81,23 @@ def main() -> None:
     n = len(orders)
     rows = [("serialize+produce (publish_many)", best["kappa"]),
             ("raw produce (pre-encoded)", best["raw"]), ("serialize only (Encoder)", best["encode"])]
-    print(f"orders: {n} x {args.rounds} rounds, partitions: {args.partitions}, "
-          f"delivered by Publisher: {summary.delivered}; best round per path")
+    return [{"path": name, "events_per_s": eps, "events": n, "rounds": args.rounds,
+             "delivered": summary.delivered} for name, eps in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args()
+    rows = run(args.events, args.partitions, args.rounds)
+    print(f"orders: {rows[0]['events']} x {args.rounds} rounds, partitions: {args.partitions}, "
+          f"delivered by Publisher: {rows[0]['delivered']}; best round per path")
     print(f"{'path':32} {'events/s':>12} {'vs raw':>8}")
-    for name, eps in rows:
-        print(f"{name:32} {eps:12,.0f} {eps / rows[1][1]:8.0%}")
+    for row in rows:
+        eps = float(row["events_per_s"])
+        print(f"{row['path']:32} {eps:12,.0f} {eps / float(rows[1]['events_per_s']):8.0%}")
 
 
 if __name__ == "__main__":
