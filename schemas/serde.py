@@ -307,7 +307,7 @@ class Decoder:
             if read is not None:
                 try:
                     return read(data, 5)  # type: ignore[no-any-return]
-                except Exception:  # noqa: S110 - fastavro below decides and explains
+                except Exception:  # fastavro below decides and explains
                     pass
         record = self.decode(data)
         return tuple(record.get(f) for f in self.fields)

@@ -41,7 +41,7 @@ class _MemoryClient:
 
 def _value(rng: random.Random, avro_type: Any) -> Any:
     if isinstance(avro_type, list):
-        return None if rng.random() < 0.3 else _value(rng, [t for t in avro_type if t != "null"][0])
+        return None if rng.random() < 0.3 else _value(rng, next(t for t in avro_type if t != "null"))
     if isinstance(avro_type, dict):
         avro_type = avro_type["type"]
     if avro_type == "long":
