@@ -13,6 +13,8 @@ cumulative, so it cannot show a recovery after the drift.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -94,10 +96,11 @@ class PipelineRun:
             deadline = time.monotonic() + 60
             while any(pos[p] < ends[p] for p in parts) and time.monotonic() < deadline:
                 for msg in c.consume(5000, 1.0):
-                    if msg.error():
+                    value, offset = msg.value(), msg.offset()
+                    if msg.error() or value is None or offset is None:
                         continue
-                    pos[msg.partition()] = msg.offset() + 1
-                    rec = dec.decode(msg.value())
+                    pos[msg.partition()] = offset + 1
+                    rec = dec.decode(value)
                     out[rec["order_id"]] = rec["is_fraud"]
             return out
         finally:
@@ -186,3 +189,96 @@ def test_phishing_through_cli_equals_progressive_val_score(pipeline: PipelineRun
     assert int(final["labelled"]) == 1250
     for name, value in ref.items():
         assert float(final[name]) == pytest.approx(value, abs=1e-9), name
+
+
+class Quality:
+    """Reader of the ModelQuality records of ``version`` straight from its Kafka topic."""
+
+    def __init__(self, stack: Stack, settings: Settings, version: str) -> None:
+        from kappa.topics import output_topics
+
+        self.dec = Decoder(Registry(stack.schema_registry_url), "model_quality")
+        self.c = Consumer(client_config(settings, stack.kafka_bootstrap, **{
+            "group.id": f"test-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
+            "enable.auto.commit": False}))
+        self.c.subscribe([output_topics(version).model_quality])
+
+    def until(self, worker: subprocess.Popen[bytes], done: Any, timeout: float) -> list[dict[str, Any]]:
+        """Records read until ``done(records)`` holds; fails when the worker dies or time runs out."""
+        seen: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while not done(seen):
+            assert time.monotonic() < deadline, f"timed out; last records {seen[-3:]}"
+            assert worker.poll() is None, "worker died"
+            seen += [self.dec.decode(m.value()) for m in self.c.consume(5000, 0.5)  # type: ignore[arg-type]
+                     if not m.error() and m.value()]
+        return seen
+
+
+    def rest(self) -> list[dict[str, Any]]:
+        """Every record up to the topic's current end (what a killed worker left behind)."""
+        seen: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            parts = self.c.assignment()
+            ends = {tp.partition: self.c.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
+            pos = {tp.partition: tp.offset for tp in self.c.position(parts)}
+            if parts and all(pos[p] >= ends[p] or (pos[p] < 0 and ends[p] == 0) for p in ends):
+                return seen
+            seen += [self.dec.decode(m.value()) for m in self.c.consume(5000, 0.5)  # type: ignore[arg-type]
+                     if not m.error() and m.value()]
+        raise AssertionError("could not read the model_quality topic to its end")
+
+
+def _labelled(records: list[dict[str, Any]], model: str) -> list[int]:
+    return [int(r["labelled"]) for r in records if r["model"] == model]
+
+
+@pytest.mark.reliability
+def test_kill_9_of_the_real_worker_resumes_learning_without_double_learning(
+        stack: Stack, tmp_path: Path) -> None:
+    prefix, version = f"t{uuid.uuid4().hex[:8]}.", f"k{uuid.uuid4().hex[:8]}"
+    env = stack.env(tmp_path) | {"KAPPA_TOPIC_PREFIX": prefix, "KAPPA_VERSION": version,
+                                 "KAPPA_WINDOW_GRACE_SECONDS": "5"}
+    _kappa(["produce", "--river-dataset", "Phishing"], env, 120)
+    _kappa(["produce", "--generator", "ecommerce", "--events", "4000", "--seed", str(SEED),
+            "--start", str(START_MS)], env, 120)
+    manifest = json.loads(next((tmp_path / "manifests").glob("ecommerce-*.json")).read_text())
+    labels = int(manifest["labels"])
+    quality = Quality(stack, stack.settings(topic_prefix=prefix, version=version, home=tmp_path), version)
+
+    def start() -> subprocess.Popen[bytes]:
+        log = open(tmp_path / f"worker-{time.time_ns()}.log", "wb")
+        return subprocess.Popen([sys.executable, "-m", "stream_processors", "worker", "--version", version],
+                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    worker = start()
+    try:
+        before = quality.until(worker, lambda rs: max(_labelled(rs, "fraud"), default=0) >= labels // 3, 180)
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(30)
+        before += quality.rest()
+        worker = start()
+        after = quality.until(worker, lambda rs: labels in _labelled(rs, "fraud"), 180)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait(10)
+        quality.c.close()
+    killed_at, resumed_at = max(_labelled(before, "fraud")), min(_labelled(after, "fraud"))
+    final = {r["model"]: r for r in before + after if r["labelled"] in (labels, 1250)}
+    print(f"\nfraud labelled: {killed_at} when killed, first record after restart {resumed_at}, "
+          f"final {final['fraud']['labelled']}/{labels} labels (roc_auc {final['fraud']['roc_auc']:.3f})\n"
+          f"phishing final after the kill: {final['phishing']}")
+    assert resumed_at >= killed_at // 2, "the restarted worker started the fraud model cold"
+    assert max(_labelled(after, "fraud")) == labels, "a label was learned twice"
+    assert max(_labelled(before + after, "phishing")) == 1250
+    ref = {f: evaluate.progressive_val_score(datasets.Phishing(), default_model(), m).get()
+           for f, m in (("accuracy", metrics.Accuracy()), ("roc_auc", metrics.ROCAUC()),
+                        ("log_loss", metrics.LogLoss()))}
+    for name, value in ref.items():  # equal to River: no sample learned twice or skipped
+        assert float(final["phishing"][name]) == pytest.approx(value, abs=1e-9), name
