@@ -302,4 +302,4 @@ def compile_reader(schema: dict[str, Any]) -> Callable[[bytes, int], tuple[Any, 
               + "    if p != L:\n        raise ValueError(f'{L - p} trailing bytes')\n"
               + f"    return ({', '.join(names)}{',' if len(names) == 1 else ''})\n")
     exec(compile(source, f"<avro reader {schema.get('name')}>", "exec"), env)
-    return env["read"]  # type: ignore[no-any-return]
+    return env["read"]

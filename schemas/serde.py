@@ -306,7 +306,7 @@ class Decoder:
                 read = self._fast_reader(split_frame(data)[0])
             if read is not None:
                 try:
-                    return read(data, 5)  # type: ignore[no-any-return]
+                    return read(data, 5)
                 except Exception:  # fastavro below decides and explains
                     pass
         record = self.decode(data)
