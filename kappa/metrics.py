@@ -197,5 +197,26 @@ def serve(component: str, port: int = 0) -> int:
                     "port (KAPPA_METRICS_PORT) or leave it 0"
                 ) from exc
     _register(settings.home.resolve(), component, host, chosen)
+    _precreate(component)
     COMPONENT_UP.labels(component).set(1)
     return chosen
+
+
+_SINK_TABLES = ("orders", "scores", "revenue_windows", "model_quality", "drift_events", "rejected_events")
+
+
+def _precreate(component: str) -> None:
+    """Export 0-valued series for counters that may stay at zero (failures, drift detections).
+
+    Without them a panel or alert over ``rate()``/``increase()`` has no data until the first
+    failure, and the first increment is invisible to ``increase()``.
+    """
+    if component == "sink":
+        for table in _SINK_TABLES:
+            SINK_INSERT_FAILURES.labels(table)
+            SINK_ROWS.labels(table)
+    elif component == "processor":
+        DRIFT_DETECTIONS.labels("fraud")
+        DUPLICATES.inc(0)
+        for kind in ("within_grace", "too_late"):
+            LATE_EVENTS.labels(kind)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-from kappa import topics
+from kappa import metrics, topics
 from kappa.errors import KappaError
 from kappa.kafka import client_config, ensure_topics
 from kappa.lag import GroupLag, group_lag, matching_topics
@@ -41,6 +41,13 @@ def processor_group(version: str) -> str:
 def sink_group(version: str) -> str:
     """Consumer group of the sink service of ``version``."""
     return f"kappa-{version}-sink"
+
+
+def _export_lag(state: DrainState) -> None:
+    """Publish per-partition lag of both groups as kappa_consumer_lag_messages."""
+    for lag in (state.processors, state.sink):
+        for (topic, partition), (committed, end) in lag.per_partition.items():
+            metrics.CONSUMER_LAG.labels(lag.group, topic, str(partition)).set(max(0, end - committed))
 
 
 def _die_with_parent() -> None:
@@ -83,6 +90,7 @@ class Pipeline:
     version: str
     workers: int = 1
     echo: Callable[[str], None] = print
+    serve_metrics: bool = True
     children: list[_Child] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -186,6 +194,8 @@ class Pipeline:
         for s in previous:
             signal.signal(s, _on_signal)
         t0 = time.monotonic()
+        if self.serve_metrics:
+            metrics.serve("runner")
         for child in self.children:
             self._start(child)
         self.echo(f"running version {self.version}: {self.workers} worker(s) + sink; logs in "
@@ -199,6 +209,7 @@ class Pipeline:
                 time.sleep(poll)
                 self._supervise()
                 state = self.state()
+                _export_lag(state)
                 now = time.monotonic()
                 rate = (state.processors.consumed - last_consumed) / max(1e-6, now - last_t)
                 last_consumed, last_t = state.processors.consumed, now

@@ -169,9 +169,10 @@ class Publisher:
                 self._producer.poll(0.05)
         self._sent[topic] += 1
         self._since_poll += 1
-        if self._since_poll >= 5000:
+        chunk = 5000 if self.rate is None else max(1, min(5000, int(self.rate / 4)))
+        if self._since_poll >= chunk:
             self._since_poll = 0
-            self._after_chunk(5000)
+            self._after_chunk(chunk)
 
     def publish(self, topic: str, record: dict[str, Any], key: str | None = None) -> bytes:
         """Encode ``record`` for ``topic`` and produce it with UTF-8 ``key``; return the bytes.
@@ -221,6 +222,7 @@ class Publisher:
 
     def _after_chunk(self, n: int) -> None:
         self._producer.poll(0)
+        self._record_metrics(self.summary())  # live counters for long or paced runs
         if self._progress is not None:
             self._progress.update(n)
         if self._fatal is not None:

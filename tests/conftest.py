@@ -96,7 +96,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         return
     reserve_ports(home)
     settings = Settings(home=home)
-    manager.up(settings)
+    try:
+        manager.up(settings)
+    except BaseException:
+        manager.down(settings)  # never leave a half-started stack behind
+        raise
     ep = manager.endpoints(settings)
     try:
         yield Stack(ep.kafka_bootstrap, ep.schema_registry_url, home, "local")

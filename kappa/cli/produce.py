@@ -74,6 +74,9 @@ def produce(generator: str | None, events: int, seed: int, users: int | None, st
         raise click.UsageError("give exactly one of --generator, --file or --river-dataset")
     settings = _settings(topic_prefix)
     ep = endpoints(settings)
+    from kappa import metrics
+
+    metrics.serve("producer")
     check_connection(settings, ep.kafka_bootstrap)  # wrong credentials fail here, fast and clearly
 
     if generator:

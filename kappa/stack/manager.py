@@ -24,7 +24,7 @@ from kappa.errors import KafkaUnavailable, RegistryUnavailable, StackError
 from kappa.kafka import check_connection
 from kappa.settings import Settings
 from kappa.stack import fetch
-from kappa.stack.process import is_ours, port_free, require_free, rss_bytes, spawn, stop
+from kappa.stack.process import alive, is_ours, port_free, require_free, rss_bytes, spawn, stop
 
 __all__ = ["ComponentStatus", "Endpoints", "down", "endpoints", "status", "up"]
 
@@ -213,7 +213,7 @@ def _wait(check: Any, what: str, timeout: float, pid: int, marker: str, log: Pat
     while time.monotonic() < deadline:
         if check():
             return
-        if not is_ours(pid, marker):
+        if not alive(pid):  # not is_ours(): right after fork the child still shows our cmdline
             tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
             raise StackError(f"{what} exited during start; last log lines ({log}):\n" + "\n".join(tail))
         time.sleep(0.5)

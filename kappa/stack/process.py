@@ -12,7 +12,7 @@ from pathlib import Path
 
 from kappa.errors import PortInUse
 
-__all__ = ["free_port", "is_ours", "port_free", "spawn", "stop"]
+__all__ = ["alive", "free_port", "is_ours", "port_free", "spawn", "stop"]
 
 
 def free_port() -> int:
@@ -71,6 +71,17 @@ def is_ours(pid: int | None, marker: str) -> bool:
     if stat.rsplit(")", 1)[-1].split()[0] == "Z":
         return False
     return marker in cmdline
+
+
+def alive(pid: int | None) -> bool:
+    """True when ``pid`` exists and is not a zombie (whatever it runs)."""
+    if not pid:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def rss_bytes(pid: int) -> int:
