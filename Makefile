@@ -18,7 +18,10 @@ test: setup  ## run the whole test suite (unit + integration on a real local sta
 unit: setup  ## run the fast unit tests only
 	.venv/bin/python -m pytest tests/unit
 
+reliability: setup  ## run the reliability suite alone (kill -9, broker restart, sink outage, bad input)
+	.venv/bin/python -m pytest tests/reliability -m reliability -rA --durations=0
+
 lint: setup  ## ruff + mypy
 	.venv/bin/ruff check . && .venv/bin/mypy kappa schemas producers stream_processors sinks
 
-.PHONY: help setup demo test unit lint
+.PHONY: help setup demo test unit reliability lint
