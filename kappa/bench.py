@@ -121,10 +121,11 @@ class BenchReport:
                  f"{m.get('load_after', '?')}, {m.get('seconds', 0):.0f}s. Ratios are to each section's baseline "
                  "(the first figure, marked 1.00).", "",
                  "| section | figure | value | vs baseline |", "|---|---|---|---|"]
+        keys = iter(SECTIONS)
         section = ""
         for header, name, value, ratio in self.rows():
             if header:
-                section = header.split(":")[0]
+                section = next(keys)
                 continue
             lines.append(f"| {section} | {name.replace('|', '/')} | {value} | {ratio} |")
         return "\n".join(lines) + "\n"

@@ -1,0 +1,33 @@
+"""The bench report: ratios to baselines, every section listed, files a reader can use."""
+
+from __future__ import annotations
+
+from kappa.bench import SECTIONS, BenchReport, Figure
+
+META = {"started": "20260101T000000", "events": 1000, "quick": True, "cpus": 2, "load_before": "1.0",
+        "load_after": "1.0", "seconds": 12.0}
+
+
+def test_ratio_is_relative_to_the_baseline_and_absent_without_one() -> None:
+    assert Figure("produce", "x", 50.0, "ev/s", baseline=100.0).ratio == 0.5
+    assert Figure("job", "quix", None, "", baseline=100.0).ratio is None
+    assert Figure("rss", "y", 10.0, "MiB").ratio is None
+
+
+def test_table_lists_every_section_even_unmeasured_ones() -> None:
+    report = BenchReport([Figure("produce", "raw (baseline)", 100.0, "ev/s", 100.0),
+                          Figure("produce", "kappa", 80.0, "ev/s", 100.0),
+                          Figure("job", "Quix Streams", None, "", note="not run: missing")], META)
+    table = report.table()
+    for header in SECTIONS.values():
+        assert f"== {header}" in table
+    assert "0.80" in table and "1.00" in table
+    assert "not run: missing" in table
+    assert table.count("not run: not selected") == len(SECTIONS) - 2
+
+
+def test_markdown_is_one_row_per_figure() -> None:
+    report = BenchReport([Figure("sink", "chdb", 1_000_000.0, "rows/s", 1_000_000.0)], META)
+    md = report.markdown()
+    assert md.startswith("# kappa bench 20260101T000000")
+    assert "| sink | chdb | 1,000,000 rows/s | 1.00 |" in md
