@@ -105,7 +105,8 @@ def main() -> None:
     parser.add_argument("--fraud-orders", type=int, default=20_000)
     args = parser.parse_args()
     state: dict[str, FraudLearner] = {}
-    rows = [(r["stage"], r["events"], r["seconds"]) for r in run(args.repeat, args.fraud_orders, state)]
+    rows = [(str(r["stage"]), int(r["events"]), float(r["seconds"]))
+            for r in run(args.repeat, args.fraud_orders, state)]
 
     print(f"{'stage':<46} {'events':>8} {'seconds':>8} {'events/s':>10}")
     for name, n, secs in rows:

@@ -24,10 +24,10 @@ from producers.base import PRODUCER_CONFIG, Publisher
 from producers.ecommerce import GeneratorConfig, generate
 
 
-def run(events: int, partitions: int = 4, rounds: int = 4,
+def run(count: int, partitions: int = 4, rounds: int = 4,
         settings: Settings | None = None) -> list[dict[str, float | str | int]]:
     """Best events/s per path: rows ``{"path", "events_per_s", "events", "rounds", "delivered"}``."""
-    args = argparse.Namespace(events=events, partitions=partitions, rounds=rounds)
+    args = argparse.Namespace(events=count, partitions=partitions, rounds=rounds)
     settings = settings or Settings()
     bootstrap = settings.kafka_bootstrap or "127.0.0.1:9092"
     run = uuid.uuid4().hex[:8]

@@ -290,7 +290,9 @@ class _Run:
         rows = max(self.events, 1_000) * (2 if self.quick else 5)
         batch = min(50_000, rows)
         recs = sink.records(rows, "bench")
-        with EmbeddedBackend(self.work / "sink" / "clickhouse") as backend:
+        with EmbeddedBackend(self.work / "sink" / "clickhouse") as opened:
+            assert isinstance(opened, EmbeddedBackend)
+            backend = opened
             for v in ("bench_chdb", "bench_writer"):
                 migrate.apply(backend, v)
             chdb = rows / sink.bench_chdb(backend, recs, "bench_chdb", batch)
