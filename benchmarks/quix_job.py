@@ -35,12 +35,21 @@ AVRO = Path(__file__).resolve().parents[1] / "schemas" / "avro"
 CURRENCIES = {"EUR", "USD", "GBP", "JPY", "CHF"}
 
 
+def _plain(schema: Any) -> Any:
+    """The schema without logical types: timestamps stay epoch-ms ints, as Kappa's decoder returns them."""
+    if isinstance(schema, dict):
+        return {k: _plain(v) for k, v in schema.items() if k != "logicalType"}
+    if isinstance(schema, list):
+        return [_plain(v) for v in schema]
+    return schema
+
+
 class ConfluentAvro(Deserializer):
     """Confluent wire format (magic byte + schema id) -> dict, with the writer schema from the repo."""
 
     def __init__(self, name: str) -> None:
         super().__init__()
-        self.schema = fastavro.parse_schema(json.loads((AVRO / f"{name}.avsc").read_text()))
+        self.schema = fastavro.parse_schema(_plain(json.loads((AVRO / f"{name}.avsc").read_text())))
 
     def __call__(self, value: bytes, ctx: Any) -> Any:
         return fastavro.schemaless_reader(io.BytesIO(value[5:]), self.schema)
