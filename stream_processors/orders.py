@@ -28,7 +28,7 @@ from schemas.rules import reason_code, validate_order, validate_user
 from schemas.serde import DecodeError, Decoder
 from stream_processors.base import Emitted, Message, State, dumps, loads
 from stream_processors.users import NULL_USER, as_of, upsert
-from stream_processors.windows import PartitionWindows, window_key, window_start
+from stream_processors.windows import WINDOW_MS, PartitionWindows, window_key
 
 __all__ = ["DEDUPE_RETENTION_MS", "MAX_PAYLOAD", "OrderStage", "rejection"]
 
@@ -54,6 +54,48 @@ def rejection(msg: Message, reason: str, now_ms: int) -> dict[str, Any]:
             "reason": reason, "payload": payload, "rejected_at": now_ms, "stage": "processor"}
 
 
+_MISSING = object()
+
+
+class _View:
+    """One state partition as a batch sees it: its pending writes over the store, values parsed once.
+
+    Each key is read (multi-get) and parsed at most once per batch, and a write keeps its parsed
+    value, so later reads in the same batch cost a dict lookup.
+    """
+
+    __slots__ = ("p", "parsed", "state", "writes")
+
+    def __init__(self, p: int, writes: dict[bytes, bytes | None], state: State) -> None:
+        self.p = p
+        self.writes = writes
+        self.parsed: dict[bytes, Any] = {}
+        self.state = state
+
+    def prefetch(self, keys: list[bytes]) -> None:
+        """Read every key not seen yet in one round trip (``get_many`` when the state has it)."""
+        parsed, writes = self.parsed, self.writes
+        want = [k for k in dict.fromkeys(keys) if k not in parsed and k not in writes]
+        if not want:
+            return
+        get_many = getattr(self.state, "get_many", None)
+        values = (get_many(self.p, want) if get_many is not None
+                  else [self.state.get(self.p, k) for k in want])
+        for key, raw in zip(want, values, strict=True):
+            parsed[key] = None if raw is None else loads(raw)
+
+    def get(self, key: bytes) -> Any:
+        value = self.parsed.get(key, _MISSING)
+        if value is _MISSING:
+            raw = self.writes[key] if key in self.writes else self.state.get(self.p, key)
+            value = self.parsed[key] = loads(raw)
+        return value
+
+    def put(self, key: bytes, value: Any, raw: bytes | None = None) -> None:
+        self.parsed[key] = value
+        self.writes[key] = dumps(value) if raw is None else raw
+
+
 class OrderStage:
     """Validate, dedupe, enrich and pre-aggregate one batch of users/orders messages."""
 
@@ -71,11 +113,16 @@ class OrderStage:
         self.clock = clock
         self.registry_retry_s = registry_retry_s
         self.category_map = category_map or {}
+        self.users_source: Callable[[int, int], list[Message]] | None = None
+        """Reads ``users`` partition p from an offset to its end (stream_processors.dimensions)."""
+        self._users_next: dict[int, int] = {}
+        self._views: dict[int, _View] = {}
 
     def process(self, msgs: Sequence[Message]) -> Emitted:
         """One batch in, everything it emits out (users of a batch are applied before its orders)."""
         now_ms = int(self.clock() * 1000)
         out = Emitted()
+        self._views = {}
         users: dict[int, list[Message]] = defaultdict(list)
         orders: dict[int, list[Message]] = defaultdict(list)
         for m in msgs:
@@ -87,9 +134,14 @@ class OrderStage:
             CONSUMED.labels(self.users_topic).inc(len(ms))
             self._users(p, ms, now_ms, out)
         for p, ms in orders.items():
+            if self.users_source is not None:  # every user published so far, before the join
+                missing = self.users_source(p, self._users_next.get(p, 0))
+                if missing:
+                    self._users(p, missing, now_ms, out, reject=False)
             CONSUMED.labels(self.orders_topic).inc(len(ms))
             ms.sort(key=lambda m: m.offset)
             self._orders(p, ms, now_ms, out)
+        self._views = {}
         return out
 
     # -- helpers ------------------------------------------------------------------------------
@@ -115,64 +167,89 @@ class OrderStage:
         out.rejected.append(rejection(msg, reason, now_ms))
         REJECTED.labels("processor", msg.topic, reason_code(reason)).inc()
 
-    def _reader(self, p: int, out: Emitted) -> tuple[dict[bytes, bytes | None], Callable[[bytes], Any]]:
-        writes = out.writes.setdefault(p, {})
-        state_get = self.state.get
+    def _view(self, p: int, out: Emitted) -> _View:
+        view = self._views.get(p)
+        if view is None:
+            view = self._views[p] = _View(p, out.writes.setdefault(p, {}), self.state)
+        return view
 
-        def get(key: bytes) -> Any:
-            return loads(writes[key] if key in writes else state_get(p, key))
-
-        return writes, get
-
-    def _users(self, p: int, ms: list[Message], now_ms: int, out: Emitted) -> None:
-        writes, get = self._reader(p, out)
-        for m, rec in self._decode(self.user_decoder, ms, now_ms, out):
+    def _users(self, p: int, ms: list[Message], now_ms: int, out: Emitted, reject: bool = True) -> None:
+        """Upsert user versions; ``reject=False`` (catch-up reads) skips bad records silently,
+        since the stream delivers the same records later and rejects them once, there."""
+        if ms:
+            self._users_next[p] = max(self._users_next.get(p, 0), max(m.offset for m in ms) + 1)
+        view = self._view(p, out)
+        good = []
+        if reject:
+            decoded = self._decode(self.user_decoder, ms, now_ms, out)
+        else:
+            decoded = [(m, rec) for m, rec in zip(ms, self.user_decoder.decode_many([m.value or b"" for m in ms]),
+                                                   strict=True) if isinstance(rec, dict)]
+        for m, rec in decoded:
             reason = validate_user(rec, now_ms)
             if reason:
-                self._reject(m, reason, now_ms, out)
-                continue
-            key = b"u%d" % rec["user_id"]
-            writes[key] = dumps(upsert(get(key) or [], rec))
+                if reject:
+                    self._reject(m, reason, now_ms, out)
+            else:
+                good.append(rec)
+        keys = [b"u%d" % rec["user_id"] for rec in good]
+        view.prefetch(keys)
+        for key, rec in zip(keys, good, strict=True):
+            view.put(key, upsert(view.get(key) or [], rec))
 
     def _orders(self, p: int, ms: list[Message], now_ms: int, out: Emitted) -> None:
-        writes, get = self._reader(p, out)
+        view = self._view(p, out)
+        writes, get = view.writes, view.get
         prog = PartitionWindows.from_json(get(b"p"))
         touched: set[str] = set()
         grace = self.grace_ms
         start_offset = prog.offset
+        valid = []
+        reject, category_map = self._reject, self.category_map
         for m, rec in self._decode(self.order_decoder, ms, now_ms, out):
             reason = validate_order(rec, now_ms)
             if reason:
-                self._reject(m, reason, now_ms, out)
+                reject(m, reason, now_ms, out)
                 continue
-            if self.category_map:  # KAPPA_CATEGORY_MAP: a per-version transformation knob
-                rec["category"] = self.category_map.get(rec["category"], rec["category"])
-            dkey = b"d" + rec["order_id"].encode()
+            if category_map:  # KAPPA_CATEGORY_MAP: a per-version transformation knob
+                rec["category"] = category_map.get(rec["category"], rec["category"])
+            valid.append((m, rec, b"d" + rec["order_id"].encode()))
+        # one multi-get per partition and batch for every dedupe id and user it needs
+        view.prefetch([d for _, _, d in valid])
+        view.prefetch([b"u%d" % rec["user_id"] for _, rec, _ in valid])
+        enriched = out.enriched.append
+        topic, version = self.orders_topic, self.version
+        for m, rec, dkey in valid:
+            offset = m.offset
             first = get(dkey)
             kind: str | None = None
             if first is not None:
-                if first[0] != p or first[1] != m.offset:
+                if first[0] != p or first[1] != offset:
                     DUPLICATES.inc()
                     continue
                 kind = first[2]  # the same event again (re-delivery): keep its verdict
             et = rec["event_time"]
-            wkey = window_key(window_start(et), rec["category"], rec["currency"])
-            if not prog.applied(m.offset):
-                kind = prog.add(m.offset, rec["category"], rec["currency"], rec["amount"], et,
+            if not prog.applied(offset):
+                kind = prog.add(offset, rec["category"], rec["currency"], rec["amount"], et,
                                 grace, kind)
                 if kind != "on_time":
                     LATE_EVENTS.labels(kind).inc()
             kind = kind or "on_time"
+            wkey = window_key(et - et % WINDOW_MS, rec["category"], rec["currency"])
             if wkey in prog.windows:
                 touched.add(wkey)
             if first is None:
-                writes[dkey] = dumps([p, m.offset, kind, et])
+                # the JSON of [p, offset, kind, event_time], written without json.dumps
+                view.put(dkey, [p, offset, kind, et], b'[%d,%d,"%s",%d]' % (p, offset, kind.encode(), et))
             user = as_of(get(b"u%d" % rec["user_id"]) or [], et) or NULL_USER
-            out.enriched.append((rec["order_id"], {
-                **rec, **user, "fraud_score": None, "late": kind == "too_late",
-                "source_topic": m.topic, "source_partition": p, "source_offset": m.offset,
-                "pipeline_version": self.version,
-            }))
+            rec.update(user)
+            rec["fraud_score"] = None
+            rec["late"] = kind == "too_late"
+            rec["source_topic"] = topic
+            rec["source_partition"] = p
+            rec["source_offset"] = offset
+            rec["pipeline_version"] = version
+            enriched((rec["order_id"], rec))
         if ms:
             prog.offset = max(prog.offset, ms[-1].offset)
         for wkey in sorted(touched):

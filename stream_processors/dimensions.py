@@ -1,0 +1,57 @@
+"""Catch-up reads of the ``users`` dimension, so the orders-users join does not depend on timing.
+
+Faust consumes ``users`` and ``orders`` in one stream, but how far each topic's fetches run
+ahead of the other is a matter of timing: on a replay the orders of a partition can arrive
+before the user records published long before them. Before it enriches the orders of
+partition ``p``, the order stage therefore reads ``users`` partition ``p`` up to its current
+end offset (only what it has not applied yet). Every user record published before an order
+is then applied before that order is joined — on a live run and on a replay alike.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from kappa.kafka import client_config
+from kappa.settings import Settings
+from stream_processors.base import Message
+
+__all__ = ["users_reader"]
+
+
+def users_reader(settings: Settings, bootstrap: str, topic: str) -> Callable[[int, int], list[Message]]:
+    """``fetch(partition, from_offset)`` -> the records of ``topic`` from there to its end now."""
+    consumer = Consumer(client_config(settings, bootstrap, **{
+        "group.id": f"kappa-users-catchup-{uuid.uuid4().hex[:8]}",  # never commits: assign() only
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+    }))
+
+    def fetch(partition: int, start: int) -> list[Message]:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10, cached=False)
+        start = max(start, low)
+        if start >= high:
+            return []
+        consumer.assign([TopicPartition(topic, partition, start)])
+        out: list[Message] = []
+        try:
+            while True:
+                done = False
+                for m in consumer.consume(num_messages=5000, timeout=1.0):
+                    err = m.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            done = True
+                            continue
+                        raise RuntimeError(f"reading {topic}[{partition}] for the users join: {err}")
+                    out.append(Message(m.topic(), m.partition(), m.offset(), m.key(), m.value()))
+                    done = done or m.offset() >= high - 1
+                if done:
+                    return out
+        finally:
+            consumer.unassign()
+
+    return fetch
