@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     """Mini-batch of the ``samples.*`` learners: 1 is exact progressive validation."""
     fraud_horizon_hours: float = 168.0
     """How long the fraud model keeps an order's features (and an orphan label) for its pair."""
-    fraud_lag_seconds: float = 5.0
+    fraud_lag_seconds: float = 60.0
     """Out-of-orderness the fraud merge waits for before applying events in event-time order."""
     fraud_idle_seconds: float = 2.0
     """A quiet fraud stream releases its buffered tail after this long (processing time)."""

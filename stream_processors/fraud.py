@@ -9,9 +9,14 @@ Semantics (deterministic, replayable):
   latest time seen, minus ``lag_ms``. So **a score is the prediction of the model that has
   learned exactly the labels with label_time <= the order's event_time** (and whose orders it
   had seen). A replay of the same log applies the same sequence and rebuilds the same model and
-  the same scores. Two things break the total order, both counted (``late``): an event older
-  than the released watermark (out of order by more than ``lag_ms``), and the idle flush
-  (:meth:`FraudLearner.release` with no bound), which releases the tail of a quiet stream.
+  the same scores. An event older than ``lag_ms`` behind the latest time of *its own* source
+  is counted ``late`` and neither scored nor learned: its place in the merged order would
+  depend on how sources interleave (per source, arrival order is offset order, so this test
+  is itself deterministic, and an event passing it can never be behind the released
+  watermark). The one exception is the idle flush (:meth:`FraudLearner.release` with no
+  bound), which releases the tail of a quiet live stream early; events behind it are applied
+  in arrival order and counted ``late_after_idle``. Default lag: 60 s (``fraud_lag_seconds``),
+  the window grace, which covers the generator's out-of-orderness.
 * An order's features are kept until its label arrives, then learned (``learn_one``) after its
   prediction is scored against the label: the progressive metrics of ``fraud`` compare the
   prediction made at scoring time with the label. Features expire ``horizon_ms`` after the
@@ -158,10 +163,17 @@ class FraudLearner:
             return False
         self.offset = offset
         time = int(time)
-        if time > self.source_time.get(source, -(2**62)):
+        seen = self.source_time.get(source, -(2**62))
+        if time < seen - self.lag_ms:
+            # Later than the lag on its own source: where it would land in the merged order
+            # depends on how the sources interleave, so applying it would make the model
+            # depend on timing. Counted, not scored, not learned (replay == live).
+            self._count("late")
+            return True
+        if time > seen:
             self.source_time[source] = time
         if time < self.released:
-            self._count("late")
+            self._count("late_after_idle")  # only after an idle flush released the tail early
         # offset breaks ties (e.g. a re-sent order): dicts are never compared
         heapq.heappush(self.buffer, (time, LABEL if kind == "label" else ORDER, order_id, offset, data))
         return True
