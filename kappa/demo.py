@@ -44,8 +44,10 @@ def _publish(settings: Settings, events: int, seed: int, echo: Callable[[str], N
     cfg = GeneratorConfig(events=events, seed=seed, drift_at=events // 2,
                           grace_ms=int(settings.window_grace_seconds * 1000))
     records, manifest = generate(cfg)
-    orders = [e for e in records if e.topic == "orders"]
-    drift_time = orders[min(len(orders) - 1, manifest.drift_at)].value["event_time"] if orders else 0
+    # the generator's order index counts new orders (on-time, invalid, too late), not re-sent ones
+    new_orders = [e for e in records if e.topic == "orders" and e.kind != "duplicate"]
+    on_time_after = [e for e in new_orders[manifest.drift_at:] if e.kind == "order"]
+    drift_time = on_time_after[0].value["event_time"] if on_time_after else 0
     ep = stack.endpoints(settings)
     echo(f"publishing {len(records):,} events (seed {seed}, drift at order {manifest.drift_at:,})")
     with Publisher(settings, ep.kafka_bootstrap, total=len(records)) as pub:
