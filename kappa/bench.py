@@ -218,10 +218,13 @@ class _Run:
             peak = max(peak, vmhwm_mb(proc.pid))
             time.sleep(0.1)
         assert proc.stdout is not None
-        rate = re.findall(r"(\d+(?:\.\d+)?)\s*$", proc.stdout.read().decode(errors="replace"))
-        if not rate:
+        # the last line with numbers: "<events/s>" or "<events/s> <CPU µs/event>" (Faust may print a spinner first)
+        printed = [re.findall(r"\d+(?:\.\d+)?", line) for line in proc.stdout.read().decode(errors="replace")
+                   .splitlines()]
+        numbers = [n for n in printed if n]
+        if not numbers:
             raise RuntimeError(f"processors.py --child {mode} printed no rate (exit {proc.returncode})")
-        return float(rate[-1]), peak
+        return float(numbers[-1][0]), peak
 
     def consume(self) -> None:
         from benchmarks import processors
@@ -238,7 +241,7 @@ class _Run:
         self.add("consume", "bare Faust agent, decode only", faust, "ev/s", raw)
         # its RSS (wait4 ru_maxrss) includes this process's forked image: the worker's RSS is
         # taken from the scaling section (VmHWM) instead
-        full, _ = processors.run_full(settings, self.events)
+        full = float(processors.run_full(settings, self.events)[0])  # (events/s, ...)
         self.kappa_job_rate = full
         self.add("consume", "Kappa full job, 1 worker (validate+dedupe+enrich+windows)", full, "ev/s", raw,
                  note="enriched outputs/s")
@@ -253,7 +256,7 @@ class _Run:
             processors.produce(settings, self.events)
         kappa = self.kappa_job_rate
         if kappa is None:
-            kappa, _ = processors.run_full(settings, self.events)
+            kappa = float(processors.run_full(settings, self.events)[0])
         self.add("job", "Kappa full job, 1 worker (baseline)", kappa, "ev/s", kappa)
         py = _quix_python()
         if py is None:
