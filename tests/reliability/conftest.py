@@ -12,8 +12,15 @@ The reference for "exact results" is twofold:
   revenue per minute, rejected by reason, published = landed + rejected + duplicates), checked
   with :func:`kappa.demo.reconcile` — the demo's own checks;
 * a clean run's views over the same input topics (:func:`snapshot`): every row of
-  ``kappa.orders`` (fraud score included), ``kappa.revenue_per_minute``,
-  ``kappa.model_quality`` and ``kappa.rejected_events`` (source, reason).
+  ``kappa.orders`` (every column but the fraud score's value: it must be present),
+  ``kappa.revenue_per_minute``, ``kappa.rejected_events`` (source, reason), and the final
+  ``labelled`` count per model of ``kappa.model_quality``.
+
+Why not the fraud scores and every model_quality bucket: two *clean* runs of two versions over
+the same log already differ there (measured: sum of fraud_score 171.8 vs 324.3, 28 vs 44
+quality buckets), because the fraud model's merge releases events on processing-time idleness
+(``KAPPA_FRAUD_IDLE_SECONDS``). Comparing them would fail without any fault injected; the
+non-determinism is reported to the learning owner instead.
 """
 
 from __future__ import annotations
@@ -242,16 +249,16 @@ class Pipe:
 
 
 def snapshot(q: Callable[[str], list[dict[str, Any]]]) -> dict[str, Any]:
+    """The deterministic content of the views (see the module docstring for the fraud model)."""
     orders = [tuple(r.values()) for r in q(
         "SELECT order_id, user_id, amount, currency, category, payment_method, ip_country, "
         "toUnixTimestamp64Milli(event_time) AS t, user_country, user_segment, "
-        "round(fraud_score, 9) AS score, late FROM kappa.orders ORDER BY order_id")]
+        "fraud_score IS NOT NULL AS scored, late FROM kappa.orders ORDER BY order_id")]
     revenue = [tuple(r.values()) for r in q(
         "SELECT toUnixTimestamp64Milli(window_start) AS w, category, currency, orders, "
         "round(revenue, 6) AS r FROM kappa.revenue_per_minute ORDER BY w, category, currency")]
     quality = [tuple(r.values()) for r in q(
-        "SELECT model, bucket, labelled, round(accuracy, 9) AS a, round(roc_auc, 9) AS auc, "
-        "round(log_loss, 9) AS ll FROM kappa.model_quality ORDER BY model, bucket")]
+        "SELECT model, max(labelled) AS labelled FROM kappa.model_quality GROUP BY model ORDER BY model")]
     rejected = Counter((r["source"], r["reason"]) for r in q(
         "SELECT source, reason FROM kappa.rejected_events"))
     return {"orders": orders, "revenue": revenue, "model_quality": quality, "rejected": rejected}
@@ -380,9 +387,10 @@ def read_topic(pipe: Pipe, topic: str) -> list[tuple[int, int, bytes | None]]:
         while any(pos[p] < want[p] for p in want):
             assert time.monotonic() < deadline, f"could not read {topic} to its end"
             for m in c.consume(1000, timeout=1.0):
-                if m.error() is None:
-                    pos[m.partition()] = m.offset() + 1
-                    out.append((m.partition(), m.offset(), m.value()))
+                part, offset = m.partition(), m.offset()
+                if m.error() is None and part is not None and offset is not None:
+                    pos[part] = offset + 1
+                    out.append((part, offset, m.value()))
         return sorted(out, key=lambda t: (t[0], t[1]))
     finally:
         c.close()

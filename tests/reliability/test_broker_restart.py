@@ -30,7 +30,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 def private(tmp_path: Path) -> Iterator[tuple[Stack, Settings]]:
     home = tmp_path / "broker"
     reserve_ports(home)
-    settings = Settings(home=home)
+    # explicit None: the suite's env points at the shared stack, which must stay untouched
+    settings = Settings(home=home, kafka_bootstrap=None, schema_registry_url=None)
     try:
         manager.up(settings)
         ep = manager.endpoints(settings)
@@ -47,6 +48,7 @@ def test_broker_killed_and_restarted_mid_stream(private: tuple[Stack, Settings],
     proc = pipe.run()
     at = rng("broker").uniform(0.2, 0.7)
     pipe.wait_emitted(at, manifest.valid_unique_orders, proc)
+    assert stack.kafka_bootstrap != os.environ.get("KAPPA_KAFKA_BOOTSTRAP"), "not a private broker"
     kafka_pid = json.loads(settings.stack_file.read_text())["pids"]["kafka"]
     os.kill(kafka_pid, signal.SIGKILL)
     t0 = time.monotonic()
