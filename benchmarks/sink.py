@@ -4,8 +4,13 @@
 
 Stages measured (same EnrichedOrder rows, 50k-row batches, fresh chdb directory):
   chdb alone        one prebuilt Arrow table -> INSERT ... SELECT * FROM Python(table)
-  kappa writer      decoded records -> Arrow per table -> idempotent insert + offsets row
-  kappa sink (e2e)  with --kafka: Kafka -> consume -> Avro decode -> writer -> commit
+  kappa writer      decoded rows (tuples, as Decoder.decode_row yields them) -> Batch ->
+                    Arrow per table -> idempotent insert + offsets row
+  kappa sink (e2e)  with --kafka: Kafka -> consume -> Avro decode -> writer -> commit, from the
+                    first consumed message until all rows landed (and again incl. the
+                    consumer-group join), once with per-message decode (generated reader)
+                    and once with the bulk decode in chdb (sinks/bulk.py); the row count
+                    in ClickHouse and the group lag are checked afterwards
                     (needs KAPPA_KAFKA_BOOTSTRAP / KAPPA_SCHEMA_REGISTRY_URL or `kappa up`)
 Target: >= 500k rows/s for the sink into the embedded engine.
 """
@@ -51,18 +56,27 @@ def bench_chdb(backend: EmbeddedBackend, recs: list[dict[str, Any]], version: st
 
 
 def bench_writer(backend: EmbeddedBackend, recs: list[dict[str, Any]], version: str, batch: int) -> float:
+    """Decoded rows (tuples, as ``Decoder.decode_row`` yields them) -> Batch -> Writer."""
     writer = Writer(backend, version)
+    fields = TABLES["orders"].fields
+    rows = [tuple(r[f] for f in fields) for r in recs]
     t0 = time.perf_counter()
-    for start in range(0, len(recs), batch):
+    for start in range(0, len(rows), batch):
         b = Batch()
-        for j, r in enumerate(recs[start:start + batch], start):
-            b.add("orders", r, "kappa.bench.orders.enriched", j % 4, j // 4)
+        for j, r in enumerate(rows[start:start + batch], start):
+            b.add_values("orders", r, "kappa.bench.orders.enriched", j % 4, j // 4)
         writer.write(b)
     return time.perf_counter() - t0
 
 
-def bench_e2e(n: int, home: Path) -> tuple[float, int]:
+def bench_e2e(n: int, home: Path, bulk_decode: bool = True) -> tuple[float, float, int]:
+    """(seconds from the first consumed message to all landed, seconds incl. group join, rows).
+
+    Landed means flushed by the sink (Kafka offsets committed); the row count in ClickHouse
+    and the group's lag are checked afterwards.
+    """
     from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient
 
     from kappa.kafka import client_config, ensure_topics
     from kappa.lag import group_lag, matching_topics
@@ -90,23 +104,41 @@ def bench_e2e(n: int, home: Path) -> tuple[float, int]:
         prod.produce(o.enriched, key=r["order_id"].encode(), value=value)
         prod.poll(0)
     prod.flush(60)
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient(client_config(settings, ep.kafka_bootstrap))
-    service = SinkService(settings, version, serve_queries=False)
+    service = SinkService(settings, version, serve_queries=False, bulk_decode=bulk_decode)
     service.start()
+    marks: dict[str, float] = {}
+    landed = [0]
+    add_many, flush = service._add_many, service.flush
+
+    def timed_add(msgs: Any) -> None:
+        if msgs and "first" not in marks:
+            marks["first"] = time.perf_counter()
+        add_many(msgs)
+
+    def counted_flush() -> None:
+        landed[0] += service.batch.size
+        flush()
+        if landed[0] >= n and "done" not in marks:
+            marks["done"] = time.perf_counter()
+            service.stop()
+
+    service._add_many = timed_add  # type: ignore[method-assign]
+    service.flush = counted_flush  # type: ignore[method-assign]
     thread = threading.Thread(target=service.run, daemon=True)
     t0 = time.perf_counter()
     thread.start()
-    while True:
-        lag = group_lag(admin, sink_group(version), matching_topics(admin, [o.enriched]))
-        if lag.end >= n and lag.total == 0:
-            break
+    while "done" not in marks and thread.is_alive():
         time.sleep(0.05)
-    elapsed = time.perf_counter() - t0
-    service.stop()
+    if "done" not in marks:
+        raise SystemExit("the sink stopped before everything landed")
     thread.join(60)
-    return elapsed, n
+    with EmbeddedBackend(home / "clickhouse") as backend:
+        rows = int(backend.scalar(f"SELECT count() FROM {migrate.database(version)}.orders FINAL"))
+    admin = AdminClient(client_config(settings, ep.kafka_bootstrap))
+    lag = group_lag(admin, sink_group(version), matching_topics(admin, [o.enriched]))
+    if rows != n or lag.total != 0:
+        raise SystemExit(f"sink e2e check failed: {rows} rows in ClickHouse (want {n}), lag {lag.total}")
+    return marks["done"] - marks["first"], marks["done"] - t0, rows
 
 
 def main() -> None:
@@ -128,8 +160,11 @@ def main() -> None:
             results.append(("kappa writer (records -> Arrow -> insert + offsets)", args.rows,
                             bench_writer(backend, recs, "bench_writer", args.batch)))
         if args.kafka:
-            elapsed, n = bench_e2e(args.rows, tmp / "e2e")
-            results.append(("kappa sink e2e (Kafka -> decode -> insert -> commit)", n, elapsed))
+            for bulk in (False, True):
+                steady, total, n = bench_e2e(args.rows, tmp / f"e2e-{bulk}", bulk_decode=bulk)
+                how = "bulk decode in chdb" if bulk else "per-message decode"
+                results.append((f"kappa sink e2e, {how}", n, steady))
+                results.append(("  same, incl. consumer group join", n, total))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\n{'stage':<55} {'rows':>10} {'seconds':>8} {'rows/s':>12}")

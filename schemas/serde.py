@@ -292,6 +292,11 @@ class Decoder:
             self._fast[schema_id] = self._fast_read if same else None
         return self._fast[schema_id]
 
+    def writer_is_reader(self, schema_id: int) -> bool:
+        """True when ``schema_id``'s writer schema is this reader's (no resolution needed)."""
+        self._plan(schema_id)
+        return bool(self.registry.writer_schema(schema_id).get("__kappa_plain") == self._reader_plain)
+
     def decode_row(self, data: bytes) -> tuple[Any, ...]:
         """Framed bytes -> tuple of values in :attr:`fields` order; DecodeError otherwise.
 

@@ -61,6 +61,16 @@ class EmbeddedBackend(Backend):
     def query(self, sql: str, fmt: str = "TabSeparated") -> bytes:
         return self._run(sql, fmt)
 
+    def arrow(self, sql: str) -> pa.Table:
+        """Result of a read statement as an Arrow table (no text round trip)."""
+        with self._lock:
+            if self._conn is None:
+                raise SinkError(f"embedded ClickHouse at {self.path} is closed")
+            try:
+                return self._conn.query(sql, "ArrowTable")
+            except Exception as exc:
+                raise SinkError(f"embedded ClickHouse refused: {str(exc).strip()[:500]}") from exc
+
     def insert_arrow(self, table: str, data: pa.Table, token: str) -> None:
         if self.fail_inserts > 0:
             self.fail_inserts -= 1

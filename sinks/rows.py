@@ -8,10 +8,23 @@ that land exactly in ``DateTime64(3, 'UTC')`` (JSONEachRow mis-reads them).
 ...                                    "updated_at": 1700000000123}])
 >>> t.column("updated_at")[0].value, t.schema.field("partition").type
 (1700000000123, DataType(int32))
+
+The sink's hot path skips dicts: a decoded message is a tuple of its table's
+:attr:`Table.fields` plus ``(kafka_topic, kafka_partition, kafka_offset)``, and
+:meth:`Table.arrow_rows` turns a batch of them into columns with one ``zip``.
+
+>>> scores = TABLES["scores"]
+>>> scores.fields
+('order_id', 'fraud_score', 'model', 'labelled_before', 'event_time', 'pipeline_version')
+>>> t = scores.arrow_rows([("o1", 0.5, "fraud", 3, 1700000000123, "v1", "kappa.v1.scores", 2, 7)],
+...                       ingested_at=1700000000999)
+>>> t.column("event_time")[0].value, t.column("kafka_offset")[0].as_py(), t.column("ingested_at")[0].value
+(1700000000123, 7, 1700000000999)
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +42,7 @@ LINEAGE: tuple[tuple[str, pa.DataType], ...] = (
     ("kafka_offset", pa.int64()),
     ("ingested_at", TS),
 )
+_LINEAGE_NAMES = frozenset(name for name, _ in LINEAGE)
 _S, _I, _I32, _F, _B = pa.string(), pa.int64(), pa.int32(), pa.float64(), pa.bool_()
 
 
@@ -45,6 +59,31 @@ class Table:
     @property
     def arrow_schema(self) -> pa.Schema:
         return pa.schema([pa.field(c, t) for c, t in self.columns])
+
+    @functools.cached_property
+    def fields(self) -> tuple[str, ...]:
+        """Columns a message carries (every column but the sink's lineage), in column order."""
+        return tuple(c for c, _ in self.columns if c not in _LINEAGE_NAMES)
+
+    def arrow_rows(self, rows: Sequence[tuple[Any, ...]], ingested_at: int) -> pa.Table:
+        """Arrow table of ``rows``: :attr:`fields` values + (kafka_topic, partition, offset).
+
+        One ``zip(*rows)`` makes the columns and one ``pa.array`` per column converts each
+        with its declared type (epoch-ms ints -> ``timestamp[ms, UTC]``); ``ingested_at`` is
+        one value for the whole batch. No dict per row: several times faster than
+        :meth:`arrow` on dicts.
+        """
+        n = len(rows)
+        schema = _SCHEMAS[self.name]
+        names = (*self.fields, "kafka_topic", "kafka_partition", "kafka_offset")
+        cols = dict(zip(names, zip(*rows, strict=True), strict=True)) if n else dict.fromkeys(names, ())
+        arrays = []
+        for f in schema:
+            if f.name == "ingested_at":
+                arrays.append(pa.repeat(pa.scalar(ingested_at, f.type), n))
+            else:
+                arrays.append(pa.array(cols[f.name], type=f.type, size=n))
+        return pa.Table.from_arrays(arrays, schema=schema)
 
     def arrow(self, records: Sequence[dict[str, Any]]) -> pa.Table:
         """Arrow table of ``records`` (dicts holding every column; extra keys are ignored).

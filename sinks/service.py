@@ -12,6 +12,7 @@ through a read-only endpoint on 127.0.0.1.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -25,7 +26,7 @@ from kappa.errors import RegistryUnavailable
 from kappa.kafka import client_config, ensure_topics
 from kappa.settings import Settings
 from kappa.stack import endpoints
-from schemas.serde import DecodeError, Decoder, Registry
+from schemas.serde import DecodeError, Decoder, Registry, schema_text, split_frame
 from sinks import migrate, views
 from sinks.backends import endpoint_file, open_backend
 from sinks.base import Backend
@@ -58,13 +59,16 @@ class SinkService:
     """Runs the sink of ``version`` until ``stop`` is set (then flushes, commits, closes)."""
 
     def __init__(self, settings: Settings, version: str | None = None,
-                 backend: Backend | None = None, serve_queries: bool = True) -> None:
+                 backend: Backend | None = None, serve_queries: bool = True,
+                 bulk_decode: bool = True) -> None:
         self.settings = settings
         self.version = version or settings.version
         self.outputs = topics.output_topics(self.version)
         self.group = sink_group(self.version)
         self._backend = backend
         self.serve_queries = serve_queries
+        self.bulk_decode = bulk_decode
+        """Decode the busiest tables' messages in bulk with the embedded engine (sinks.bulk)."""
         self.stop_event = threading.Event()
         self.batch = Batch()
         self.endpoint: QueryEndpoint | None = None
@@ -72,7 +76,7 @@ class SinkService:
         self.writer: Writer | None = None
         self.decoders: dict[str, Decoder] = {}
         self._catch_up: list[TopicPartition] = []
-        self._routes: dict[str, Table] = {}
+        self._routes: dict[str, tuple[Table, Any, tuple[Any, ...], list[Any] | None]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -163,52 +167,127 @@ class SinkService:
         if self._catch_up:
             self._commit(self._catch_up)
             self._catch_up = []
-        for msg in self.consumer.consume(num_messages=room, timeout=wait):
+        self._add_many(self.consumer.consume(num_messages=room, timeout=wait))
+        if self.batch.size and (self.batch.size >= s.sink_batch_rows
+                                or time.monotonic() - self.batch.started >= s.sink_batch_seconds):
+            self.flush()
+
+    def _route(self, topic: str) -> tuple[Table, Any, tuple[Any, ...], list[Any] | None]:
+        """(table, ``bytes -> values`` decoder, values appended after the decoded ones,
+        ``[header, schema]`` of the bulk path once known, or None when it does not apply)."""
+        r = self._routes.get(topic)
+        if r is None:
+            table = route(self.outputs, topic)
+            assert table.schema is not None
+            extra = (self.version,) if table.name == "rejected_events" else ()
+            bulk = [None, None] if self._bulk_capable(table) else None
+            r = self._routes[topic] = (table, self.decoders[table.schema].decode_row, extra, bulk)
+        return r
+
+    def _bulk_capable(self, table: Table) -> bool:
+        """Bulk decode needs the embedded engine and a schema of plain fields (:mod:`sinks.bulk`)."""
+        from sinks.bulk import bulk_schema
+
+        assert table.schema is not None
+        return (self.bulk_decode and hasattr(self._backend, "arrow")
+                and table.name != "rejected_events"
+                and bulk_schema(json.loads(schema_text(table.schema))) is not None)
+
+    def _bulk_header(self, table: Table, value: bytes, bulk: list[Any]) -> None:
+        """Learn the bulk path's schema from the first framed message whose writer is the reader."""
+        from sinks.bulk import bulk_schema
+
+        assert table.schema is not None
+        try:
+            schema_id = split_frame(value)[0]
+            decoder = self.decoders[table.schema]
+            if decoder.writer_is_reader(schema_id):
+                writer = decoder.registry.writer_schema(schema_id)["__kappa_plain"]
+                bulk[0], bulk[1] = value[:5], bulk_schema(writer)
+        except (DecodeError, RegistryUnavailable):
+            pass
+
+    def _add_many(self, msgs: list[Message]) -> None:
+        """Decode ``msgs`` straight into the batch's row tuples (no dict per message)."""
+        add = self.batch.add_values
+        for msg in msgs:
             err = msg.error()
             if err is not None:
                 if err.code() not in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
                     log.warning("consumer error: %s", err)
                 continue
-            self._add(msg)
-        if self.batch.size and (self.batch.size >= s.sink_batch_rows
-                                or time.monotonic() - self.batch.started >= s.sink_batch_seconds):
-            self.flush()
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            table, decode_row, extra, bulk = self._route(topic)  # type: ignore[arg-type]
+            value = msg.value()
+            if bulk is not None and value is not None:
+                if bulk[0] is None:
+                    self._bulk_header(table, value, bulk)
+                if bulk[1] is not None and value.startswith(bulk[0]) and self.batch.add_raw(
+                        table.name, topic, bulk[1], value, partition, offset,  # type: ignore[arg-type]
+                        msg.timestamp()[1]):
+                    continue
+            try:
+                if value is None:
+                    raise DecodeError("empty value (tombstone)")
+                values = decode_row(value)
+            except DecodeError as exc:
+                self._add_poison(topic, partition, offset, value, exc.reason,  # type: ignore[arg-type]
+                                 msg.timestamp()[1])
+                continue
+            except RegistryUnavailable:
+                out = self._decode_retrying(decode_row, value)  # type: ignore[arg-type]
+                if isinstance(out, DecodeError):
+                    self._add_poison(topic, partition, offset, value, out.reason,  # type: ignore[arg-type]
+                                     msg.timestamp()[1])
+                    continue
+                values = out
+            add(table.name, values + extra if extra else values, topic, partition, offset)  # type: ignore[arg-type]
 
-    def _add(self, msg: Message) -> None:
-        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-        assert topic is not None and partition is not None and offset is not None
-        table = self._routes.get(topic)
-        if table is None:
-            table = self._routes[topic] = route(self.outputs, topic)
-        value = msg.value()
-        row: dict[str, Any]
-        if value is None:
-            row, table = poison_row(topic, partition, offset, None, "empty value (tombstone)",
-                                    msg.timestamp()[1]), TABLES["rejected_events"]
-        else:
-            assert table.schema is not None
-            row, poisoned = self._decode(table.schema, value, topic, partition, offset,
-                                         msg.timestamp()[1])
-            if poisoned:
-                table = TABLES["rejected_events"]
-        if table.name == "rejected_events":
-            row["pipeline_version"] = self.version
-        row["kafka_topic"], row["kafka_partition"], row["kafka_offset"] = topic, partition, offset
-        self.batch.add(table.name, row, topic, partition, offset)
+    def _add_poison(self, topic: str, partition: int, offset: int, value: bytes | None, reason: str,
+                    timestamp_ms: int) -> None:
+        """A rejected_events row (stage ``sink``) for a message the sink cannot decode."""
+        row = poison_row(topic, partition, offset, value, reason, timestamp_ms)
+        row["pipeline_version"] = self.version
+        self.batch.add("rejected_events", row, topic, partition, offset)
 
-    def _decode(self, schema: str, value: bytes, topic: str, partition: int, offset: int,
-                timestamp_ms: int) -> tuple[dict[str, Any], bool]:
-        """``(row, poisoned)``: the decoded record, or a rejected_events row when undecodable."""
+    def _decode_retrying(self, decode_row: Any, value: bytes) -> tuple[Any, ...] | DecodeError:
+        """Decode through a registry outage (an outage is not poison: wait for the registry)."""
         delay = 0.1
         while True:
             try:
-                return self.decoders[schema].decode(value), False
+                return decode_row(value)
             except DecodeError as exc:
-                return poison_row(topic, partition, offset, value, exc.reason, timestamp_ms), True
-            except RegistryUnavailable as exc:  # an outage, not poison: wait for the registry
+                return exc
+            except RegistryUnavailable as exc:
                 log.warning("%s; retrying in %.1fs", exc, delay)
                 time.sleep(delay)
                 delay = min(5.0, delay * 2)
+
+    def _decode_bulk(self, batch: Batch) -> None:
+        """Bulk-decode the batch's raw messages into Arrow; per message when that is refused."""
+        now_ms = int(time.time() * 1000)
+        for name, bulk in batch.bulk.items():
+            table = TABLES[name]
+            data = bulk.decode(self._backend, table, now_ms)
+            if data is not None:
+                batch.arrow[name] = data
+                continue
+            log.info("bulk decode of %d %s messages refused; decoding them one by one",
+                     len(bulk.values), name)
+            assert table.schema is not None
+            decode_row = self.decoders[table.schema].decode_row
+            for value, partition, offset, ts in zip(bulk.values, bulk.partitions, bulk.offsets,
+                                                    bulk.timestamps, strict=True):
+                try:
+                    values = decode_row(value)
+                except DecodeError as exc:
+                    row = poison_row(bulk.topic, partition, offset, value, exc.reason, ts)
+                    row["pipeline_version"] = self.version
+                    values, name_ = tuple(row.get(f) for f in TABLES["rejected_events"].fields), "rejected_events"
+                else:
+                    name_ = name
+                batch.rows.setdefault(name_, []).append((*values, bulk.topic, partition, offset))
+        batch.bulk.clear()
 
     def flush(self) -> None:
         """Write the batch (retrying through outages), then commit its offsets to Kafka."""
@@ -216,6 +295,7 @@ class SinkService:
         if not batch.size:
             return
         assert self.writer is not None
+        self._decode_bulk(batch)
         self.writer.write(batch)
         self.writer.checkpoint("before_commit")
         if self.consumer is None:

@@ -22,9 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from kappa import metrics
 from kappa.errors import SinkError
 from sinks.base import Backend
+from sinks.bulk import BulkAvro
 from sinks.migrate import database
 from sinks.rows import TABLES
 
@@ -35,22 +38,55 @@ log = logging.getLogger("kappa.sink")
 
 @dataclass
 class Batch:
-    """Rows per table plus the (first, last) offset consumed per topic partition."""
+    """Rows per table plus the (first, last) offset consumed per topic partition.
 
-    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    A row is a tuple: the table's :attr:`~sinks.rows.Table.fields` then
+    ``(kafka_topic, kafka_partition, kafka_offset)`` (see :meth:`sinks.rows.Table.arrow_rows`).
+    """
+
+    rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    bulk: dict[str, BulkAvro] = field(default_factory=dict)
+    """Raw messages per table for one bulk decode at flush (:mod:`sinks.bulk`)."""
+    arrow: dict[str, pa.Table] = field(default_factory=dict)
+    """Rows per table already in Arrow (bulk-decoded), inserted with :attr:`rows`."""
     ranges: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
     size: int = 0
     started: float = field(default_factory=time.monotonic)
 
     def add(self, table: str, row: dict[str, Any], topic: str, partition: int, offset: int) -> None:
-        """Add one message's row; offsets within a partition arrive in order."""
+        """Add one message's row given as a dict (missing columns are null)."""
+        self.add_values(table, tuple(row.get(f) for f in TABLES[table].fields), topic, partition, offset)
+
+    def add_values(self, table: str, values: tuple[Any, ...], topic: str, partition: int,
+                   offset: int) -> None:
+        """Add one message's values (in the table's field order); offsets arrive in order."""
         if self.size == 0:
             self.started = time.monotonic()
-        self.rows.setdefault(table, []).append(row)
+        rows = self.rows.get(table)
+        if rows is None:
+            rows = self.rows[table] = []
+        rows.append((*values, topic, partition, offset))
         key = (topic, partition)
-        first = self.ranges[key][0] if key in self.ranges else offset
-        self.ranges[key] = (first, offset)
+        r = self.ranges.get(key)
+        self.ranges[key] = (offset if r is None else r[0], offset)
         self.size += 1
+
+    def add_raw(self, table: str, topic: str, schema: dict[str, Any], value: bytes, partition: int,
+                offset: int, timestamp_ms: int) -> bool:
+        """Queue one message for the bulk decode of ``table``; False when it must go per message."""
+        bulk = self.bulk.get(table)
+        if bulk is None:
+            bulk = self.bulk[table] = BulkAvro(topic, schema)
+        elif bulk.topic != topic or bulk.schema is not schema:
+            return False
+        if self.size == 0:
+            self.started = time.monotonic()
+        bulk.add(value, partition, offset, timestamp_ms)
+        key = (topic, partition)
+        r = self.ranges.get(key)
+        self.ranges[key] = (offset if r is None else r[0], offset)
+        self.size += 1
+        return True
 
     def digest(self) -> str:
         """Deterministic id of the offset ranges in this batch.
@@ -130,20 +166,24 @@ class Writer:
         self.batches += 1
         digest = batch.digest()
         now_ms = int(time.time() * 1000)
-        for i, (name, rows) in enumerate(sorted(batch.rows.items())):
+        for i, name in enumerate(sorted(set(batch.rows) | set(batch.arrow))):
             table = TABLES[name]
-            for row in rows:
-                row["ingested_at"] = now_ms
-            data = table.arrow(rows)
+            parts = [table.arrow_rows(batch.rows[name], now_ms)] if batch.rows.get(name) else []
+            if name in batch.arrow:
+                parts.append(batch.arrow[name])
+            data = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+            if not data.num_rows:
+                continue
             t0 = time.perf_counter()
             self._retry(name, functools.partial(self.backend.insert_arrow, f"{self.db}.{name}", data,
                                                 f"{self.version}:{name}:{digest}"))
             metrics.SINK_BATCH_SECONDS.labels(name).observe(time.perf_counter() - t0)
-            metrics.SINK_BATCH_ROWS.labels(name).observe(len(rows))
-            metrics.SINK_ROWS.labels(name).inc(len(rows))
+            metrics.SINK_BATCH_ROWS.labels(name).observe(data.num_rows)
+            metrics.SINK_ROWS.labels(name).inc(data.num_rows)
             if table.event_time:
-                lag = time.time() - rows[-1][table.event_time] / 1000
-                metrics.EVENT_LAG_SECONDS.labels(name).observe(max(0.0, lag))
+                last = data.column(table.event_time)[-1].value
+                if last is not None:
+                    metrics.EVENT_LAG_SECONDS.labels(name).observe(max(0.0, time.time() - last / 1000))
             if i == 0:
                 self.checkpoint("mid_batch")
         self.checkpoint("before_offsets")
