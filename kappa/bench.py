@@ -219,8 +219,8 @@ class _Run:
             time.sleep(0.1)
         assert proc.stdout is not None
         # the last line with numbers: "<events/s>" or "<events/s> <CPU µs/event>" (Faust may print a spinner first)
-        printed = [re.findall(r"\d+(?:\.\d+)?", line) for line in proc.stdout.read().decode(errors="replace")
-                   .splitlines()]
+        printed = [re.findall(r"(\d+\.\d+)(?: \d+\.\d+)?\s*$", line)
+                   for line in proc.stdout.read().decode(errors="replace").splitlines()]
         numbers = [n for n in printed if n]
         if not numbers:
             raise RuntimeError(f"processors.py --child {mode} printed no rate (exit {proc.returncode})")
@@ -306,8 +306,15 @@ class _Run:
             writer = rows / sink.bench_writer(backend, recs, "bench_writer", batch)
         self.add("sink", f"chdb engine alone, Arrow insert, {rows:,} rows (baseline)", chdb, "rows/s", chdb)
         self.add("sink", "Kappa writer (records -> Arrow -> insert + offsets)", writer, "rows/s", chdb)
+        # in its own process: chdb allows one engine session per process
         e2e_rows = max(self.events, 1_000)
-        elapsed, n = sink.bench_e2e(e2e_rows, self.work / "sink-e2e")
+        code = ("import json, sys; from pathlib import Path; from benchmarks import sink; "
+                f"print(json.dumps(sink.bench_e2e({e2e_rows}, Path(sys.argv[1]))))")
+        done = subprocess.run([sys.executable, "-c", code, str(self.work / "sink-e2e")], cwd=REPO,
+                              capture_output=True, text=True, timeout=600, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"sink e2e failed: {done.stderr.strip().splitlines()[-1:]}")
+        elapsed, n = json.loads(done.stdout.strip().splitlines()[-1])
         self.add("sink", "Kappa sink service (Kafka -> decode -> insert -> commit)", n / elapsed, "rows/s", chdb,
                  note=f"{n:,} rows, in-process")
 
