@@ -7,8 +7,10 @@ Usage (against a running stack, e.g. the dev stack)::
     .venv/bin/python benchmarks/processors.py --events 200000
 
 Each contender runs in its own process on the same pre-produced orders topic (fresh prefix),
-one worker, and reports events/s measured from its first to its last event (startup excluded)
-and its peak RSS. Prints one table.
+one worker, and reports events/s measured from its first to its last event (startup excluded),
+the CPU time it spent per event over the same interval (all its threads; the figure to compare
+on a shared, busy machine, where wall-clock rates swing with the neighbours' load) and its peak
+RSS. Prints one table; the ratios are to the bare Faust agent.
 """
 
 from __future__ import annotations
@@ -79,7 +81,13 @@ def _ends(c: Consumer, topic: str) -> int:
     return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions)
 
 
-def run_full(settings: Settings, n: int) -> tuple[float, int]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_full(settings: Settings, n: int) -> tuple[float, float, int]:
     """The real worker; throughput from the enriched topic's growth (first to last record)."""
     version = f"bench{uuid.uuid4().hex[:6]}"
     out = topics.output_topics(version)
@@ -98,30 +106,32 @@ def run_full(settings: Settings, n: int) -> tuple[float, int]:
             except Exception:  # topic not created yet
                 continue
             if seen and first is None:
-                first = (time.time(), seen)
+                first = (time.time(), seen, _cpu_seconds(proc.pid))
             if seen >= n * 0.9 and first:  # ~5 % duplicates: wait until the count stops growing
                 if last and last[1] == seen:
                     break
-                last = (time.time(), seen)
+                last = (time.time(), seen, _cpu_seconds(proc.pid))
     finally:
         proc.terminate()
         _, _status, usage = os.wait4(proc.pid, 0)
         c.close()
     assert first and last
     rate = (last[1] - first[1]) / max(last[0] - first[0] - 0.2, 1e-6)
-    return rate, usage.ru_maxrss // 1024
+    # the consumed input includes the 10k users and the duplicates: CPU per *input* event
+    consumed = (last[1] - first[1]) * (n + 10_000) / max(seen, 1)
+    return rate, (last[2] - first[2]) / consumed * 1e6, usage.ru_maxrss // 1024
 
 
-def _timed_child(mode: str, settings: Settings, n: int) -> tuple[float, int]:
+def _timed_child(mode: str, settings: Settings, n: int) -> tuple[float, float, int]:
     proc = subprocess.Popen([sys.executable, __file__, "--child", mode, "--events", str(n)],
                             cwd=REPO, env=_child_env(settings), stdout=subprocess.PIPE)
     data, _ = proc.communicate(timeout=900)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    rate = re.findall(r"(\d+\.\d+)\s*$", data.decode())  # Faust may print a spinner first
-    return float(rate[-1]), usage.ru_maxrss // 1024
+    rate, cpu = re.findall(r"(\d+\.\d+) (\d+\.\d+)\s*$", data.decode())[-1]  # Faust may print a spinner first
+    return float(rate), float(cpu), usage.ru_maxrss // 1024
 
 
-def child_raw(settings: Settings, n: int) -> float:
+def child_raw(settings: Settings, n: int) -> tuple[float, float]:
     """confluent-kafka consume(batch) + bulk decode."""
     t = topics.input_topics(settings.topic_prefix)
     dec = Decoder(Registry(settings.schema_registry_url or ""), "orders")
@@ -129,18 +139,19 @@ def child_raw(settings: Settings, n: int) -> float:
                                **{"group.id": f"bench-raw-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
                                   "enable.auto.commit": True}))
     c.subscribe([t.orders])
-    got, start = 0, None
+    got, start, cpu = 0, None, 0.0
     while got < n:
         msgs = c.consume(5000, timeout=1.0)
         if msgs and start is None:
-            start = time.time()
+            start, cpu = time.time(), time.process_time()
         dec.decode_many([m.value() for m in msgs if not m.error()])
         got += len(msgs)
+    rate, cpu = n / (time.time() - (start or time.time())), (time.process_time() - cpu) / n * 1e6
     c.close()
-    return n / (time.time() - (start or time.time()))
+    return rate, cpu
 
 
-def child_faust(settings: Settings, n: int) -> float:
+def child_faust(settings: Settings, n: int) -> tuple[float, float]:
     """A bare Faust agent that only decodes each event."""
     import faust
 
@@ -149,23 +160,24 @@ def child_faust(settings: Settings, n: int) -> float:
     app = faust.App(f"bench-faust-{uuid.uuid4().hex[:6]}", broker=f"kafka://{settings.kafka_bootstrap}",
                     value_serializer="raw", web_enabled=False, consumer_auto_offset_reset="earliest",
                     datadir=str(settings.home / f"faust-{uuid.uuid4().hex[:6]}"))
-    result: list[float] = []
-    state = {"got": 0, "start": 0.0}
+    result: list[tuple[float, float]] = []
+    state = {"got": 0, "start": 0.0, "cpu": 0.0}
 
     @app.agent(app.topic(t.orders, value_serializer="raw"))
     async def decode(stream):  # type: ignore[no-untyped-def]
         async for value in stream:
             if not state["got"]:
-                state["start"] = time.time()
+                state["start"], state["cpu"] = time.time(), time.process_time()
             dec.decode(value)
             state["got"] += 1
             if state["got"] >= n:
-                result.append(n / (time.time() - state["start"]))
-                print(result[0], flush=True)
+                result.append((n / (time.time() - state["start"]),
+                               (time.process_time() - state["cpu"]) / n * 1e6))
+                print(*result[0], flush=True)
                 os._exit(0)
 
     faust.Worker(app, loglevel="ERROR", redirect_stdouts=False, quiet=True).execute_from_commandline()
-    return result[0] if result else 0.0
+    return result[0] if result else (0.0, 0.0)
 
 
 def main() -> None:
@@ -176,8 +188,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         settings = Settings()
-        rate = {"raw": child_raw, "faust": child_faust}[args.child](settings, args.events)
-        print(rate, flush=True)
+        rate, cpu = {"raw": child_raw, "faust": child_faust}[args.child](settings, args.events)
+        print(f"{rate:.3f} {cpu:.3f}", flush=True)
         return
     home = Path(f"/tmp/kappa-bench-{uuid.uuid4().hex[:6]}")
     settings = Settings(home=home, topic_prefix=f"bench{uuid.uuid4().hex[:6]}.", partitions=args.partitions)
@@ -187,10 +199,12 @@ def main() -> None:
     rows = [("raw confluent-kafka consume+decode", *_timed_child("raw", settings, args.events)),
             ("bare Faust agent, decode only", *_timed_child("faust", settings, args.events)),
             ("full job (validate+dedupe+enrich+windows)", *run_full(settings, args.events))]
-    faust_rate = rows[1][1]
-    print(f"\n{'contender':45} {'events/s':>10} {'vs Faust':>9} {'peak RSS MB':>12}")
-    for name, rate, rss in rows:
-        print(f"{name:45} {rate:10,.0f} {rate / faust_rate:9.2f} {rss:12,}")
+    faust_rate, faust_cpu = rows[1][1], rows[1][2]
+    print(f"\n{'contender':45} {'events/s':>10} {'vs Faust':>9} {'CPU us/event':>13} "
+          f"{'vs Faust (CPU)':>15} {'peak RSS MB':>12}")
+    for name, rate, cpu, rss in rows:
+        print(f"{name:45} {rate:10,.0f} {rate / faust_rate:9.2f} {cpu:13.1f} {faust_cpu / cpu:15.2f} "
+              f"{rss:12,}")
     print("Quix Streams: not run (quixstreams not installed in this environment)")
 
 

@@ -89,8 +89,12 @@ class Pipeline:
     revenue: RevenueStage | None = None
     state: TableState | None = None
 
-    def run_batch(self, stage: OrderStage | RevenueStage, events: list[Any], agent: str) -> None:
-        """Process one batch end to end; any failure ends the worker hard (nothing acked)."""
+    async def run_batch(self, stage: OrderStage | RevenueStage, events: list[Any], agent: str) -> None:
+        """Process one batch end to end; any failure ends the worker hard (nothing acked).
+
+        The wait for Kafka's acks runs in a thread: meanwhile the event loop keeps fetching and
+        buffering the next batch (the events of this one are acked only after we return).
+        """
         try:
             with BATCH_SECONDS.labels(agent).time():
                 # Faust's messages have every field of base.Message: no copy per event
@@ -99,7 +103,7 @@ class Pipeline:
                 for partition, items in out.writes.items():
                     self.state.write(partition, items)
                 self.outputs.emit(out)
-                self.state.persisted(self.outputs.flush())
+                self.state.persisted(await self.outputs.flush_async())
         except Exception:
             # Exactly-once results rest on re-delivery: dying here is the same as kill -9, which
             # the crash tests prove safe; limping on with a dead agent would not be.
@@ -139,7 +143,7 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
         key_serializer="raw",
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
-        broker_commit_every=batch_events,
+        broker_commit_every=10 * batch_events,  # commits also run every second (below)
         broker_commit_interval=1.0,
         stream_buffer_maxsize=4 * batch_events,
         broker_max_poll_records=batch_events,
@@ -164,12 +168,12 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
     @app.agent(source, name="orders")
     async def orders_agent(stream: Any) -> None:
         async for events in stream.take_events(batch_events, within=batch_within):
-            pipe.run_batch(pipe.orders, events, "orders")  # type: ignore[arg-type]
+            await pipe.run_batch(pipe.orders, events, "orders")  # type: ignore[arg-type]
 
     @app.agent(partial_topic, name="revenue")
     async def revenue_agent(stream: Any) -> None:
         async for events in stream.take_events(batch_events, within=batch_within):
-            pipe.run_batch(pipe.revenue, events, "revenue")  # type: ignore[arg-type]
+            await pipe.run_batch(pipe.revenue, events, "revenue")  # type: ignore[arg-type]
 
     @app.timer(idle_s)
     async def idle_ticks() -> None:
@@ -178,7 +182,7 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
         for partition in idle:
             out.produce(partials, None, TICK, partition)
         if idle:
-            out.flush()
+            state.persisted(await out.flush_async())
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
@@ -188,11 +192,11 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
                 pipe.revenue.forget(tp.partition)
 
     if learning:
-        _register_learning(app, settings, version)
+        _register_learning(app, settings, version, out)
     return pipe
 
 
-def _register_learning(app: faust.App, settings: Settings, version: str) -> None:
+def _register_learning(app: faust.App, settings: Settings, version: str, out: Outputs) -> None:
     """Let ``stream_processors.learning`` add its agents to this app, when it exists."""
     try:
         module = importlib.import_module("stream_processors.learning")
@@ -202,4 +206,5 @@ def _register_learning(app: faust.App, settings: Settings, version: str) -> None
         return
     register = getattr(module, "register", None)
     if register is not None:
+        out.fraud_events = module.fraud_events_topic(version)
         register(app, settings, version)

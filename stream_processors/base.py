@@ -44,6 +44,9 @@ class State(Protocol):
     def get(self, partition: int, key: bytes) -> bytes | None:
         """Current value of ``key`` in ``partition``."""
 
+    def get_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
+        """Current values of ``keys`` in ``partition``, in order (one round trip to the store)."""
+
     def scan(self, partition: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Every (key, value) of ``partition`` whose key starts with ``prefix``."""
 
@@ -59,6 +62,10 @@ class MemoryState:
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         return self.data.get(partition, {}).get(key)
+
+    def get_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
+        part = self.data.get(partition, {})
+        return [part.get(k) for k in keys]
 
     def scan(self, partition: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         for k, v in list(self.data.get(partition, {}).items()):

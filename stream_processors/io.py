@@ -11,8 +11,12 @@ durable (outputs + changelog) before Faust acks its events and commits their off
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from confluent_kafka import KafkaError, Producer
@@ -47,19 +51,27 @@ class Outputs:
                "message.max.bytes": 1_000_000}))  # no compression: aiokafka here lacks lz4/snappy
         self.topics = outputs
         self.partials_topic = partials_topic
+        self.fraud_events: str | None = None
+        """When learning runs: the fraud merge topic, fed here in input-partition offset order."""
         self.enriched = Encoder(registry, f"{outputs.enriched}-value", "enriched_order")
         self.revenue = Encoder(registry, f"{outputs.revenue}-value", "revenue_window")
         self.rejected = Encoder(registry, f"{outputs.rejected}-value", "rejected_event")
         self._errors: list[str] = []
         self._acked: dict[tuple[str, int], int] = {}
+        self._lock = threading.Lock()  # delivery reports are served by whichever thread flushes
+        self._waiter = ThreadPoolExecutor(1, thread_name_prefix="kappa-flush")
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
-            self._errors.append(f"{msg.topic()}: {err.str()}")
+            with self._lock:
+                self._errors.append(f"{msg.topic()}: {err.str()}")
         else:
             tp = (msg.topic(), msg.partition())
-            if msg.offset() > self._acked.get(tp, -1):
-                self._acked[tp] = msg.offset()
+            offset = msg.offset()
+            if offset > self._acked.get(tp, -1):
+                with self._lock:
+                    if offset > self._acked.get(tp, -1):
+                        self._acked[tp] = offset
 
     def produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int = -1) -> None:
         """Queue one record (waits for room when librdkafka's queue is full)."""
@@ -72,20 +84,32 @@ class Outputs:
 
     def emit(self, out: Emitted) -> None:
         """Queue every output record of a batch (encoded in bulk)."""
-        produce = self.produce
-        if out.enriched:
-            for (key, _), value in zip(out.enriched, self.enriched.encode_many(r for _, r in out.enriched),
-                                       strict=True):
-                produce(self.topics.enriched, key.encode(), value)
-        if out.revenue:
-            for (key, _), value in zip(out.revenue, self.revenue.encode_many(r for _, r in out.revenue),
-                                       strict=True):
-                produce(self.topics.revenue, key.encode(), value)
-        if out.rejected:
-            for rec, value in zip(out.rejected, self.rejected.encode_many(out.rejected), strict=True):
-                produce(self.topics.rejected, rec["source"].encode(), value)
-        for key, value in out.partials:
-            produce(self.partials_topic, key.encode(), value)
+        self.produce_many(self.topics.enriched, [k.encode() for k, _ in out.enriched],
+                          self.enriched.encode_many([r for _, r in out.enriched]))
+        self.produce_many(self.topics.revenue, [k.encode() for k, _ in out.revenue],
+                          self.revenue.encode_many([r for _, r in out.revenue]))
+        self.produce_many(self.topics.rejected, [r["source"].encode() for r in out.rejected],
+                          self.rejected.encode_many(out.rejected))
+        self.produce_many(self.partials_topic, [k.encode() for k, _ in out.partials],
+                          [v for _, v in out.partials])
+        if self.fraud_events and out.enriched:
+            # Straight from the order stage, so each input partition's orders reach the fraud
+            # merge in offset order (its per-source lateness test is then deterministic).
+            self.produce_many(self.fraud_events, [k.encode() for k, _ in out.enriched],
+                              [json.dumps({"kind": "order", "time": r["event_time"], "id": r["order_id"],
+                                           "src": f"{r['source_topic']}/{r['source_partition']}",
+                                           "data": r}).encode() for _, r in out.enriched], partition=0)
+
+    def produce_many(self, topic: str, keys: list[bytes], values: list[bytes | None],
+                     partition: int = -1) -> None:
+        """Queue records of one topic (the per-record path without a Python frame per record)."""
+        produce, poll, on_delivery = self.producer.produce, self.producer.poll, self._on_delivery
+        for key, value in zip(keys, values, strict=True):
+            try:
+                produce(topic, value, key, partition=partition, on_delivery=on_delivery)
+            except BufferError:
+                poll(0.05)
+                self.produce(topic, key, value, partition)
 
     def flush(self, timeout: float = 60.0) -> dict[tuple[str, int], int]:
         """Wait until everything queued is acknowledged; return the acked offsets (topic, partition).
@@ -93,12 +117,18 @@ class Outputs:
         Raises OutputError when a record failed: the caller must not ack the batch.
         """
         left = self.producer.flush(timeout)
-        if left or self._errors:
+        with self._lock:
             errors, self._errors = self._errors, []
+            acked, self._acked = self._acked, {}
+        if left or errors:
             raise OutputError(f"{left} records not delivered within {timeout}s; errors: "
                               f"{'; '.join(errors[:5]) or 'none'} — check that Kafka is reachable")
-        acked, self._acked = self._acked, {}
         return acked
+
+    async def flush_async(self, timeout: float = 60.0) -> dict[tuple[str, int], int]:
+        """:meth:`flush` in a thread, so the event loop (Faust's fetcher) runs while we wait."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._waiter, self.flush, timeout)
 
 
 class TableState:
@@ -118,6 +148,10 @@ class TableState:
     def get(self, partition: int, key: bytes) -> bytes | None:
         return self._db(partition).get(key)  # type: ignore[no-any-return]
 
+    def get_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
+        """One rocksdict multi-get."""
+        return self._db(partition).get(keys)  # type: ignore[no-any-return]
+
     def scan(self, partition: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self._db(partition).items(from_key=prefix):
             if not key.startswith(prefix):
@@ -135,9 +169,7 @@ class TableState:
             else:
                 batch.put(key, value)
         self._db(partition).write(batch)
-        topic = self.changelog
-        for key, value in items.items():
-            self.outputs.produce(topic, key, value, partition)
+        self.outputs.produce_many(self.changelog, list(items), list(items.values()), partition)
 
     def persisted(self, acked: dict[tuple[str, int], int]) -> None:
         """Record acked changelog offsets in the store, so recovery reads only what follows."""
