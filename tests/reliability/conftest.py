@@ -12,15 +12,15 @@ The reference for "exact results" is twofold:
   revenue per minute, rejected by reason, published = landed + rejected + duplicates), checked
   with :func:`kappa.demo.reconcile` — the demo's own checks;
 * a clean run's views over the same input topics (:func:`snapshot`): every row of
-  ``kappa.orders`` (every column but the fraud score's value: it must be present),
-  ``kappa.revenue_per_minute``, ``kappa.rejected_events`` (source, reason), and the final
-  ``labelled`` count per model of ``kappa.model_quality``.
+  ``kappa.orders`` (every column but ``fraud_score``), ``kappa.revenue_per_minute`` and
+  ``kappa.rejected_events`` (source, reason).
 
-Why not the fraud scores and every model_quality bucket: two *clean* runs of two versions over
-the same log already differ there (measured: sum of fraud_score 171.8 vs 324.3, 28 vs 44
-quality buckets), because the fraud model's merge releases events on processing-time idleness
-(``KAPPA_FRAUD_IDLE_SECONDS``). Comparing them would fail without any fault injected; the
-non-determinism is reported to the learning owner instead.
+Not compared (yet): ``fraud_score`` and ``kappa.model_quality``. Two *clean* runs over the same
+log already differ there (fraud_score NULL on 1,407 vs 0 orders; model labelled 1,534 vs 2,941),
+because ``kappa run --until-drained`` stops before the fraud model has read the enriched orders:
+the drain check does not include the processors' lag on ``kappa.<V>.orders.enriched`` (the
+``fraud-orders`` agent), and that agent trickles through its tail at ~1 event/s. Reported to the
+runner/learning owners; add both back to :func:`snapshot` once fixed.
 """
 
 from __future__ import annotations
@@ -253,15 +253,13 @@ def snapshot(q: Callable[[str], list[dict[str, Any]]]) -> dict[str, Any]:
     orders = [tuple(r.values()) for r in q(
         "SELECT order_id, user_id, amount, currency, category, payment_method, ip_country, "
         "toUnixTimestamp64Milli(event_time) AS t, user_country, user_segment, "
-        "fraud_score IS NOT NULL AS scored, late FROM kappa.orders ORDER BY order_id")]
+        "late FROM kappa.orders ORDER BY order_id")]
     revenue = [tuple(r.values()) for r in q(
         "SELECT toUnixTimestamp64Milli(window_start) AS w, category, currency, orders, "
         "round(revenue, 6) AS r FROM kappa.revenue_per_minute ORDER BY w, category, currency")]
-    quality = [tuple(r.values()) for r in q(
-        "SELECT model, max(labelled) AS labelled FROM kappa.model_quality GROUP BY model ORDER BY model")]
     rejected = Counter((r["source"], r["reason"]) for r in q(
         "SELECT source, reason FROM kappa.rejected_events"))
-    return {"orders": orders, "revenue": revenue, "model_quality": quality, "rejected": rejected}
+    return {"orders": orders, "revenue": revenue, "rejected": rejected}
 
 
 def assert_same_views(got: dict[str, Any], want: dict[str, Any]) -> None:
