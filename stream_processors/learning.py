@@ -5,7 +5,8 @@ Call :func:`register` once on the app (``kappa-<version>``). It adds four agents
 * ``learn-samples``: every ``samples.*`` topic existing at start (Faust has no pattern
   subscription), one
   :class:`~stream_processors.samples.SampleLearner` per topic, in offset order.
-* ``fraud-orders`` / ``fraud-labels``: forward enriched orders and labels of all partitions into
+* orders reach the merge straight from the order stage (``stream_processors.io.Outputs``, in
+  input-partition offset order); ``fraud-labels`` forwards labels of all partitions into
   the single-partition internal topic ``kappa.<V>.learning.fraud_events`` (JSON), so one global
   model sees everything in one place.
 * ``fraud-model``: the :class:`~stream_processors.fraud.FraudLearner` on that topic, plus a timer
@@ -140,7 +141,7 @@ class Learning:
             version, lag_ms=int(settings.fraud_lag_seconds * 1000),
             horizon_ms=int(settings.fraud_horizon_hours * 3_600_000),
             drift_policy=settings.drift_policy, drift_delta=settings.drift_delta,
-            sources=tuple(f"{t}/{p}" for t in (self.outputs.enriched, self.inputs.order_labels)
+            sources=tuple(f"{t}/{p}" for t in (self.inputs.orders, self.inputs.order_labels)
                           for p in range(settings.partitions)))
         self._fraud_counts = dict(self.fraud.counts)
         self.stale = False
@@ -264,7 +265,6 @@ def register(app: Any, settings: Settings, version: str) -> Learning:
     # Faust cannot subscribe by pattern (its aiokafka driver ignores patterns): the learning
     # streams are the samples.* topics that exist when the worker starts.
     samples_topic = app.topic(*lrn.samples_topics(), **raw)
-    orders_topic = app.topic(lrn.outputs.enriched, **raw)
     labels_topic = app.topic(lrn.inputs.order_labels, **raw)
     events_topic = app.topic(fraud_events_topic(version), partitions=1, **raw)
     lock = asyncio.Lock()
@@ -300,10 +300,6 @@ def register(app: Any, settings: Settings, version: str) -> Learning:
                 await lrn._flush()
             except Exception:
                 fatal(f"fraud-{kind}s")
-
-    @app.agent(orders_topic, name="fraud-orders")
-    async def fraud_orders(stream: Any) -> None:
-        await forward("order", stream)
 
     @app.agent(labels_topic, name="fraud-labels")
     async def fraud_labels(stream: Any) -> None:
@@ -341,5 +337,5 @@ def register(app: Any, settings: Settings, version: str) -> Learning:
     async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
         lrn.stale = True
 
-    lrn.agents = (learn_samples, fraud_orders, fraud_labels, fraud_model, fraud_idle_flush)  # type: ignore[attr-defined]
+    lrn.agents = (learn_samples, fraud_labels, fraud_model, fraud_idle_flush)  # type: ignore[attr-defined]
     return lrn

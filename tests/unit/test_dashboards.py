@@ -162,13 +162,13 @@ def test_committed_json_matches_the_generator() -> None:
 def test_provider_path_is_where_compose_mounts_the_dashboards() -> None:
     provider = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "kappa.yml").read_text())
     path = provider["providers"][0]["options"]["path"]
-    compose = yaml.safe_load((REPO / "deploy" / "docker-compose.observability.yml").read_text())
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     mounts = compose["services"]["grafana"]["volumes"]
     assert any(m.startswith("./deploy/grafana/dashboards:") and m.split(":")[1] == path for m in mounts), mounts
 
 
 def test_compose_mounts_point_at_files_that_exist() -> None:
-    compose = yaml.safe_load((REPO / "deploy" / "docker-compose.observability.yml").read_text())
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     for name in ("prometheus", "grafana"):
         for mount in compose["services"][name]["volumes"]:
             host = mount.split(":")[0]
