@@ -314,8 +314,8 @@ class _Run:
                               capture_output=True, text=True, timeout=600, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"sink e2e failed: {done.stderr.strip().splitlines()[-1:]}")
-        result = json.loads(done.stdout.strip().splitlines()[-1])  # (seconds, rows, ...)
-        elapsed, n = float(result[0]), int(result[1])
+        result = json.loads(done.stdout.strip().splitlines()[-1])  # (seconds, [seconds incl. join,] rows)
+        elapsed, n = float(result[0]), int(result[-1])
         self.add("sink", "Kappa sink service (Kafka -> decode -> insert -> commit)", n / elapsed, "rows/s", chdb,
                  note=f"{n:,} rows, in-process")
 
