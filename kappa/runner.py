@@ -182,7 +182,7 @@ class Pipeline:
                 child.proc.kill()
                 child.proc.wait()
 
-    def run(self, until_drained: bool = False, poll: float = 2.0, idle_checks: int = 2,
+    def run(self, until_drained: bool = False, poll: float = 2.0, idle_checks: int = 3,
             max_seconds: float | None = None) -> DrainState:
         """Run until SIGTERM/SIGINT (or drained); return the last lag state."""
         self.prepare()
