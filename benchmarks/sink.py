@@ -1,6 +1,7 @@
 """Sink throughput into the embedded engine: chdb alone vs the Kappa sink, rows/s.
 
     .venv/bin/python benchmarks/sink.py [--rows 500000] [--kafka]
+    .venv/bin/python benchmarks/sink.py --freshness [--rate 5000] [--seconds 30]
 
 Stages measured (same EnrichedOrder rows, 50k-row batches, fresh chdb directory):
   chdb alone        one prebuilt Arrow table -> INSERT ... SELECT * FROM Python(table)
@@ -13,6 +14,16 @@ Stages measured (same EnrichedOrder rows, 50k-row batches, fresh chdb directory)
                     in ClickHouse and the group lag are checked afterwards
                     (needs KAPPA_KAFKA_BOOTSTRAP / KAPPA_SCHEMA_REGISTRY_URL or `kappa up`)
 Target: >= 500k rows/s for the sink into the embedded engine.
+
+Freshness (--freshness): `kappa run` (processors + sink, embedded engine) on fresh topics;
+valid orders are produced at a steady --rate with event_time = produce time (ms). One
+order in 50 is a probe; a poller asks `kappa.orders` (through the sink's read-only
+endpoint, as `kappa query` does) every 50 ms which outstanding probes are visible, so a
+probe's freshness = the end of the first query that returns it - its produce time
+(resolution: the poll interval plus one query). Reported: p50/p90/p99/max over probes after
+a warm-up, and, over every measured order, ``ingested_at - event_time`` (produce ->
+the sink's insert call), which splits the path into "before the sink's insert" and "insert".
+Target: p99 <= 2 s at a steady 5k events/s.
 """
 
 from __future__ import annotations
@@ -141,13 +152,189 @@ def bench_e2e(n: int, home: Path, bulk_decode: bool = True) -> tuple[float, floa
     return marks["done"] - marks["first"], marks["done"] - t0, rows
 
 
+def _emit_times(settings: Settings, bootstrap: str, registry_url: str, ids: set[str]) -> dict[str, int]:
+    """Kafka timestamp (= when the processors wrote it) of each enriched order in ``ids``."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from kappa.kafka import client_config
+    from kappa.topics import output_topics
+    from schemas.serde import Decoder, Registry
+
+    topic = output_topics(settings.version).enriched
+    dec = Decoder(Registry(registry_url), "enriched_order")
+    c = Consumer(client_config(settings, bootstrap, **{"group.id": "fresh-" + uuid.uuid4().hex[:6],
+                                                       "enable.auto.commit": False}))
+    parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+    ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+    c.assign([TopicPartition(topic, p, 0) for p in parts])
+    out: dict[str, int] = {}
+    done = {p for p, e in ends.items() if e == 0}
+    deadline = time.monotonic() + 120
+    while len(done) < len(ends) and time.monotonic() < deadline:
+        for m in c.consume(10_000, 1.0):
+            if m.error():
+                continue
+            oid = dec.decode_row(m.value())[0]
+            if oid in ids:
+                out[oid] = m.timestamp()[1]
+            if m.offset() + 1 >= ends[m.partition()]:
+                done.add(m.partition())
+    c.close()
+    return out
+
+
+def bench_freshness(rate: float, seconds: float, warmup: float, home: Path) -> dict[str, Any]:
+    """Run `kappa run` and measure produced -> visible in kappa.orders (see module doc)."""
+    import os
+    import random
+    import subprocess
+    import sys
+
+    from confluent_kafka import Producer
+
+    from kappa.kafka import client_config
+    from kappa.stack import endpoints
+    from schemas.serde import Encoder, Registry, subject
+    from sinks.query import endpoint_url, query_rows
+
+    run = uuid.uuid4().hex[:8]
+    ep = endpoints(get_settings())
+    settings = Settings(home=home, kafka_bootstrap=ep.kafka_bootstrap,
+                        schema_registry_url=ep.schema_registry_url, version=f"fr{run}",
+                        topic_prefix=f"fr{run}.")
+    env = {**os.environ, "KAPPA_HOME": str(home), "KAPPA_KAFKA_BOOTSTRAP": ep.kafka_bootstrap,
+           "KAPPA_SCHEMA_REGISTRY_URL": ep.schema_registry_url, "KAPPA_VERSION": settings.version,
+           "KAPPA_TOPIC_PREFIX": settings.topic_prefix}
+    kappa = str(Path(sys.executable).with_name("kappa"))
+    log = open(home / "run.log", "w")
+    proc = subprocess.Popen([kappa, "run"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:  # only through the sink's endpoint: opening the directory here would lock it
+                if endpoint_url(settings) is None:
+                    raise RuntimeError("no endpoint yet")
+                query_rows(settings, "SELECT count() AS n FROM kappa.orders")
+                break
+            except Exception:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"kappa run did not come up; see {home / 'run.log'}") from None
+                time.sleep(0.5)
+        topic = settings.topic_prefix + "orders"
+        enc = Encoder(Registry(ep.schema_registry_url), subject(topic), "orders")
+        prod = Producer(client_config(settings, ep.kafka_bootstrap, **{"linger.ms": 5}))
+        rng = random.Random(1)
+        probes: dict[str, int] = {}  # order_id -> produced at (ms)
+        seen: dict[str, float] = {}  # order_id -> visible at (ms)
+        stop = threading.Event()
+        lock = threading.Lock()
+
+        def poll() -> None:
+            while not stop.is_set():
+                with lock:
+                    want = [o for o in probes if o not in seen]
+                if want:
+                    ids = ",".join(f"'{o}'" for o in want[:500])
+                    try:
+                        rows = query_rows(settings, f"SELECT order_id FROM kappa.orders WHERE order_id IN ({ids})")
+                    except Exception:
+                        rows = []
+                    now = time.time() * 1000
+                    with lock:
+                        for r in rows:
+                            seen.setdefault(r["order_id"], now)
+                time.sleep(0.05)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        t0 = time.monotonic()
+        sent = 0
+        measure_from = t0 + warmup
+        first_measured: int | None = None
+        while (now_mono := time.monotonic()) < t0 + warmup + seconds:
+            due = int((now_mono - t0) * rate)
+            while sent < due:
+                now_ms = int(time.time() * 1000)
+                probe = sent % 50 == 0 and now_mono >= measure_from
+                oid = f"{'p' if probe else 'o'}{run}-{sent}"
+                if now_mono >= measure_from and first_measured is None:
+                    first_measured = now_ms
+                user = rng.randint(1, 1_000_000)
+                prod.produce(topic, key=str(user).encode(), value=enc.encode({
+                    "order_id": oid, "user_id": user, "amount": 10.0, "currency": "EUR",
+                    "category": "books", "payment_method": "card", "ip_country": "DE",
+                    "event_time": now_ms}))
+                if probe:
+                    with lock:
+                        probes[oid] = now_ms
+                sent += 1
+            prod.poll(0)
+            time.sleep(0.002)
+        prod.flush(30)
+        produced_for = time.monotonic() - t0
+        end = time.monotonic() + 30
+        while time.monotonic() < end and len(seen) < len(probes):
+            time.sleep(0.1)
+        stop.set()
+        poller.join(5)
+        lat = sorted(seen[o] - probes[o] for o in probes if o in seen)
+        agg = query_rows(settings, (
+            "SELECT count() AS n, quantiles(0.5, 0.9, 0.99)(toUnixTimestamp64Milli(ingested_at) - "
+            "toUnixTimestamp64Milli(event_time)) AS q, max(toUnixTimestamp64Milli(ingested_at) - "
+            "toUnixTimestamp64Milli(event_time)) AS mx FROM kappa.orders "
+            f"WHERE toUnixTimestamp64Milli(event_time) >= {first_measured}"))[0]
+        emitted = _emit_times(settings, ep.kafka_bootstrap, ep.schema_registry_url, set(probes))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+    def q(xs: list[float], p: float) -> float:
+        return xs[min(len(xs) - 1, int(p * len(xs)))] / 1000 if xs else float("nan")
+
+    proc_lat = sorted(emitted[o] - probes[o] for o in probes if o in emitted)
+    sink_lat = sorted(seen[o] - emitted[o] for o in probes if o in emitted and o in seen)
+    split = {"processors": [q(proc_lat, 0.5), q(proc_lat, 0.99)], "sink": [q(sink_lat, 0.5), q(sink_lat, 0.99)]}
+
+    return {"rate": rate, "achieved": sent / produced_for, "probes": len(probes), "visible": len(lat),
+            "p50": q(lat, 0.5), "p90": q(lat, 0.9), "p99": q(lat, 0.99),
+            "max": lat[-1] / 1000 if lat else float("nan"), "split": split,
+            "ingest_n": int(agg["n"]), "ingest_q": [v / 1000 for v in agg["q"]], "ingest_max": agg["mx"] / 1000}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=500_000)
     ap.add_argument("--batch", type=int, default=50_000)
     ap.add_argument("--kafka", action="store_true", help="also measure Kafka -> ClickHouse end to end")
+    ap.add_argument("--freshness", action="store_true",
+                    help="only measure freshness (produced -> visible in kappa.orders) under `kappa run`")
+    ap.add_argument("--rate", type=float, default=5000.0, help="--freshness: orders per second")
+    ap.add_argument("--seconds", type=float, default=30.0, help="--freshness: measured seconds")
+    ap.add_argument("--warmup", type=float, default=10.0, help="--freshness: seconds before measuring")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="kappa-bench-sink-"))
+    if args.freshness:
+        try:
+            r = bench_freshness(args.rate, args.seconds, args.warmup, tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        print(f"\nfreshness at {r['rate']:,.0f} orders/s requested ({r['achieved']:,.0f}/s produced), "
+              f"{args.seconds:.0f} s measured after {args.warmup:.0f} s warm-up")
+        print(f"  produced -> visible in kappa.orders ({r['visible']}/{r['probes']} probes seen): "
+              f"p50 {r['p50']:.2f} s  p90 {r['p90']:.2f} s  p99 {r['p99']:.2f} s  max {r['max']:.2f} s")
+        qs = r["ingest_q"]
+        print(f"  produced -> sink insert call (ingested_at - event_time, {r['ingest_n']:,} orders): "
+              f"p50 {qs[0]:.2f} s  p90 {qs[1]:.2f} s  p99 {qs[2]:.2f} s  max {r['ingest_max']:.2f} s")
+        sp = r["split"]
+        print(f"  split per probe: produced -> enriched by the processors p50 {sp['processors'][0]:.2f} s "
+              f"p99 {sp['processors'][1]:.2f} s | enriched -> visible (sink) p50 {sp['sink'][0]:.2f} s "
+              f"p99 {sp['sink'][1]:.2f} s")
+        print("target: p99 <= 2 s at a steady 5,000 events/s")
+        return
     results: list[tuple[str, int, float]] = []
     try:
         version = "bench"
