@@ -317,7 +317,7 @@ class _Run:
         result = json.loads(done.stdout.strip().splitlines()[-1])  # (seconds, [seconds incl. join,] rows)
         elapsed, n = float(result[0]), int(result[-1])
         self.add("sink", "Kappa sink service (Kafka -> decode -> insert -> commit)", n / elapsed, "rows/s", chdb,
-                 note=f"{n:,} rows, in-process")
+                 note=f"{n:,} rows, own process, from first message")
 
     def freshness(self) -> None:
         from benchmarks import freshness
