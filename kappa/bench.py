@@ -142,7 +142,30 @@ def _quix_python() -> str | None:
         return explicit
     if importlib.util.find_spec("quixstreams") is not None:
         return sys.executable
-    return None
+    return _quix_side_venv()
+
+
+QUIX_PINS = ("quixstreams==3.28.1", "fastavro==1.13.1")
+
+
+def _quix_side_venv() -> str | None:
+    """A venv of its own for Quix Streams (it pins confluent-kafka<2.13; Kappa pins 2.16.1),
+    created once under the user cache; None when it cannot be made (then the row says why)."""
+    from kappa.stack.fetch import cache_dir
+
+    venv = cache_dir() / "quix-venv"
+    py = venv / "bin" / "python"
+    stamp = venv / ".kappa-installed"
+    if py.exists() and stamp.exists() and stamp.read_text() == " ".join(QUIX_PINS):
+        return str(py)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", *QUIX_PINS], check=True, capture_output=True,
+                       timeout=900)
+    except (subprocess.SubprocessError, OSError):
+        return None
+    stamp.write_text(" ".join(QUIX_PINS))
+    return str(py)
 
 
 def _benchmarks() -> None:
