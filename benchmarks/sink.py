@@ -39,6 +39,7 @@ from typing import Any
 
 from kappa.settings import Settings, get_settings
 from sinks import migrate
+from sinks.base import Backend
 from sinks.embedded import EmbeddedBackend
 from sinks.rows import TABLES
 from sinks.writer import Batch, Writer
@@ -57,7 +58,7 @@ def records(n: int, version: str) -> list[dict[str, Any]]:
             for i in range(n)]
 
 
-def bench_chdb(backend: EmbeddedBackend, recs: list[dict[str, Any]], version: str, batch: int) -> float:
+def bench_chdb(backend: Backend, recs: list[dict[str, Any]], version: str, batch: int) -> float:
     tables = [TABLES["orders"].arrow(recs[i:i + batch]) for i in range(0, len(recs), batch)]
     db = migrate.database(version)
     t0 = time.perf_counter()
@@ -66,7 +67,7 @@ def bench_chdb(backend: EmbeddedBackend, recs: list[dict[str, Any]], version: st
     return time.perf_counter() - t0
 
 
-def bench_writer(backend: EmbeddedBackend, recs: list[dict[str, Any]], version: str, batch: int) -> float:
+def bench_writer(backend: Backend, recs: list[dict[str, Any]], version: str, batch: int) -> float:
     """Decoded rows (tuples, as ``Decoder.decode_row`` yields them) -> Batch -> Writer."""
     writer = Writer(backend, version)
     fields = TABLES["orders"].fields

@@ -111,7 +111,10 @@ class SinkService:
             "topic.metadata.refresh.interval.ms": 2000,
             "max.poll.interval.ms": 600_000,
             "queued.max.messages.kbytes": 65_536,
-            "max.partition.fetch.bytes": 8 << 20,  # big fetches: the sink decodes in bulk
+            # Prefetch bounded by bytes (above), not by librdkafka's default 100k messages per
+            # partition, and in big fetches: raw consume 156k -> 730k msg/s here.
+            "queued.min.messages": 1_000_000,
+            "max.partition.fetch.bytes": 8 << 20,
             "enable.partition.eof": False,
             # Static membership: a restarted sink (after kill -9) takes its partitions back at
             # once instead of waiting for the dead member's session to expire.
