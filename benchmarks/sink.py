@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,13 +174,14 @@ def _emit_times(settings: Settings, bootstrap: str, registry_url: str, ids: set[
     deadline = time.monotonic() + 120
     while len(done) < len(ends) and time.monotonic() < deadline:
         for m in c.consume(10_000, 1.0):
-            if m.error():
+            value, offset, partition = m.value(), m.offset(), m.partition()
+            if m.error() or value is None or offset is None or partition is None:
                 continue
-            oid = dec.decode_row(m.value())[0]
+            oid = dec.decode_row(value)[0]
             if oid in ids:
                 out[oid] = m.timestamp()[1]
-            if m.offset() + 1 >= ends[m.partition()]:
-                done.add(m.partition())
+            if offset + 1 >= ends[partition]:
+                done.add(partition)
     c.close()
     return out
 
@@ -293,7 +295,7 @@ def bench_freshness(rate: float, seconds: float, warmup: float, home: Path) -> d
             proc.kill()
         log.close()
 
-    def q(xs: list[float], p: float) -> float:
+    def q(xs: Sequence[float], p: float) -> float:
         return xs[min(len(xs) - 1, int(p * len(xs)))] / 1000 if xs else float("nan")
 
     proc_lat = sorted(emitted[o] - probes[o] for o in probes if o in emitted)
