@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from kappa import metrics, topics
@@ -208,7 +209,12 @@ class Pipeline:
             while not self._stop:
                 time.sleep(poll)
                 self._supervise()
-                state = self.state()
+                try:
+                    state = self.state()
+                except KafkaException as exc:  # a broker restart: the children ride it out, so do we
+                    self.echo(f"! lag unavailable ({exc}); retrying")
+                    stable = 0
+                    continue
                 _export_lag(state)
                 now = time.monotonic()
                 rate = (state.processors.consumed - last_consumed) / max(1e-6, now - last_t)
