@@ -10,10 +10,11 @@ is then applied before that order is joined — on a live run and on a replay al
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from kappa.kafka import client_config
 from kappa.settings import Settings
@@ -30,8 +31,21 @@ def users_reader(settings: Settings, bootstrap: str, topic: str) -> Callable[[in
         "enable.partition.eof": True,
     }))
 
+    def watermarks(partition: int) -> tuple[int, int]:
+        # A broker restart must not kill the worker: wait for the broker like the Faust consumer does.
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10,
+                                                           cached=False)
+                return int(low), int(high)
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+
     def fetch(partition: int, start: int) -> list[Message]:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10, cached=False)
+        low, high = watermarks(partition)
         start = max(start, low)
         if start >= high:
             return []

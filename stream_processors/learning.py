@@ -44,6 +44,7 @@ from kappa.settings import Settings
 from kappa.stack.manager import endpoints
 from kappa.topics import input_specs, input_topics, output_topics
 from schemas.serde import DecodeError, Decoder, Encoder, Registry, subject
+from stream_processors.base import Message
 from stream_processors.fraud import FraudLearner
 from stream_processors.samples import Emitted, SampleLearner, model_name
 
@@ -123,6 +124,7 @@ class Learning:
             "linger.ms": 5, "message.max.bytes": _MAX_BYTES + 1_000_000}))
         self.enc_quality = Encoder(self.registry, subject(self.outputs.model_quality), "model_quality")
         self.enc_score = Encoder(self.registry, subject(self.outputs.scores), "fraud_score")
+        self.enc_rejected = Encoder(self.registry, subject(self.outputs.rejected), "rejected_event")
         self.enc_drift = Encoder(self.registry, subject(self.outputs.drift), "drift_event")
         self.dec_sample = Decoder(self.registry, "sample")
         self.dec_order = Decoder(self.registry, "enriched_order")
@@ -200,8 +202,7 @@ class Learning:
             try:
                 rec = self.dec_sample.decode(value or b"")
             except DecodeError as exc:
-                metrics.REJECTED.labels("processor", topic, "undecodable").inc()
-                log.warning("skipping %s@%d: %s", topic, offset, exc.reason)
+                self._reject(topic, 0, offset, value, exc.reason)
                 continue
             metrics.CONSUMED.labels(topic).inc()
             if size <= 1:
@@ -224,6 +225,16 @@ class Learning:
         self._emit(learner.learn_batch(rows, ts))
         metrics.MODEL_LABELLED.labels(learner.name).inc(learner.progress.labelled - before)
 
+    def _reject(self, topic: str, partition: int, offset: int, value: bytes | None, why: str) -> None:
+        """Bad input never disappears: to the version's DLQ (kappa.<V>.rejected), counted."""
+        from stream_processors.orders import rejection
+
+        metrics.REJECTED.labels("processor", topic, "undecodable").inc()
+        log.warning("rejecting %s/%d/%d: %s", topic, partition, offset, why)
+        rec = rejection(Message(topic, partition, offset, None, value), f"undecodable: {why}",
+                        int(time.time() * 1000))
+        self.producer.produce(self.outputs.rejected, self.enc_rejected.encode(rec), rec["source"].encode())
+
     # -- fraud -------------------------------------------------------------------------------
     def forward(self, kind: str, rows: Sequence[tuple[str, int, int, bytes | None]]) -> None:
         """Decode orders or labels and append them to the fraud events topic (JSON)."""
@@ -232,8 +243,7 @@ class Learning:
             try:
                 rec = dec.decode(value or b"")
             except DecodeError as exc:
-                metrics.REJECTED.labels("processor", topic, "undecodable").inc()
-                log.warning("fraud model skips %s/%d/%d: %s", topic, partition, offset, exc.reason)
+                self._reject(topic, partition, offset, value, exc.reason)
                 continue
             time = rec["event_time"] if kind == "order" else rec["label_time"]
             event = {"kind": kind, "time": time, "id": rec["order_id"], "src": f"{topic}/{partition}",
