@@ -163,6 +163,8 @@ class Writer:
         """Insert every table of ``batch``, then its next offsets; retried until done."""
         if not batch.size:
             return
+        if batch.bulk:  # their offsets are in the batch: writing without them would lose them
+            raise SinkError("batch still holds raw messages; decode them first (SinkService._decode_bulk)")
         self.batches += 1
         digest = batch.digest()
         now_ms = int(time.time() * 1000)
@@ -171,9 +173,9 @@ class Writer:
             parts = [table.arrow_rows(batch.rows[name], now_ms)] if batch.rows.get(name) else []
             if name in batch.arrow:
                 parts.append(batch.arrow[name])
-            data = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
-            if not data.num_rows:
+            if not parts:
                 continue
+            data = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
             t0 = time.perf_counter()
             self._retry(name, functools.partial(self.backend.insert_arrow, f"{self.db}.{name}", data,
                                                 f"{self.version}:{name}:{digest}"))
