@@ -106,3 +106,25 @@ def test_names() -> None:
     assert sink_group("v2") == "kappa-v2-sink"
     assert database("v2") == "kappa_v2"
     assert {"orders", "revenue_per_minute", "model_quality", "rejected_events"} <= set(VIEWS)
+
+
+def test_raw_messages_count_in_ranges_and_must_be_decoded_before_writing() -> None:
+    from kappa.errors import SinkError
+    from sinks.writer import Writer
+
+    schema = {"type": "record", "name": "T", "fields": []}
+    b = Batch()
+    assert b.add_raw("orders", "t", schema, b"\x00\x00\x00\x00\x01", 2, 7, 1)
+    assert not b.add_raw("orders", "other-topic", schema, b"\x00\x00\x00\x00\x01", 0, 1, 1)
+    assert b.size == 1 and b.next_offsets() == {("t", 2): 8}
+    with pytest.raises(SinkError, match="raw messages"):
+        Writer(backend=None, version="v1").write(b)  # type: ignore[arg-type]
+
+
+def test_arrow_rows_equal_arrow_of_dicts() -> None:
+    t = TABLES["scores"]
+    row = {"order_id": "o", "fraud_score": 0.25, "model": "fraud", "labelled_before": 3,
+           "event_time": 1_700_000_000_123, "pipeline_version": "v1", "kafka_topic": "k",
+           "kafka_partition": 1, "kafka_offset": 9, "ingested_at": 5}
+    fast = t.arrow_rows([(*(row[f] for f in t.fields), "k", 1, 9)], ingested_at=5)
+    assert fast.equals(t.arrow([row]))
