@@ -4,6 +4,10 @@ It consumes the version's output topics and the producer-edge DLQs (``<prefix><i
 by regex so new ones are found) as group ``kappa-<V>-sink``, decodes each message with its
 Avro schema (undecodable ones become ``rejected_events`` rows, stage ``sink``), groups the
 rows into size- and time-bounded batches and hands them to :class:`sinks.writer.Writer`.
+Decoding is the hot path: with the embedded engine, messages of the plain-field tables whose
+writer schema is the reader schema are decoded per batch in chdb (:mod:`sinks.bulk`, checked
+record by record, falling back to per-message decode); everything else is decoded per
+message straight into row tuples (:meth:`schemas.serde.Decoder.decode_row`), no dicts.
 Kafka offsets are committed synchronously only after the batch and its offsets are in
 ClickHouse; on partition assignment the consumer seeks to the offsets stored there.
 With the embedded engine it also owns the chdb directory and serves ``kappa query``
