@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import sys
 import time
@@ -25,17 +24,15 @@ def _settings(topic_prefix: str | None) -> Settings:
 
 
 def _start_ms(start: str | None) -> int | None:
+    """``--start`` as epoch ms: the same ISO-8601 / epoch-ms rules as timestamps in files."""
     if start is None:
         return None
-    if start.lstrip("-").isdigit():
-        return int(start)
+    from producers.files import _timestamp
+
     try:
-        when = dt.datetime.fromisoformat(start.replace("Z", "+00:00"))
+        return _timestamp(start, from_text=True)
     except ValueError:
-        raise ConfigError(f"--start {start!r} is not ISO-8601 (e.g. 2024-05-01T00:00:00Z)") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return int(when.timestamp() * 1000)
+        raise ConfigError(f"--start {start!r} is not ISO-8601 (e.g. 2024-05-01T00:00:00Z) or epoch ms") from None
 
 
 @click.command()
