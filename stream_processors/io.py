@@ -14,9 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
+import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from confluent_kafka import KafkaError, Producer
@@ -58,20 +57,15 @@ class Outputs:
         self.rejected = Encoder(registry, f"{outputs.rejected}-value", "rejected_event")
         self._errors: list[str] = []
         self._acked: dict[tuple[str, int], int] = {}
-        self._lock = threading.Lock()  # delivery reports are served by whichever thread flushes
-        self._waiter = ThreadPoolExecutor(1, thread_name_prefix="kappa-flush")
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
-            with self._lock:
-                self._errors.append(f"{msg.topic()}: {err.str()}")
+            self._errors.append(f"{msg.topic()}: {err.str()}")
         else:
             tp = (msg.topic(), msg.partition())
             offset = msg.offset()
             if offset > self._acked.get(tp, -1):
-                with self._lock:
-                    if offset > self._acked.get(tp, -1):
-                        self._acked[tp] = offset
+                self._acked[tp] = offset
 
     def produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int = -1) -> None:
         """Queue one record (waits for room when librdkafka's queue is full)."""
@@ -116,19 +110,29 @@ class Outputs:
 
         Raises OutputError when a record failed: the caller must not ack the batch.
         """
-        left = self.producer.flush(timeout)
-        with self._lock:
-            errors, self._errors = self._errors, []
-            acked, self._acked = self._acked, {}
+        return self._result(self.producer.flush(timeout), timeout)
+
+    def _result(self, left: int, timeout: float) -> dict[tuple[str, int], int]:
+        errors, self._errors = self._errors, []
+        acked, self._acked = self._acked, {}
         if left or errors:
             raise OutputError(f"{left} records not delivered within {timeout}s; errors: "
                               f"{'; '.join(errors[:5]) or 'none'} — check that Kafka is reachable")
         return acked
 
-    async def flush_async(self, timeout: float = 60.0) -> dict[tuple[str, int], int]:
-        """:meth:`flush` in a thread, so the event loop (Faust's fetcher) runs while we wait."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._waiter, self.flush, timeout)
+    async def flush_async(self, timeout: float = 60.0, tick: float = 0.002) -> dict[tuple[str, int], int]:
+        """:meth:`flush` that lets the event loop (Faust's fetcher) run while Kafka acks.
+
+        Delivery reports are served here, in the loop's thread (no GIL ping-pong with a
+        flushing thread); returns once nothing is queued or in flight.
+        """
+        producer = self.producer
+        producer.flush(0)  # send now, whatever linger.ms says
+        deadline = time.monotonic() + timeout
+        while len(producer) and time.monotonic() < deadline:
+            await asyncio.sleep(tick)
+            producer.poll(0)
+        return self._result(len(producer), timeout)
 
 
 class TableState:
