@@ -22,31 +22,7 @@ from schemas.serde import (
     schema_text,
     subject,
 )
-
-
-class _Schema:
-    def __init__(self, text: str) -> None:
-        self.schema_str = text
-        self.schema_type = "AVRO"
-
-
-class MemoryRegistryClient:
-    """Just enough of SchemaRegistryClient for pure-logic tests (integration tests use the real one)."""
-
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-
-    def register_schema(self, subject: str, schema: Any) -> int:
-        if schema.schema_str not in self.texts:
-            self.texts.append(schema.schema_str)
-        return self.texts.index(schema.schema_str) + 1
-
-    def get_schema(self, schema_id: int) -> _Schema:
-        from confluent_kafka.schema_registry.error import SchemaRegistryError
-
-        if not 1 <= schema_id <= len(self.texts):
-            raise SchemaRegistryError(404, 40403, "not found")
-        return _Schema(self.texts[schema_id - 1])
+from tests.unit.memory_registry import MemoryRegistryClient
 
 
 @pytest.fixture

@@ -13,30 +13,11 @@ import pytest
 
 from schemas.fastpath import compile_reader
 from schemas.serde import DecodeError, Decoder, Encoder, Registry, reader_schema, schema_names, schema_text
+from tests.unit.memory_registry import MemoryRegistryClient
 
 FLAT = [n for n in schema_names() if compile_reader(json.loads(schema_text(n))) is not None]
 
 
-class _Schema:
-    def __init__(self, text: str) -> None:
-        self.schema_str, self.schema_type = text, "AVRO"
-
-
-class _MemoryClient:
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-
-    def register_schema(self, subject: str, schema: Any) -> int:
-        if schema.schema_str not in self.texts:
-            self.texts.append(schema.schema_str)
-        return self.texts.index(schema.schema_str) + 1
-
-    def get_schema(self, schema_id: int) -> _Schema:
-        from confluent_kafka.schema_registry.error import SchemaRegistryError
-
-        if not 1 <= schema_id <= len(self.texts):
-            raise SchemaRegistryError(404, 40403, "not found")
-        return _Schema(self.texts[schema_id - 1])
 
 
 def _value(rng: random.Random, avro_type: Any) -> Any:
@@ -118,7 +99,7 @@ def test_generated_reader_never_disagrees_on_corrupt_bytes(name: str) -> None:
 
 @pytest.mark.parametrize("name", FLAT)
 def test_decoder_rows_and_dicts_match_fastavro(name: str) -> None:
-    registry = Registry("memory://", client=_MemoryClient())  # type: ignore[arg-type]
+    registry = Registry("memory://", client=MemoryRegistryClient())  # type: ignore[arg-type]
     enc, dec = Encoder(registry, f"{name}-value", name), Decoder(registry, name)
     recs = _records(name, 200, seed=5)
     datas = enc.encode_many(recs)
@@ -128,7 +109,7 @@ def test_decoder_rows_and_dicts_match_fastavro(name: str) -> None:
 
 
 def test_decode_row_errors_are_fastavros() -> None:
-    registry = Registry("memory://", client=_MemoryClient())  # type: ignore[arg-type]
+    registry = Registry("memory://", client=MemoryRegistryClient())  # type: ignore[arg-type]
     enc, dec = Encoder(registry, "enriched-value", "enriched_order"), Decoder(registry, "enriched_order")
     good = enc.encode(_records("enriched_order", 1, seed=1)[0])
     for bad in (b"", b"\x01\x00\x00\x00\x01abc", good[:-3], good + b"zz", b"\x00\x00\x00\x07\x99" + good[5:]):
@@ -140,7 +121,7 @@ def test_decode_row_errors_are_fastavros() -> None:
 
 
 def test_other_writer_schemas_are_resolved_by_fastavro() -> None:
-    registry = Registry("memory://", client=_MemoryClient())  # type: ignore[arg-type]
+    registry = Registry("memory://", client=MemoryRegistryClient())  # type: ignore[arg-type]
     old = json.loads(schema_text("enriched_order"))
     old["fields"] = [f for f in old["fields"] if f["name"] != "fraud_score"]
     old_id = registry.register("enriched-value", json.dumps(old))
