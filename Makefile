@@ -12,14 +12,14 @@ setup: .venv/.kappa-installed  ## create .venv and install Kappa (+ Java, Maven,
 demo: setup  ## run the end-to-end demo on the embedded defaults
 	.venv/bin/kappa demo
 
-test: setup  ## run the whole test suite (unit + integration on a real local stack)
-	.venv/bin/python -m pytest
+test: setup  ## unit + integration tests on a real local stack (the reliability suite: make reliability)
+	.venv/bin/python -m pytest -m "not reliability"
 
 unit: setup  ## run the fast unit tests only
 	.venv/bin/python -m pytest tests/unit
 
 reliability: setup  ## run the reliability suite alone (kill -9, broker restart, sink outage, bad input)
-	.venv/bin/python -m pytest tests/reliability -m reliability -rA --durations=0
+	.venv/bin/python -m pytest -m reliability -rA --durations=0
 
 lint: setup  ## ruff + mypy
 	.venv/bin/ruff check . && .venv/bin/mypy kappa schemas producers stream_processors sinks
