@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from river import datasets, evaluate, metrics
 from kappa.kafka import TopicSpec, client_config, ensure_topics
 from kappa.topics import input_topics, output_topics
 from schemas.serde import Decoder, Encoder, Registry, subject
+from stream_processors.learning import fraud_events_topic
 from stream_processors.learning_synthetic import scenario
 from stream_processors.samples import default_model
 from tests.conftest import REPO, Stack
@@ -177,10 +179,18 @@ def test_fraud_scores_drift_detected_and_auc_recovers(run: Run) -> None:
     n, drift_at = 6000, 3000
     orders, labels = scenario(n, drift_at=drift_at, seed=11)
     out = output_topics(run.version)
+    merge = fraud_events_topic(run.version)
     ensure_topics(run.settings, run.stack.kafka_bootstrap, [
-        TopicSpec(out.enriched, run.settings.partitions),
-        TopicSpec(input_topics(run.prefix).order_labels, run.settings.partitions)])
-    run.publish(out.enriched, "enriched_order", orders, key=lambda r: r["order_id"])
+        TopicSpec(merge, 1), TopicSpec(input_topics(run.prefix).order_labels, run.settings.partitions)])
+    # orders enter the fraud merge as the order stage writes them (stream_processors.io.Outputs):
+    # JSON events on the single-partition merge topic, tagged with their input partition
+    orders_topic, parts = input_topics(run.prefix).orders, run.settings.partitions
+    for i, rec in enumerate(orders):
+        event = {"kind": "order", "time": rec["event_time"], "id": rec["order_id"],
+                 "src": f"{orders_topic}/{i % parts}", "data": rec}
+        run.producer.produce(merge, json.dumps(event).encode(), rec["order_id"].encode(), partition=0)
+        run.producer.poll(0)
+    assert run.producer.flush(30) == 0
     run.publish(input_topics(run.prefix).order_labels, "order_labels", labels, key=lambda r: r["order_id"])
     run.start(KAPPA_DRIFT_POLICY="reset")
     seen: list[dict[str, Any]] = []
