@@ -15,7 +15,8 @@ from schemas.serde import Decoder, Registry, schema_text
 from sinks.bulk import BulkAvro, bulk_schema
 from sinks.embedded import EmbeddedBackend
 from sinks.rows import TABLES
-from tests.unit.test_sinks_decode import _MemoryClient, _records
+from tests.unit.memory_registry import MemoryRegistryClient as _MemoryClient
+from tests.unit.test_sinks_decode import _records
 
 pytestmark = pytest.mark.integration
 
