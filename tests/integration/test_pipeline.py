@@ -44,7 +44,8 @@ def test_generator_run_until_drained_views_equal_manifest(stack: Stack, tmp_path
         settings, "SELECT splitByChar(':', reason)[1] AS code, count() AS n FROM kappa.rejected_events GROUP BY code")}
     assert by_reason == manifest.invalid
     # one row per order id, too-late orders landed but flagged
-    row = query_rows(settings, "SELECT count() AS n, uniqExact(order_id) AS u, countIf(late) AS late FROM kappa.orders")[0]
+    row = query_rows(settings,
+                     "SELECT count() AS n, uniqExact(order_id) AS u, countIf(late) AS late FROM kappa.orders")[0]
     assert int(row["n"]) == int(row["u"]) == manifest.valid_unique_orders
     assert int(row["late"]) == manifest.too_late
     late_ids = {r["order_id"] for r in query_rows(settings, "SELECT order_id FROM kappa.orders WHERE late")}

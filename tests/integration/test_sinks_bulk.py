@@ -69,7 +69,7 @@ def test_bulk_decode_equals_per_message_decode(backend: EmbeddedBackend, name: s
 
 @pytest.mark.parametrize("damage", ["truncated", "trailing", "utf8"])
 def test_one_unclean_message_refuses_the_whole_batch(backend: EmbeddedBackend, damage: str) -> None:
-    dec, header, schema = _setup("enriched_order")
+    _dec, header, schema = _setup("enriched_order")
     write = compile_writer(json.loads(schema_text("enriched_order")), header)
     assert write is not None
     recs = _records("enriched_order", 50, seed=4)
