@@ -184,7 +184,7 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
         if idle:
             state.persisted(await out.flush_async())
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
         assert pipe.revenue is not None
         for tp in revoked:

@@ -61,8 +61,9 @@ def users_reader(settings: Settings, bootstrap: str, topic: str) -> Callable[[in
                             done = True
                             continue
                         raise RuntimeError(f"reading {topic}[{partition}] for the users join: {err}")
-                    out.append(Message(m.topic(), m.partition(), m.offset(), m.key(), m.value()))
-                    done = done or m.offset() >= high - 1
+                    offset = int(m.offset() or 0)
+                    out.append(Message(topic, partition, offset, m.key(), m.value()))
+                    done = done or offset >= high - 1
                 if done:
                     return out
         finally:

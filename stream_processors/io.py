@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, Producer
@@ -94,7 +94,7 @@ class Outputs:
                                            "src": f"{r['source_topic']}/{r['source_partition']}",
                                            "data": r}).encode() for _, r in out.enriched], partition=0)
 
-    def produce_many(self, topic: str, keys: list[bytes], values: list[bytes | None],
+    def produce_many(self, topic: str, keys: Sequence[bytes], values: Sequence[bytes | None],
                      partition: int = -1) -> None:
         """Queue records of one topic (the per-record path without a Python frame per record)."""
         produce, poll, on_delivery = self.producer.produce, self.producer.poll, self._on_delivery
@@ -150,11 +150,11 @@ class TableState:
         return self.table.data._db_for_partition(partition)
 
     def get(self, partition: int, key: bytes) -> bytes | None:
-        return self._db(partition).get(key)  # type: ignore[no-any-return]
+        return self._db(partition).get(key)
 
     def get_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
         """One rocksdict multi-get."""
-        return self._db(partition).get(keys)  # type: ignore[no-any-return]
+        return self._db(partition).get(keys)
 
     def scan(self, partition: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self._db(partition).items(from_key=prefix):

@@ -92,8 +92,8 @@ def load_checkpoints(settings: Settings, bootstrap: str, version: str,
                                      f"is Kafka at {bootstrap} healthy?")
                 if msg.error():
                     continue
-                position = msg.offset() + 1
-                latest[msg.key().decode()] = msg.value()
+                position = int(msg.offset() or 0) + 1
+                latest[(msg.key() or b"").decode()] = msg.value() or b""
         return {k: pickle.loads(zlib.decompress(v)) for k, v in latest.items() if v}
     finally:
         consumer.close()

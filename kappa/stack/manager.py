@@ -103,8 +103,9 @@ def endpoints(settings: Settings) -> Endpoints:
 def kafka_healthy(bootstrap: str, timeout: float = 3.0, config: dict[str, Any] | None = None) -> bool:
     """True when a broker at ``bootstrap`` answers a metadata request."""
     try:
-        admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000),
-                             "logger": _quiet, **(config or {})})
+        conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000),
+                                "logger": _quiet, **(config or {})}
+        admin = AdminClient(conf)
         admin.list_topics(timeout=timeout)
         return True
     except Exception:
