@@ -36,13 +36,7 @@ def zigzag_varint_slow(n: int) -> bytes:
     """Reference Avro long encoding (zigzag, then base-128 varint)."""
     if not -(1 << 63) <= n < (1 << 63):
         raise OverflowError(f"{n} does not fit an Avro long")
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while z >= 0x80:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
+    return _varint((n << 1) ^ (n >> 63))
 
 
 def zigzag_varint(n: int) -> bytes:
