@@ -127,7 +127,6 @@ class Learning:
         self.enc_rejected = Encoder(self.registry, subject(self.outputs.rejected), "rejected_event")
         self.enc_drift = Encoder(self.registry, subject(self.outputs.drift), "drift_event")
         self.dec_sample = Decoder(self.registry, "sample")
-        self.dec_order = Decoder(self.registry, "enriched_order")
         self.dec_label = Decoder(self.registry, "order_labels")
         self.stale = True
         self.reload()
@@ -236,20 +235,20 @@ class Learning:
         self.producer.produce(self.outputs.rejected, self.enc_rejected.encode(rec), rec["source"].encode())
 
     # -- fraud -------------------------------------------------------------------------------
-    def forward(self, kind: str, rows: Sequence[tuple[str, int, int, bytes | None]]) -> None:
-        """Decode orders or labels and append them to the fraud events topic (JSON)."""
-        dec = self.dec_order if kind == "order" else self.dec_label
-        for topic, partition, offset, value in rows:
-            try:
-                rec = dec.decode(value or b"")
-            except DecodeError as exc:
-                self._reject(topic, partition, offset, value, exc.reason)
+    def forward_labels(self, rows: Sequence[tuple[str, int, int, bytes | None]]) -> None:
+        """Decode a batch of labels (in bulk) and append them to the fraud events topic (JSON).
+
+        Orders reach that topic from the order stage itself (stream_processors.io.Outputs).
+        """
+        decoded = self.dec_label.decode_many([value or b"" for _, _, _, value in rows])
+        topic_out, produce = fraud_events_topic(self.version), self.producer.produce
+        for (topic, partition, offset, value), rec in zip(rows, decoded, strict=True):
+            if isinstance(rec, DecodeError):
+                self._reject(topic, partition, offset, value, rec.reason)
                 continue
-            time = rec["event_time"] if kind == "order" else rec["label_time"]
-            event = {"kind": kind, "time": time, "id": rec["order_id"], "src": f"{topic}/{partition}",
-                     "data": rec}
-            self.producer.produce(fraud_events_topic(self.version), json.dumps(event).encode(),
-                                  rec["order_id"].encode())
+            event = {"kind": "label", "time": rec["label_time"], "id": rec["order_id"],
+                     "src": f"{topic}/{partition}", "data": rec}
+            produce(topic_out, json.dumps(event).encode(), rec["order_id"].encode())
         self.producer.poll(0)
 
     def learn_fraud(self, rows: Sequence[tuple[int, bytes | None]], idle: bool = False) -> None:
@@ -302,18 +301,15 @@ def register(app: Any, settings: Settings, version: str) -> Learning:
             except Exception:
                 fatal("learn-samples")
 
-    async def forward(kind: str, stream: Any) -> None:
-        async for events in stream.take_events(1000, within=0.2):
-            try:
-                lrn.forward(kind, [(e.message.topic, e.message.partition, e.message.offset,
-                                    e.message.value) for e in events])
-                await lrn._flush()
-            except Exception:
-                fatal(f"fraud-{kind}s")
-
     @app.agent(labels_topic, name="fraud-labels")
     async def fraud_labels(stream: Any) -> None:
-        await forward("label", stream)
+        async for events in stream.take_events(1000, within=0.2):
+            try:
+                lrn.forward_labels([(e.message.topic, e.message.partition, e.message.offset,
+                                     e.message.value) for e in events])
+                await lrn._flush()
+            except Exception:
+                fatal("fraud-labels")
 
     @app.agent(events_topic, name="fraud-model")
     async def fraud_model(stream: Any) -> None:

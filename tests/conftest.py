@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -106,6 +108,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield Stack(ep.kafka_bootstrap, ep.schema_registry_url, home, "local")
     finally:
         manager.down(settings)
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """SIGTERM the process group of ``proc`` (started with start_new_session), SIGKILL after ``timeout``."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
 
 @pytest.fixture

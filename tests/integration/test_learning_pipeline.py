@@ -33,7 +33,7 @@ from kappa.settings import Settings
 from kappa.topics import input_topics
 from schemas.serde import Decoder, Registry
 from stream_processors.samples import default_model
-from tests.conftest import REPO, Stack
+from tests.conftest import REPO, Stack, stop_group
 
 pytestmark = pytest.mark.integration
 
@@ -264,13 +264,7 @@ def test_kill_9_of_the_real_worker_resumes_learning_without_double_learning(
         worker = start()
         after = quality.until(worker, lambda rs: labels in _labelled(rs, "fraud"), 180)
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait(10)
+        stop_group(worker, 30)
         quality.c.close()
     killed_at, resumed_at = max(_labelled(before, "fraud")), min(_labelled(after, "fraud"))
     final = {r["model"]: r for r in before + after if r["labelled"] in (labels, 1250)}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +15,7 @@ from kappa.settings import Settings
 from kappa.stack.prometheus import LocalPrometheus
 from producers.ecommerce import GeneratorConfig, generate
 from sinks.query import query_rows
-from tests.conftest import Stack
+from tests.conftest import Stack, stop_group
 from tests.integration.test_observability import wait_for
 from tests.unit.test_dashboards import expressions
 
@@ -77,11 +75,5 @@ def test_real_pipeline_metrics(stack: Stack, tmp_path: Path) -> None:
         assert orders == manifest.valid_unique_orders
         assert _value(prom, 'sum(kappa_sink_rows_total{table="orders"})') >= orders
     finally:
-        if runner.poll() is None:
-            os.killpg(runner.pid, signal.SIGTERM)
-            try:
-                runner.wait(90)
-            except subprocess.TimeoutExpired:
-                os.killpg(runner.pid, signal.SIGKILL)
-                runner.wait()
+        stop_group(runner, 90)
         prom.stop()
