@@ -63,6 +63,8 @@ class DrainState:
 
     processors: GroupLag
     sink: GroupLag
+    partials: str = ""
+    """The processors' internal partials topic (idle window ticks flow through it)."""
 
     @property
     def drained(self) -> bool:
@@ -75,7 +77,7 @@ class DrainState:
         data_lag = ticks = 0
         partitions = 0
         for (topic, _), (committed, end) in self.processors.per_partition.items():
-            if topic.endswith("-partials"):
+            if topic == self.partials:
                 ticks += max(0, end - committed)
                 partitions += 1
             else:
@@ -146,7 +148,7 @@ class Pipeline:
              self.outputs.drift, self.outputs.rejected, i.dlq(i.users), i.dlq(i.orders), i.dlq(i.order_labels)],
         )
         return DrainState(group_lag(self.admin, processor_group(self.version), in_topics),
-                          group_lag(self.admin, sink_group(self.version), out_topics))
+                          group_lag(self.admin, sink_group(self.version), out_topics), self.outputs.partials)
 
     # -- processes --------------------------------------------------------------------
     def _start(self, child: _Child) -> None:
@@ -238,7 +240,7 @@ class Pipeline:
                 # out their grace on wall-clock time; they carry no data, so they don't count as
                 # new input (their lag must still be 0: every data partial was consumed).
                 ends = (sum(e for (t, _), (_, e) in state.processors.per_partition.items()
-                            if not t.endswith("-partials")), state.sink.end)
+                            if t != self.outputs.partials), state.sink.end)
                 if until_drained and state.drained and ends == last_end:
                     stable += 1
                     if stable >= idle_checks:

@@ -85,6 +85,11 @@ class OutputTopics:
     def rejected(self) -> str:
         return self.prefix + "rejected"
 
+    @property
+    def partials(self) -> str:
+        """Internal repartition topic of the window partials (consumed by group ``kappa-<version>``)."""
+        return f"kappa-{self.version}-revenue-partials"
+
     def specs(self, partitions: int) -> list[TopicSpec]:
         """Output topics: keyed ones compacted-and-kept (update-style values), others kept."""
         keyed = {**_KEEP, "cleanup.policy": "compact,delete"}

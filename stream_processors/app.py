@@ -57,7 +57,7 @@ def app_id(version: str) -> str:
 
 def partials_topic(version: str) -> str:
     """Internal repartition topic of the window partials (keyed by window key)."""
-    return f"{app_id(version)}-revenue-partials"
+    return topics.output_topics(version).partials
 
 
 def consumed_topics(settings: Settings, version: str) -> list[str]:
