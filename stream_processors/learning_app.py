@@ -46,7 +46,11 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m stream_processors.learning_app worker``: run the learning agents."""
     settings = Settings()
     app = make_app(settings, settings.version)
-    sys.argv = [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]
+    args = list(argv if argv is not None else sys.argv[1:])
+    # Faust's CLI turns the web server on (0.0.0.0:6066) unless told not to: nothing here needs it
+    if "--without-web" not in args:
+        args.append("--without-web")
+    sys.argv = [sys.argv[0], *args]
     app.main()
 
 
