@@ -83,6 +83,16 @@ class EmbeddedBackend(Backend):
         self._run(f"INSERT INTO {table} ({cols}) SETTINGS insert_deduplication_token = {quote(token)}, "
                   "optimize_on_insert = 0 SELECT * FROM Python(kappa_arrow)", "CSV")
 
+    def insert_select(self, table: str, columns: list[str], select: str, token: str) -> None:
+        """``INSERT INTO table (columns) <select>`` with the deduplication token (bulk path)."""
+        if self.fail_inserts > 0:
+            self.fail_inserts -= 1
+            raise InjectedFailure(f"injected insert failure into {table} "
+                                  f"({self.fail_inserts} more to come)")
+        cols = ", ".join(f"`{c}`" for c in columns)
+        self._run(f"INSERT INTO {table} ({cols}) SETTINGS insert_deduplication_token = {quote(token)}, "
+                  f"optimize_on_insert = 0 {select}", "CSV")
+
     def _run(self, sql: str, fmt: str) -> bytes:
         with self._lock:
             if self._conn is None:

@@ -5,9 +5,10 @@ by regex so new ones are found) as group ``kappa-<V>-sink``, decodes each messag
 Avro schema (undecodable ones become ``rejected_events`` rows, stage ``sink``), groups the
 rows into size- and time-bounded batches and hands them to :class:`sinks.writer.Writer`.
 Decoding is the hot path: with the embedded engine, messages of the plain-field tables whose
-writer schema is the reader schema are decoded per batch in chdb (:mod:`sinks.bulk`, checked
-record by record, falling back to per-message decode); everything else is decoded per
-message straight into row tuples (:meth:`schemas.serde.Decoder.decode_row`), no dicts.
+writer schema is the reader schema are inserted per batch straight from their Avro bytes by
+the engine (:mod:`sinks.bulk`, checked record by record, falling back to per-message decode);
+everything else is decoded per message straight into row tuples
+(:meth:`schemas.serde.Decoder.decode_row`), no dicts.
 Kafka offsets are committed synchronously only after the batch and its offsets are in
 ClickHouse; on partition assignment the consumer seeks to the offsets stored there.
 With the embedded engine it also owns the chdb directory and serves ``kappa query``
@@ -193,11 +194,11 @@ class SinkService:
         return r
 
     def _bulk_capable(self, table: Table) -> bool:
-        """Bulk decode needs the embedded engine and a schema of plain fields (:mod:`sinks.bulk`)."""
+        """The bulk path needs the embedded engine and a schema of plain fields (:mod:`sinks.bulk`)."""
         from sinks.bulk import bulk_schema
 
         assert table.schema is not None
-        return (self.bulk_decode and hasattr(self._backend, "arrow")
+        return (self.bulk_decode and hasattr(self._backend, "insert_select")
                 and table.name != "rejected_events"
                 and bulk_schema(json.loads(schema_text(table.schema))) is not None)
 
@@ -216,24 +217,59 @@ class SinkService:
             pass
 
     def _add_many(self, msgs: list[Message]) -> None:
-        """Decode ``msgs`` straight into the batch's row tuples (no dict per message)."""
-        add, add_raw, routes = self.batch.add_values, self.batch.add_raw, self._routes
+        """Add one consume call's messages to the batch, topic by topic.
+
+        Messages of a bulk-capable topic that all carry the bulk header are queued with a
+        handful of list comprehensions (no per-message call into the batch); everything else
+        is decoded per message straight into row tuples (no dict per message).
+        """
+        if not msgs:
+            return
+        by_topic: dict[Any, list[Message]] = {}
+        for msg in msgs:
+            topic = msg.topic()
+            group = by_topic.get(topic)
+            if group is None:
+                group = by_topic[topic] = []
+            group.append(msg)
+        for topic, group in by_topic.items():
+            if topic is None or any(m.error() is not None for m in group):
+                group = self._drop_errors(group)
+                if not group or topic is None:
+                    continue
+            route = self._routes.get(topic) or self._route(topic)
+            table, bulk = route[0], route[3]
+            if bulk is not None:
+                values = [m.value() for m in group]
+                if bulk[0] is None and values[0] is not None:
+                    self._bulk_header(table, values[0], bulk)
+                header = bulk[0]
+                if header is not None and all(v is not None and v.startswith(header) for v in values):
+                    if self.batch.add_raw_many(
+                            table.name, topic, bulk[1], header, route[1], values,  # type: ignore[arg-type]
+                            [m.partition() for m in group], [m.offset() for m in group],  # type: ignore[misc]
+                            [m.timestamp()[1] for m in group]):
+                        continue
+            self._add_each(topic, group, route)
+
+    def _drop_errors(self, msgs: list[Message]) -> list[Message]:
+        """``msgs`` without the consumer's error events (logged unless benign)."""
+        kept = []
         for msg in msgs:
             err = msg.error()
-            if err is not None:
-                if err.code() not in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
-                    log.warning("consumer error: %s", err)
-                continue
-            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-            table, decode_row, extra, bulk = routes.get(topic) or self._route(topic)  # type: ignore[arg-type]
-            value = msg.value()
-            if bulk is not None and value is not None:
-                if bulk[0] is None:
-                    self._bulk_header(table, value, bulk)
-                if bulk[1] is not None and value.startswith(bulk[0]) and add_raw(
-                        table.name, topic, bulk[1], value, partition, offset,  # type: ignore[arg-type]
-                        msg.timestamp()[1]):
-                    continue
+            if err is None:
+                kept.append(msg)
+            elif err.code() not in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
+                log.warning("consumer error: %s", err)
+        return kept
+
+    def _add_each(self, topic: str, msgs: list[Message],
+                  route: tuple[Table, Any, tuple[Any, ...], list[Any] | None]) -> None:
+        """Decode ``msgs`` (one topic) one by one into the batch's row tuples."""
+        table, decode_row, extra, _ = route
+        add = self.batch.add_values
+        for msg in msgs:
+            partition, offset, value = msg.partition(), msg.offset(), msg.value()
             try:
                 if value is None:
                     raise DecodeError("empty value (tombstone)")
@@ -271,39 +307,12 @@ class SinkService:
                 time.sleep(delay)
                 delay = min(5.0, delay * 2)
 
-    def _decode_bulk(self, batch: Batch) -> None:
-        """Bulk-decode the batch's raw messages into Arrow; per message when that is refused."""
-        now_ms = int(time.time() * 1000)
-        for name, bulk in batch.bulk.items():
-            table = TABLES[name]
-            data = bulk.decode(self._backend, table, now_ms)
-            if data is not None:
-                batch.arrow[name] = data
-                continue
-            log.info("bulk decode of %d %s messages refused; decoding them one by one",
-                     len(bulk.values), name)
-            assert table.schema is not None
-            decode_row = self.decoders[table.schema].decode_row
-            for value, partition, offset, ts in zip(bulk.values, bulk.partitions, bulk.offsets,
-                                                    bulk.timestamps, strict=True):
-                try:
-                    values = decode_row(value)
-                except DecodeError as exc:
-                    row = poison_row(bulk.topic, partition, offset, value, exc.reason, ts)
-                    row["pipeline_version"] = self.version
-                    values, name_ = tuple(row.get(f) for f in TABLES["rejected_events"].fields), "rejected_events"
-                else:
-                    name_ = name
-                batch.rows.setdefault(name_, []).append((*values, bulk.topic, partition, offset))
-        batch.bulk.clear()
-
     def flush(self) -> None:
         """Write the batch (retrying through outages), then commit its offsets to Kafka."""
         batch, self.batch = self.batch, Batch()
         if not batch.size:
             return
         assert self.writer is not None
-        self._decode_bulk(batch)
         self.writer.write(batch)
         self.writer.checkpoint("before_commit")
         if self.consumer is None:

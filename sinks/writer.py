@@ -26,10 +26,11 @@ import pyarrow as pa
 
 from kappa import metrics
 from kappa.errors import SinkError
+from schemas.serde import DecodeError
 from sinks.base import Backend
 from sinks.bulk import BulkAvro
 from sinks.migrate import database
-from sinks.rows import TABLES
+from sinks.rows import TABLES, poison_row
 
 __all__ = ["Batch", "CrashPoint", "Writer"]
 
@@ -47,8 +48,6 @@ class Batch:
     rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
     bulk: dict[str, BulkAvro] = field(default_factory=dict)
     """Raw messages per table for one bulk decode at flush (:mod:`sinks.bulk`)."""
-    arrow: dict[str, pa.Table] = field(default_factory=dict)
-    """Rows per table already in Arrow (bulk-decoded), inserted with :attr:`rows`."""
     ranges: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
     size: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -71,21 +70,25 @@ class Batch:
         self.ranges[key] = (offset if r is None else r[0], offset)
         self.size += 1
 
-    def add_raw(self, table: str, topic: str, schema: dict[str, Any], value: bytes, partition: int,
-                offset: int, timestamp_ms: int) -> bool:
-        """Queue one message for the bulk decode of ``table``; False when it must go per message."""
+    def add_raw_many(self, table: str, topic: str, schema: dict[str, Any], header: bytes,
+                     decode_row: Callable[[bytes], tuple[Any, ...]], values: list[bytes],
+                     partitions: list[int], offsets: list[int], timestamps: list[int]) -> bool:
+        """Queue messages of one topic, each framed with ``header``, for the bulk insert of
+        ``table``; False (nothing queued) when that table's bulk holds another topic or schema."""
         bulk = self.bulk.get(table)
         if bulk is None:
-            bulk = self.bulk[table] = BulkAvro(topic, schema)
-        elif bulk.topic != topic or bulk.schema is not schema:
+            bulk = self.bulk[table] = BulkAvro(topic, schema, header, decode_row)
+        elif bulk.topic != topic or bulk.schema is not schema or bulk.header != header:
             return False
         if self.size == 0:
             self.started = time.monotonic()
-        bulk.add(value, partition, offset, timestamp_ms)
-        key = (topic, partition)
-        r = self.ranges.get(key)
-        self.ranges[key] = (offset if r is None else r[0], offset)
-        self.size += 1
+        bulk.extend(values, partitions, offsets, timestamps)
+        # offsets of a partition arrive in order: its first and last are the range
+        ranges, last = self.ranges, dict(zip(partitions, offsets, strict=True))
+        for p, first in dict(zip(reversed(partitions), reversed(offsets), strict=True)).items():
+            r = ranges.get((topic, p))
+            ranges[(topic, p)] = (first if r is None else r[0], last[p])
+        self.size += len(values)
         return True
 
     def digest(self) -> str:
@@ -163,38 +166,83 @@ class Writer:
         """Insert every table of ``batch``, then its next offsets; retried until done."""
         if not batch.size:
             return
-        if batch.bulk:  # their offsets are in the batch: writing without them would lose them
-            raise SinkError("batch still holds raw messages; decode them first (SinkService._decode_bulk)")
         self.batches += 1
         digest = batch.digest()
         now_ms = int(time.time() * 1000)
-        for i, name in enumerate(sorted(set(batch.rows) | set(batch.arrow))):
-            table = TABLES[name]
-            parts = [table.arrow_rows(batch.rows[name], now_ms)] if batch.rows.get(name) else []
-            if name in batch.arrow:
-                parts.append(batch.arrow[name])
-            if not parts:
+        first = True
+        for name, bulk in sorted(batch.bulk.items()):
+            t0 = time.perf_counter()
+            if self._retry(name, functools.partial(bulk.insert, self.backend, TABLES[name], f"{self.db}.{name}",
+                                                   f"{self.version}:{name}:{digest}:bulk", now_ms)):
+                self._observe(name, len(bulk), time.perf_counter() - t0,
+                              lambda b=bulk, n=name: self._event_time(n, b))  # type: ignore[misc]
+                if first:
+                    first = False
+                    self.checkpoint("mid_batch")
+            else:
+                log.info("bulk insert of %d %s messages refused; decoding them one by one", len(bulk), name)
+                self._one_by_one(batch, name, bulk)
+        batch.bulk.clear()
+        for name, rows in sorted(batch.rows.items()):
+            if not rows:
                 continue
-            data = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+            table = TABLES[name]
+            data = table.arrow_rows(rows, now_ms)
             t0 = time.perf_counter()
             self._retry(name, functools.partial(self.backend.insert_arrow, f"{self.db}.{name}", data,
                                                 f"{self.version}:{name}:{digest}"))
-            metrics.SINK_BATCH_SECONDS.labels(name).observe(time.perf_counter() - t0)
-            metrics.SINK_BATCH_ROWS.labels(name).observe(data.num_rows)
-            metrics.SINK_ROWS.labels(name).inc(data.num_rows)
-            if table.event_time:
-                last = data.column(table.event_time)[-1].value
-                if last is not None:
-                    metrics.EVENT_LAG_SECONDS.labels(name).observe(max(0.0, time.time() - last / 1000))
-            if i == 0:
+            col = data.column(table.event_time) if table.event_time else None
+            self._observe(name, data.num_rows, time.perf_counter() - t0,
+                          lambda c=col: None if c is None else c[-1].value)  # type: ignore[misc]
+            if first:
+                first = False
                 self.checkpoint("mid_batch")
         self.checkpoint("before_offsets")
-        offsets = TABLES["sink_offsets"].arrow([
-            {"topic": t, "partition": p, "next_offset": o, "updated_at": now_ms}
-            for (t, p), o in sorted(batch.next_offsets().items())
-        ])
+        nxt = sorted(batch.next_offsets().items())
+        schema = TABLES["sink_offsets"].arrow_schema  # from_arrays: from_pylist would import pandas
+        offsets = pa.Table.from_arrays([
+            pa.array([t for (t, _), _ in nxt], schema[0].type), pa.array([p for (_, p), _ in nxt], schema[1].type),
+            pa.array([o for _, o in nxt], schema[2].type), pa.repeat(pa.scalar(now_ms, schema[3].type), len(nxt)),
+        ], schema=schema)
         self._retry("sink_offsets", lambda: self.backend.insert_arrow(
             f"{self.db}.sink_offsets", offsets, f"{self.version}:offsets:{digest}"))
+
+    @staticmethod
+    def _observe(name: str, rows: int, seconds: float, last_event_time: Callable[[], int | None]) -> None:
+        metrics.SINK_BATCH_SECONDS.labels(name).observe(seconds)
+        metrics.SINK_BATCH_ROWS.labels(name).observe(rows)
+        metrics.SINK_ROWS.labels(name).inc(rows)
+        if TABLES[name].event_time:
+            last = last_event_time()
+            if last is not None:
+                metrics.EVENT_LAG_SECONDS.labels(name).observe(max(0.0, time.time() - last / 1000))
+
+    @staticmethod
+    def _event_time(name: str, bulk: BulkAvro) -> int | None:
+        """Event time of the bulk's last message (one per-message decode per batch)."""
+        table = TABLES[name]
+        if not table.event_time or not bulk.values:
+            return None
+        try:
+            value = bulk.decode_row(bulk.values[-1])[table.fields.index(table.event_time)]
+        except DecodeError:
+            return None
+        return value if isinstance(value, int) else None
+
+    def _one_by_one(self, batch: Batch, name: str, bulk: BulkAvro) -> None:
+        """The per-message path of a refused bulk: rows, and poison rows for what cannot decode."""
+        rows, poison = batch.rows.setdefault(name, []), TABLES["rejected_events"].fields
+        for value, partition, offset, ts in zip(bulk.values, bulk.partitions, bulk.offsets,
+                                                bulk.timestamps, strict=True):
+            try:
+                values = bulk.decode_row(value)
+            except DecodeError as exc:
+                row = poison_row(bulk.topic, partition, offset, value, exc.reason, ts)
+                row["pipeline_version"] = self.version
+                batch.rows.setdefault("rejected_events", []).append(
+                    (*(row.get(f) for f in poison), bulk.topic, partition, offset))
+            else:
+                rows.append((*values, bulk.topic, partition, offset))
 
     def _retry(self, table: str, fn: Callable[[], Any]) -> Any:
         """``fn()`` until it succeeds: backoff 0.1 s doubling to ``max_backoff``."""

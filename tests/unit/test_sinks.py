@@ -108,17 +108,20 @@ def test_names() -> None:
     assert {"orders", "revenue_per_minute", "model_quality", "rejected_events"} <= set(VIEWS)
 
 
-def test_raw_messages_count_in_ranges_and_must_be_decoded_before_writing() -> None:
-    from kappa.errors import SinkError
-    from sinks.writer import Writer
-
+def test_raw_messages_count_in_ranges_per_partition() -> None:
     schema = {"type": "record", "name": "T", "fields": []}
+    h = b"\x00\x00\x00\x00\x01"
+
+    def row(v: bytes) -> tuple[()]:
+        return ()
+
     b = Batch()
-    assert b.add_raw("orders", "t", schema, b"\x00\x00\x00\x00\x01", 2, 7, 1)
-    assert not b.add_raw("orders", "other-topic", schema, b"\x00\x00\x00\x00\x01", 0, 1, 1)
-    assert b.size == 1 and b.next_offsets() == {("t", 2): 8}
-    with pytest.raises(SinkError, match="raw messages"):
-        Writer(backend=None, version="v1").write(b)  # type: ignore[arg-type]
+    assert b.add_raw_many("orders", "t", schema, h, row, [h, h, h], [2, 0, 2], [7, 3, 8], [1, 1, 1])
+    assert b.add_raw_many("orders", "t", schema, h, row, [h], [0], [4], [1])
+    assert not b.add_raw_many("orders", "other-topic", schema, h, row, [h], [0], [1], [1])
+    assert b.size == 4 and len(b.bulk["orders"]) == 4
+    assert b.ranges == {("t", 2): (7, 8), ("t", 0): (3, 4)}
+    assert b.next_offsets() == {("t", 2): 9, ("t", 0): 5}
 
 
 def test_arrow_rows_equal_arrow_of_dicts() -> None:
