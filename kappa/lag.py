@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 __all__ = ["GroupLag", "group_lag", "matching_topics"]
@@ -57,7 +57,10 @@ def matching_topics(admin: AdminClient, names: Iterable[str] = (), patterns: Ite
 
 
 def group_lag(admin: AdminClient, group: str, topics: dict[str, int], timeout: float = 10.0) -> GroupLag:
-    """Committed offsets of ``group`` (missing = 0) against end offsets, for ``topics``."""
+    """Committed offsets of ``group`` (missing = 0) against end offsets, for ``topics``.
+
+    Raises KafkaException when Kafka does not answer (never reports that as a lag).
+    """
     tps = [TopicPartition(t, p) for t, n in topics.items() for p in range(n)]
     if not tps:
         return GroupLag(group, {})
@@ -73,12 +76,35 @@ def group_lag(admin: AdminClient, group: str, topics: dict[str, int], timeout: f
                 raise
             time.sleep(0.5)
     committed: dict[tuple[str, int], int] = {}
-    try:
-        req = [ConsumerGroupTopicPartitions(group, tps)]
-        result = admin.list_consumer_group_offsets(req, request_timeout=timeout)[group].result()
-        for tp in result.topic_partitions:
-            if tp.error is None and tp.offset >= 0:
-                committed[(tp.topic, tp.partition)] = tp.offset
-    except KafkaException:
-        pass  # group unknown yet: nothing committed
+    for tp in _committed(admin, group, tps, timeout):
+        if tp.error is None and tp.offset >= 0:
+            committed[(tp.topic, tp.partition)] = tp.offset
     return GroupLag(group, {k: (committed.get(k, 0), end) for k, end in ends.items()})
+
+
+_COORDINATOR_MOVING = (KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                       KafkaError.NOT_COORDINATOR)
+
+
+def _committed(admin: AdminClient, group: str, tps: list[TopicPartition],
+               timeout: float) -> list[TopicPartition]:
+    """Committed offsets of ``group`` for ``tps`` (offset < 0: none committed).
+
+    A group nobody ever committed for answers with no offsets, not an error. Errors are
+    raised, never read as "nothing committed": a lag of everything is not what a broker
+    that does not answer means (only a coordinator still loading is waited for).
+    """
+    req = [ConsumerGroupTopicPartitions(group, tps)]
+    attempts = 10
+    while True:
+        try:
+            return list(admin.list_consumer_group_offsets(req, request_timeout=timeout)[group]
+                        .result().topic_partitions)
+        except KafkaException as exc:
+            code = exc.args[0].code()
+            if code == KafkaError.GROUP_ID_NOT_FOUND:
+                return []
+            attempts -= 1
+            if code not in _COORDINATOR_MOVING or not attempts:
+                raise
+            time.sleep(0.5)

@@ -134,7 +134,21 @@ class Pipeline:
                       + self.outputs.specs(self.settings.partitions))
 
     def state(self) -> DrainState:
-        """Current lag of both groups (the processors' group over inputs, the sink's over outputs)."""
+        """Current lag of both groups (the processors' group over inputs, the sink's over outputs).
+
+        Raises KafkaException when Kafka does not answer, and replaces the admin client: after
+        a broker restart a client that lost every broker re-bootstraps, and librdkafka (2.16)
+        may keep the dead broker cached as the groups' coordinator, so every later offset
+        query of that client times out (confluentinc/librdkafka#5511); a new client asks
+        for the coordinator again.
+        """
+        try:
+            return self._state()
+        except KafkaException:
+            self.admin = AdminClient(client_config(self.settings, self.ep.kafka_bootstrap))
+            raise
+
+    def _state(self) -> DrainState:
         i = self.inputs
         # inputs, plus every internal topic the group consumes (repartitions, the fraud merge)
         internal = [re.escape(f"kappa-{self.version}-") + r".*", re.escape(f"kappa.{self.version}.learning.") + r".*"]
