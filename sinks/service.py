@@ -9,8 +9,9 @@ writer schema is the reader schema are inserted per batch straight from their Av
 the engine (:mod:`sinks.bulk`, checked record by record, falling back to per-message decode);
 everything else is decoded per message straight into row tuples
 (:meth:`schemas.serde.Decoder.decode_row`), no dicts.
-Kafka offsets are committed synchronously only after the batch and its offsets are in
-ClickHouse; on partition assignment the consumer seeks to the offsets stored there.
+A landing thread writes each batch while the next one is consumed; Kafka offsets are
+committed synchronously, by the consuming thread, only after the batch and its offsets are
+in ClickHouse; on partition assignment the consumer seeks to the offsets stored there.
 With the embedded engine it also owns the chdb directory and serves ``kappa query``
 through a read-only endpoint on 127.0.0.1.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import re
 import threading
 import time
@@ -81,6 +83,16 @@ class SinkService:
         self.writer: Writer | None = None
         self.decoders: dict[str, Decoder] = {}
         self._catch_up: list[TopicPartition] = []
+        self._pending: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
+        """Batches handed to the landing thread (one queued behind the one being written)."""
+        self._landed: queue.SimpleQueue[list[TopicPartition]] = queue.SimpleQueue()
+        """Next offsets of landed batches, committed to Kafka by the consuming thread."""
+        self._landing: threading.Thread | None = None
+        self._landing_error: BaseException | None = None
+        self.landed_rows = 0
+        """Rows of every batch written to ClickHouse so far (benchmarks, tests)."""
+        self._want_paused = self._paused = False
+        """Rows of every batch written to ClickHouse so far (benchmarks, tests)."""
         self._routes: dict[str, tuple[Table, Any, tuple[Any, ...], list[Any] | None]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -139,7 +151,7 @@ class SinkService:
         try:
             while not self.stop_event.is_set():
                 self.poll_once()
-            self.flush()
+            self.flush(wait=True)
         finally:
             self.close()
 
@@ -148,7 +160,11 @@ class SinkService:
         self.stop_event.set()
 
     def close(self) -> None:
-        """Leave the group, stop the endpoint, release the engine."""
+        """Stop the landing thread, leave the group, stop the endpoint, release the engine."""
+        if self._landing is not None:
+            self._pending.put(None)
+            self._landing.join()
+            self._landing = None
         if self.consumer is not None:
             try:
                 self.consumer.close()
@@ -176,10 +192,14 @@ class SinkService:
         if self._catch_up:
             self._commit(self._catch_up)
             self._catch_up = []
+        self._apply_pause()
         self._add_many(self.consumer.consume(num_messages=room, timeout=wait))
         if self.batch.size and (self.batch.size >= s.sink_batch_rows
                                 or time.monotonic() - self.batch.started >= s.sink_batch_seconds):
-            self.flush()
+            self.flush(wait=False)
+        else:
+            self._check_landing()
+            self._commit_landed()
 
     def _route(self, topic: str) -> tuple[Table, Any, tuple[Any, ...], list[Any] | None]:
         """(table, ``bytes -> values`` decoder, values appended after the decoded ones,
@@ -307,17 +327,61 @@ class SinkService:
                 time.sleep(delay)
                 delay = min(5.0, delay * 2)
 
-    def flush(self) -> None:
-        """Write the batch (retrying through outages), then commit its offsets to Kafka."""
+    def flush(self, wait: bool = True) -> None:
+        """Hand the batch to the landing thread; with ``wait``, return once everything handed
+        over is in ClickHouse and its offsets are committed to Kafka.
+
+        Without ``wait`` (the consume loop) this returns at once unless a batch is already
+        queued behind the one being written: consuming the next batch overlaps writing this
+        one, and at most three batches are in memory (writing, queued, filling).
+        """
         batch, self.batch = self.batch, Batch()
-        if not batch.size:
-            return
+        self._check_landing()
+        if batch.size:
+            self._start_landing()
+            self._pending.put(batch)
+        if wait:
+            self._pending.join()
+            self._check_landing()
+        self._commit_landed()
+
+    def _start_landing(self) -> None:
+        if self._landing is None:
+            self._landing = threading.Thread(target=self._land, name="kappa-sink-landing", daemon=True)
+            self._landing.start()
+
+    def _land(self) -> None:
+        """The landing thread: write each handed-over batch, in order, then queue its offsets."""
         assert self.writer is not None
-        self.writer.write(batch)
-        self.writer.checkpoint("before_commit")
-        if self.consumer is None:
-            return
-        self._commit([TopicPartition(t, p, o) for (t, p), o in batch.next_offsets().items()])
+        while True:
+            batch = self._pending.get()
+            try:
+                if batch is None:
+                    return
+                if self._landing_error is None:
+                    self.writer.write(batch)
+                    self.writer.checkpoint("before_commit")
+                    self.landed_rows += batch.size
+                    self._landed.put([TopicPartition(t, p, o) for (t, p), o in batch.next_offsets().items()])
+            except BaseException as exc:  # re-raised on the consuming thread
+                self._landing_error = exc
+                self.stop_event.set()
+            finally:
+                self._pending.task_done()
+
+    def _check_landing(self) -> None:
+        """Raise on the consuming thread what failed on the landing thread (nothing committed)."""
+        if self._landing_error is not None:
+            raise self._landing_error
+
+    def _commit_landed(self) -> None:
+        """Commit the offsets of every batch landed since the last call (one commit)."""
+        offsets: dict[tuple[str, int], int] = {}
+        while not self._landed.empty():
+            for tp in self._landed.get_nowait():
+                offsets[(tp.topic, tp.partition)] = tp.offset
+        if offsets and self.consumer is not None:
+            self._commit([TopicPartition(t, p, o) for (t, p), o in offsets.items()])
 
     def _commit(self, offsets: list[TopicPartition]) -> None:
         assert self.consumer is not None
@@ -342,21 +406,27 @@ class SinkService:
         self._catch_up = resume
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.flush()
+        self.flush(wait=True)
 
     def _pause(self) -> None:
-        if self.consumer is not None:
-            try:
-                self.consumer.pause(self.consumer.assignment())
-            except KafkaException:
-                pass
+        """Landing failed: stop fetching (applied by the consuming thread, which owns the consumer)."""
+        self._want_paused = True
 
     def _resume(self) -> None:
-        if self.consumer is not None:
-            try:
+        self._want_paused = False
+
+    def _apply_pause(self) -> None:
+        """Pause or resume the assignment when the landing thread asked for it."""
+        if self._want_paused == self._paused or self.consumer is None:
+            return
+        try:
+            if self._want_paused:
+                self.consumer.pause(self.consumer.assignment())
+            else:
                 self.consumer.resume(self.consumer.assignment())
-            except KafkaException:
-                pass
+            self._paused = self._want_paused
+        except KafkaException:
+            pass
 
     def _giving_up(self) -> bool:
         """During shutdown, stop retrying after 30 s: nothing was committed, nothing is lost."""
