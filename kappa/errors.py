@@ -14,6 +14,7 @@ __all__ = [
     "SinkError",
     "StackError",
     "ToolMissing",
+    "VersionLogMismatch",
 ]
 
 
@@ -23,6 +24,10 @@ class KappaError(Exception):
 
 class ConfigError(KappaError):
     """A setting is missing or malformed."""
+
+
+class VersionLogMismatch(ConfigError):
+    """A pipeline version's state on the broker was derived from another log than this run's."""
 
 
 class StackError(KappaError):

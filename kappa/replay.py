@@ -56,7 +56,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from kappa import topics
+from kappa import lineage, topics
 from kappa.errors import KappaError
 from kappa.kafka import client_config
 from kappa.runner import DrainState, Pipeline, processor_group, sink_group
@@ -548,6 +548,7 @@ def replay(settings: Settings, version: str, start: StartPoint, *, swap_views: b
             raise ReplayError(f"{version} is the live version (the serving views read it): "
                               "replay into a new version name, e.g. --version v2")
         ep = endpoints(settings)
+        lineage.bind(settings, ep.kafka_bootstrap, version)  # before anything is committed for it
         offsets = start_offsets(settings, ep.kafka_bootstrap, start, echo)
         if start.boundary_ms is not None and live is None:
             raise ReplayError(f"--from {start} replaces a range of the live version's results, but no "

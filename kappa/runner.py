@@ -24,7 +24,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from kappa import metrics, topics
+from kappa import lineage, metrics, topics
 from kappa.errors import KappaError
 from kappa.kafka import client_config, ensure_topics
 from kappa.lag import GroupLag, group_lag, matching_topics
@@ -128,10 +128,15 @@ class Pipeline:
 
     # -- topics and lag ---------------------------------------------------------------
     def prepare(self) -> None:
-        """Create missing input and output topics."""
+        """Create missing input and output topics; refuse a version bound to another log.
+
+        The check runs before any child starts: a worker of a version derived from another log
+        would restore that log's state (:mod:`kappa.lineage`).
+        """
         ensure_topics(self.settings, self.ep.kafka_bootstrap,
                       topics.input_specs(self.settings.partitions, self.settings.topic_prefix)
                       + self.outputs.specs(self.settings.partitions))
+        lineage.bind(self.settings, self.ep.kafka_bootstrap, self.version)
 
     def state(self) -> DrainState:
         """Current lag of both groups (the processors' group over inputs, the sink's over outputs).

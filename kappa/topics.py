@@ -86,6 +86,11 @@ class OutputTopics:
         return self.prefix + "rejected"
 
     @property
+    def lineage(self) -> str:
+        """Compacted one-record topic naming the log this version is derived from (kappa.lineage)."""
+        return self.prefix + "lineage"
+
+    @property
     def partials(self) -> str:
         """Internal repartition topic of the window partials (consumed by group ``kappa-<version>``)."""
         return f"kappa-{self.version}-revenue-partials"

@@ -27,7 +27,7 @@ from typing import Any
 import faust
 from confluent_kafka.admin import AdminClient
 
-from kappa import topics
+from kappa import lineage, topics
 from kappa.errors import ConfigError
 from kappa.kafka import TopicSpec, client_config, ensure_topics, faust_broker_credentials
 from kappa.metrics import BATCH_SECONDS
@@ -128,6 +128,8 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
     n = check_copartitioned(AdminClient(client_config(settings, ep.kafka_bootstrap)),
                             inputs.users, inputs.orders)
     ensure_topics(settings, ep.kafka_bootstrap, [TopicSpec(partials, n, keep)])
+    # The table changelog below is restored into an empty datadir: it must be this log's.
+    lineage.bind(settings, ep.kafka_bootstrap, version)
 
     app = faust.App(
         app_id(version),

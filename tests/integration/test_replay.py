@@ -1,7 +1,9 @@
 """``kappa replay`` against the real broker, registry and embedded ClickHouse engine.
 
 One log (generator data under a uuid topic prefix) in one KAPPA_HOME; v1 runs live on it, then
-replays build other versions beside it. Tests run in file order and share that state.
+replays build other versions beside it. Tests run in file order and share that state. Version
+names are unique per run (``<prefix>v1``...): a version is bound to the log it first ran on
+(:mod:`kappa.lineage`), and a broker given by KAPPA_KAFKA_BOOTSTRAP outlives the session.
 
 Known gap (stream_processors/learning.py, not the replay): two runs of the same pipeline on
 the same log give different fraud scores and fraud ROC AUC (the fraud merge's order of orders vs
@@ -54,6 +56,10 @@ class World:
     home: Path
     prefix: str
 
+    def v(self, n: int) -> str:
+        """Version ``v<n>`` of this run (unique on the broker)."""
+        return f"{self.prefix.rstrip('.')}v{n}"
+
     def settings(self, **kw: Any) -> Settings:
         return self.stack.settings(home=self.home, topic_prefix=self.prefix, **kw)
 
@@ -76,7 +82,7 @@ def world(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wo
         pub.flush()
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("KAPPA_CATEGORY_MAP", raising=False)
-        _run(s, "v1")
+        _run(s, w.v(1))
     yield w
 
 
@@ -102,7 +108,7 @@ def facts(w: World, version: str, view: str) -> list[dict[str, Any]]:
 
 def test_replay_refuses_while_a_live_sink_holds_the_directory(world: World) -> None:
     env = {**world.stack.env(world.home), "KAPPA_TOPIC_PREFIX": world.prefix}
-    proc = subprocess.Popen([sys.executable, "-m", "sinks", "serve", "--version", "v1"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "sinks", "serve", "--version", world.v(1)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
@@ -116,18 +122,17 @@ def test_replay_refuses_while_a_live_sink_holds_the_directory(world: World) -> N
         proc.wait(60)
 
 
-@pytest.mark.xfail(strict=False, reason="known, open (issue 7): the too-late verdict of a few orders "
-                   "has differed between a live run and its replay in some runs; under investigation")
 def test_unchanged_replay_is_identical_to_live(world: World) -> None:
     out: list[str] = []
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("KAPPA_CATEGORY_MAP", raising=False)
-        result = replay(world.settings(), "v2", StartPoint(None), echo=out.append, poll=1.0, max_seconds=300)
+        result = replay(world.settings(), world.v(2), StartPoint(None), echo=out.append, poll=1.0,
+                        max_seconds=300)
     assert result.drained and not result.swapped
     assert any("lag: users" in line and "ETA" in line for line in out), out[:5]
-    assert any(line.startswith("replay summary: v2 from earliest") for line in out)
+    assert any(line.startswith(f"replay summary: {world.v(2)} from earliest") for line in out)
     for view in ("orders", "revenue_per_minute", "model_quality", "rejected_events"):
-        live, again = facts(world, "v1", view), facts(world, "v2", view)
+        live, again = facts(world, world.v(1), view), facts(world, world.v(2), view)
         assert live, view
         assert again == live, view
     v = result.verification
@@ -135,39 +140,36 @@ def test_unchanged_replay_is_identical_to_live(world: World) -> None:
     assert all(v.stats[k][0] == v.stats[k][1] for k in ("orders", "revenue_per_minute", "rejected_events")), v.lines()
     # the views still read v1: nothing was swapped
     served = query_rows(world.settings(), "SELECT DISTINCT pipeline_version AS v FROM kappa.orders")
-    assert {r["v"] for r in served} == {"v1"}
+    assert {r["v"] for r in served} == {world.v(1)}
 
 
-@pytest.mark.xfail(strict=False, reason="known, open (issue 7): the too-late verdict of a few orders "
-                   "has differed between a live run and its replay in some runs; under investigation")
 def test_replay_from_instant_replaces_only_that_range(world: World) -> None:
     rows = query_rows(world.settings(), "SELECT toUnixTimestamp64Milli(quantileExact(0.5)(event_time)) AS mid "
-                                        "FROM kappa_v1.orders")
+                                        f"FROM kappa_{world.v(1)}.orders")
     mid = int(rows[0]["mid"]) + 12_345
     start = StartPoint(mid)
     assert start.boundary_ms is not None
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("KAPPA_CATEGORY_MAP", raising=False)
-        result = replay(world.settings(), "v3", start, echo=lambda _: None, poll=1.0, max_seconds=300)
+        result = replay(world.settings(), world.v(3), start, echo=lambda _: None, poll=1.0, max_seconds=300)
     assert result.drained and result.copied["orders"] > 0
     b = start.boundary_ms
     lineage = query_rows(world.settings(),
                          "SELECT pipeline_version AS v, toUnixTimestamp64Milli(min(event_time)) AS lo, "
-                         "toUnixTimestamp64Milli(max(event_time)) AS hi FROM kappa_v3.orders FINAL GROUP BY v")
+                         f"toUnixTimestamp64Milli(max(event_time)) AS hi FROM kappa_{world.v(3)}.orders FINAL "
+                         "GROUP BY v")
     by = {r["v"]: r for r in lineage}
-    assert int(by["v1"]["hi"]) < b <= int(by["v3"]["lo"])  # before B copied from live, from B recomputed
+    assert int(by[world.v(1)]["hi"]) < b <= int(by[world.v(3)]["lo"])  # before B copied from live, from B recomputed
     # the generator's log is published at once (record time >> event time), so the lookup reads it
     # all and the recomputed range equals the live one exactly
-    assert facts(world, "v3", "orders") == facts(world, "v1", "orders")
-    assert facts(world, "v3", "revenue_per_minute") == facts(world, "v1", "revenue_per_minute")
+    assert facts(world, world.v(3), "orders") == facts(world, world.v(1), "orders")
+    assert facts(world, world.v(3), "revenue_per_minute") == facts(world, world.v(1), "revenue_per_minute")
     # fraud quality: copied before B (same as live), recomputed from B
-    live_q = [r for r in facts(world, "v1", "model_quality") if r["model"] != "fraud" or int(r["bucket"]) < b]
-    new_q = [r for r in facts(world, "v3", "model_quality") if r["model"] != "fraud" or int(r["bucket"]) < b]
+    live_q = [r for r in facts(world, world.v(1), "model_quality") if r["model"] != "fraud" or int(r["bucket"]) < b]
+    new_q = [r for r in facts(world, world.v(3), "model_quality") if r["model"] != "fraud" or int(r["bucket"]) < b]
     assert new_q == live_q
 
 
-@pytest.mark.xfail(strict=False, reason="known, open (issue 7): the too-late verdict of a few orders "
-                   "has differed between a live run and its replay in some runs; under investigation")
 def test_changed_transformation_swap_under_query_loop_equals_fresh_run(world: World) -> None:
     probe = ("SELECT (SELECT count() FROM kappa.orders) AS orders, "
              "(SELECT countIf(category = 'media') FROM kappa.orders) AS media, "
@@ -197,13 +199,13 @@ def test_changed_transformation_swap_under_query_loop_equals_fresh_run(world: Wo
         threads.append(t)
         time.sleep(1.0)  # the loop is running when the swap starts
 
-    result = replay(world.settings(category_map=CATEGORY_MAP), "v4", parse_start("earliest"), swap_views=True,
+    result = replay(world.settings(category_map=CATEGORY_MAP), world.v(4), parse_start("earliest"), swap_views=True,
                     echo=lambda _: None, poll=1.0, max_seconds=300, on_caught_up=on_caught_up)
     time.sleep(1.0)
     stop.set()
     for t in threads:
         t.join(30)
-    assert result.swapped and result.swapped_from == "v1"
+    assert result.swapped and result.swapped_from == world.v(1)
     assert not errors, errors[:3]
     assert result.verification is not None and not result.verification.identical
     assert any("category_map" in e for e in result.verification.explanations)
@@ -215,27 +217,29 @@ def test_changed_transformation_swap_under_query_loop_equals_fresh_run(world: Wo
     assert len(seen) > 5
     # the serving views read v4 ...
     served = query_rows(world.settings(), "SELECT DISTINCT pipeline_version AS v FROM kappa.orders")
-    assert {r["v"] for r in served} == {"v4"}
-    assert (world.home / "live_version.json").read_text().count('"v4"') == 1
+    assert {r["v"] for r in served} == {world.v(4)}
+    assert (world.home / "live_version.json").read_text().count(f'"{world.v(4)}"') == 1
     # ... whose results equal a fresh run of the changed pipeline on the same log
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("KAPPA_CATEGORY_MAP", CATEGORY_MAP)
-        _run(world.settings(category_map=CATEGORY_MAP), "v5")
+        _run(world.settings(category_map=CATEGORY_MAP), world.v(5))
     for view in ("orders", "revenue_per_minute", "model_quality", "rejected_events"):
-        assert facts(world, "serving", view) == facts(world, "v5", view), view
+        assert facts(world, "serving", view) == facts(world, world.v(5), view), view
 
 
 def test_cleanup_refuses_the_live_version_and_drops_an_old_one(world: World) -> None:
     s = world.settings()
-    with pytest.raises(ReplayError, match="refusing to drop v4: it is the live version"):
-        cleanup(s, "v4", echo=lambda _: None)
-    dropped = cleanup(s, "v2", echo=lambda _: None)
-    assert "database kappa_v2" in dropped and any(d.startswith("topic kappa.v2.") for d in dropped)
-    assert not query_rows(s, "SELECT name FROM system.databases WHERE name = 'kappa_v2'")
+    v2, v4 = world.v(2), world.v(4)
+    with pytest.raises(ReplayError, match=f"refusing to drop {v4}: it is the live version"):
+        cleanup(s, v4, echo=lambda _: None)
+    dropped = cleanup(s, v2, echo=lambda _: None)
+    assert f"database kappa_{v2}" in dropped and any(d.startswith(f"topic kappa.{v2}.") for d in dropped)
+    assert f"topic kappa.{v2}.lineage" in dropped  # the version's log binding goes with it
+    assert not query_rows(s, f"SELECT name FROM system.databases WHERE name = 'kappa_{v2}'")
     admin = AdminClient(client_config(s, world.stack.kafka_bootstrap))
     deadline = time.monotonic() + 30
-    while any(t.startswith(("kappa.v2.", "kappa-v2-")) for t in admin.list_topics(timeout=10).topics):
-        assert time.monotonic() < deadline, "v2 topics still listed"
+    while any(t.startswith((f"kappa.{v2}.", f"kappa-{v2}-")) for t in admin.list_topics(timeout=10).topics):
+        assert time.monotonic() < deadline, f"{v2} topics still listed"
         time.sleep(0.5)
     assert query_rows(s, "SELECT count() AS n FROM kappa.orders")[0]["n"] > 0  # serving untouched
 

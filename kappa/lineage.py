@@ -1,0 +1,193 @@
+"""The log a pipeline version is derived from: recorded on the broker once, checked at every start.
+
+Why. Everything version ``V`` keeps on the broker is named by ``V`` alone: the Faust group
+``kappa-V`` and its table changelog ``kappa-V-state-changelog`` (which a worker with an empty
+state directory restores), the window partials, the learning checkpoints, the outputs
+``kappa.V.*``. Run ``V`` over another log — another ``KAPPA_TOPIC_PREFIX``, or input topics
+deleted and re-created under the same names — and its workers start from what the other log
+left behind: per partition a watermark and a last applied offset the new log never had (so
+its orders up to that offset pass as already applied: not late whatever their event time,
+in no window), other users' profiles, another model. The results would then depend on what
+ran before on the broker, not on the log.
+
+So ``V`` is bound to one log — the names and Kafka topic ids of its input topics — by the
+record its first start writes to the compacted topic ``kappa.V.lineage``. Every start
+(``kappa run``, ``kappa replay``, each worker) compares and refuses another log with
+:class:`~kappa.errors.VersionLogMismatch`; ``kappa replay --cleanup V`` drops the record with
+the rest of ``V``. A version started before records existed is judged by its consumer group:
+offsets committed on input topics that are not this log's mean another log.
+
+>>> old = LogIdentity({"a.orders": "Zk2", "a.users": "Qx1"})
+>>> old.differences(LogIdentity({"a.orders": "Zk2", "a.users": "Qx1"}))
+[]
+>>> old.differences(LogIdentity({"a.orders": "Jp7", "a.users": "Qx1"}))
+['a.orders was topic id Zk2, now Jp7 (deleted and re-created)']
+>>> old.differences(LogIdentity({"b.orders": "Jp7", "b.users": "Mm4"}))
+['input topics were a.orders, a.users, now b.orders, b.users']
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicCollection,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+
+from kappa import topics
+from kappa.errors import KafkaUnavailable, VersionLogMismatch
+from kappa.kafka import TopicSpec, client_config, ensure_topics
+from kappa.settings import Settings
+
+__all__ = ["LogIdentity", "bind", "identity", "lineage_topic"]
+
+_KEY = b"log"
+
+
+def lineage_topic(version: str) -> str:
+    """The compacted one-record topic naming the log of ``version``."""
+    return topics.output_topics(version).lineage
+
+
+@dataclass(frozen=True)
+class LogIdentity:
+    """Input topic name -> Kafka topic id ("" when the broker does not tell)."""
+
+    topics: dict[str, str]
+
+    def differences(self, now: LogIdentity) -> list[str]:
+        """Why ``now`` is not this log (empty when it is)."""
+        if set(self.topics) != set(now.topics):
+            return [f"input topics were {', '.join(sorted(self.topics))}, now {', '.join(sorted(now.topics))}"]
+        return [f"{name} was topic id {was}, now {now.topics[name]} (deleted and re-created)"
+                for name, was in sorted(self.topics.items())
+                if was and now.topics[name] and was != now.topics[name]]
+
+    def to_json(self) -> bytes:
+        return json.dumps({"topics": self.topics, "recorded_at": datetime.now(UTC).isoformat()}).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> LogIdentity:
+        return cls(dict(json.loads(data)["topics"]))
+
+
+def identity(settings: Settings, bootstrap: str) -> LogIdentity:
+    """The log of ``settings``: its users, orders and order_labels topics with their topic ids."""
+    i = topics.input_topics(settings.topic_prefix)
+    names = [i.users, i.orders, i.order_labels]
+    admin = AdminClient(client_config(settings, bootstrap))
+    ids = {}
+    for name, fut in admin.describe_topics(TopicCollection(names), request_timeout=30).items():
+        try:
+            ids[name] = str(fut.result().topic_id or "")
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise KafkaUnavailable(f"describing {name} on {bootstrap} failed: {exc}") from exc
+            ids[name] = ""  # not created yet: the names still tell the log
+    return LogIdentity(ids)
+
+
+def _recorded(settings: Settings, bootstrap: str, topic: str) -> LogIdentity | None:
+    consumer = Consumer(client_config(settings, bootstrap, **{
+        "group.id": f"kappa-lineage-reader-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}))
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # a topic created a moment ago may not have its leader yet
+            try:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+                break
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        if high <= low:
+            return None
+        consumer.assign([TopicPartition(topic, 0, low)])
+        last: bytes | None = None
+        position = low
+        while position < high:
+            msg = consumer.poll(30)
+            if msg is None:
+                raise KafkaUnavailable(f"reading {topic} on {bootstrap} stalled at offset {position}/{high}")
+            if msg.error() is not None:
+                raise KafkaUnavailable(f"reading {topic} on {bootstrap}: {msg.error()}")
+            position = int(msg.offset() or 0) + 1
+            if msg.key() == _KEY and msg.value():
+                last = msg.value()
+        return None if last is None else LogIdentity.from_json(last)
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"reading {topic} on {bootstrap} failed: {exc}") from exc
+    finally:
+        consumer.close()
+
+
+def _consumed_elsewhere(settings: Settings, bootstrap: str, version: str, log: LogIdentity) -> list[str]:
+    """Topics the group of ``version`` committed offsets on that are neither its own nor this log's."""
+    group = f"kappa-{version}"
+    admin = AdminClient(client_config(settings, bootstrap))
+    try:  # a group that never committed answers with no partitions
+        result = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)],
+                                                   request_timeout=30)[group].result()
+    except KafkaException as exc:  # not "nothing committed": that would claim a foreign version
+        raise KafkaUnavailable(f"reading the offsets of group {group} on {bootstrap} failed: {exc}") from exc
+    own = re.compile(re.escape(f"kappa-{version}-") + "|" + re.escape(f"kappa.{version}."))
+    samples = re.compile(topics.input_topics(settings.topic_prefix).samples_pattern)
+    committed = {tp.topic for tp in result.topic_partitions or [] if tp.offset >= 0}
+    return sorted(t for t in committed
+                  if t not in log.topics and not own.match(t) and not samples.fullmatch(t))
+
+
+def bind(settings: Settings, bootstrap: str, version: str) -> LogIdentity:
+    """Record the log of ``version`` at its first start; afterwards refuse any other log.
+
+    Raises VersionLogMismatch, naming the difference and what to do, when ``version`` on this
+    broker already belongs to another log.
+    """
+    topic = lineage_topic(version)
+    ensure_topics(settings, bootstrap, [TopicSpec(topic, 1, {
+        "cleanup.policy": "compact", "retention.ms": "-1", "retention.bytes": "-1"})])
+    now = identity(settings, bootstrap)
+    was = _recorded(settings, bootstrap, topic)
+    if was is None:
+        elsewhere = _consumed_elsewhere(settings, bootstrap, version, now)
+        if elsewhere:
+            raise _mismatch(version, bootstrap, [f"its group kappa-{version} consumed {', '.join(elsewhere)}"])
+        _record(settings, bootstrap, topic, now)
+        return now
+    diff = was.differences(now)
+    if diff:
+        raise _mismatch(version, bootstrap, diff)
+    if any(now.topics[name] and not known for name, known in was.topics.items()):
+        _record(settings, bootstrap, topic, now)  # recorded before a topic existed: complete it
+        return now
+    return was
+
+
+def _record(settings: Settings, bootstrap: str, topic: str, log: LogIdentity) -> None:
+    errors: list[str] = []
+    producer = Producer(client_config(settings, bootstrap, **{"enable.idempotence": True}))
+    producer.produce(topic, log.to_json(), _KEY, partition=0,
+                     on_delivery=lambda err, _msg: errors.append(str(err)) if err is not None else None)
+    if producer.flush(30) or errors:
+        raise KafkaUnavailable(f"recording the log of {topic} on {bootstrap} failed: "
+                               f"{'; '.join(errors) or 'not acknowledged within 30s'}")
+
+
+def _mismatch(version: str, bootstrap: str, why: list[str]) -> VersionLogMismatch:
+    return VersionLogMismatch(
+        f"version {version} on {bootstrap} belongs to another log ({'; '.join(why)}): its state there "
+        f"(group kappa-{version}, changelog kappa-{version}-state-changelog, topics kappa.{version}.*) "
+        f"would be restored into this run and mix the two logs. Run this log as a new version "
+        f"(--version / KAPPA_VERSION), or drop the old one first: kappa replay --cleanup {version}")
