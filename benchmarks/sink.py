@@ -84,8 +84,78 @@ def bench_writer(backend: Backend, recs: list[dict[str, Any]], version: str, bat
     return time.perf_counter() - t0
 
 
-def bench_e2e(n: int, home: Path, bulk_decode: bool = True) -> tuple[float, float, int]:
-    """(seconds from the first consumed message to all landed, seconds incl. group join, rows).
+def encoded(recs: list[dict[str, Any]]) -> tuple[list[bytes], bytes]:
+    """``recs`` as Confluent-framed Avro messages (writer = reader schema) and their header."""
+    import json as _json
+
+    from schemas.fastpath import compile_writer
+    from schemas.serde import schema_text
+
+    header = b"\x00\x00\x00\x00\x07"
+    write = compile_writer(_json.loads(schema_text("enriched_order")), header)
+    assert write is not None
+    fields = TABLES["orders"].fields
+    return [write({f: r[f] for f in fields}) for r in recs], header
+
+
+def bench_bulk_writer(backend: Backend, recs: list[dict[str, Any]], version: str, batch: int) -> float:
+    """The sink's write path for consumed messages: raw Avro -> Batch -> one engine INSERT + offsets."""
+    import io
+    import json as _json
+
+    import fastavro
+
+    from schemas.serde import reader_schema, schema_text
+    from sinks.bulk import bulk_schema
+
+    values, header = encoded(recs)
+    schema = bulk_schema(_json.loads(schema_text("enriched_order")))
+    assert schema is not None
+    fields, reader = TABLES["orders"].fields, reader_schema("enriched_order")
+
+    def decode_row(value: bytes) -> tuple[Any, ...]:  # the sink's lag metric: one per batch
+        rec = fastavro.schemaless_reader(io.BytesIO(value[5:]), reader, reader)
+        return tuple(rec[f] for f in fields)  # type: ignore[call-overload,index]
+    writer = Writer(backend, version)
+    topic = "kappa.bench.orders.enriched"
+    t0 = time.perf_counter()
+    for start in range(0, len(values), batch):
+        chunk = values[start:start + batch]
+        idx = range(start, start + len(chunk))
+        b = Batch()
+        b.add_raw_many("orders", topic, schema, header, decode_row, chunk, [j % 4 for j in idx],
+                       [j // 4 for j in idx], [T0] * len(chunk))
+        writer.write(b)
+    return time.perf_counter() - t0
+
+
+def bench_raw_consume(n: int, topic: str, settings: Settings) -> float:
+    """Seconds for a bare confluent-kafka consumer (the sink's fetch settings) to read ``n``
+    messages of ``topic`` and touch each one's value, partition, offset and timestamp: the
+    ceiling of any Python sink reading Kafka."""
+    from confluent_kafka import Consumer
+
+    from kappa.kafka import client_config
+
+    c = Consumer(client_config(settings, settings.kafka_bootstrap or "", **{
+        "group.id": "bench-raw-" + uuid.uuid4().hex[:6], "auto.offset.reset": "earliest",
+        "enable.auto.commit": False, "queued.max.messages.kbytes": 65_536,
+        "queued.min.messages": 1_000_000, "max.partition.fetch.bytes": 8 << 20}))
+    c.subscribe([topic])
+    got, first = 0, None
+    while got < n:
+        msgs = c.consume(50_000, 1.0)
+        if msgs and first is None:
+            first = time.perf_counter()
+        _ = [(m.value(), m.partition(), m.offset(), m.timestamp()) for m in msgs]
+        got += len(msgs)
+    c.close()
+    return time.perf_counter() - (first or time.perf_counter())
+
+
+def bench_e2e(n: int, home: Path, bulk_decode: bool = True) -> tuple[float, float, int, float]:
+    """(seconds from the first consumed message to all landed, seconds incl. group join, rows,
+    seconds of a bare consumer reading the same topic).
 
     Landed means written to ClickHouse by the sink's landing thread; the row count in
     ClickHouse and the group's lag (committed on the sink's next poll) are checked afterwards.
@@ -146,7 +216,8 @@ def bench_e2e(n: int, home: Path, bulk_decode: bool = True) -> tuple[float, floa
     lag = group_lag(admin, sink_group(version), matching_topics(admin, [o.enriched]))
     if rows != n or lag.total != 0:
         raise SystemExit(f"sink e2e check failed: {rows} rows in ClickHouse (want {n}), lag {lag.total}")
-    return marks["done"] - marks["first"], marks["done"] - t0, rows
+    raw = bench_raw_consume(n, o.enriched, settings)
+    return marks["done"] - marks["first"], marks["done"] - t0, rows, raw
 
 
 def _emit_times(settings: Settings, bootstrap: str, registry_url: str, ids: set[str]) -> dict[str, int]:
@@ -338,18 +409,21 @@ def main() -> None:
         version = "bench"
         recs = records(args.rows, version)
         with EmbeddedBackend(tmp / "clickhouse") as backend:
-            for v in ("bench_chdb", "bench_writer"):
+            for v in ("bench_chdb", "bench_writer", "bench_bulk"):
                 migrate.apply(backend, v)
             results.append(("chdb alone (Arrow -> Python())", args.rows,
                             bench_chdb(backend, recs, "bench_chdb", args.batch)))
-            results.append(("kappa writer (records -> Arrow -> insert + offsets)", args.rows,
+            results.append(("kappa writer, raw Avro -> one INSERT + offsets", args.rows,
+                            bench_bulk_writer(backend, recs, "bench_bulk", args.batch)))
+            results.append(("kappa writer, decoded rows -> Arrow -> insert", args.rows,
                             bench_writer(backend, recs, "bench_writer", args.batch)))
         if args.kafka:
             for bulk in (False, True):
-                steady, total, n = bench_e2e(args.rows, tmp / f"e2e-{bulk}", bulk_decode=bulk)
-                how = "bulk decode in chdb" if bulk else "per-message decode"
+                steady, total, n, raw = bench_e2e(args.rows, tmp / f"e2e-{bulk}", bulk_decode=bulk)
+                how = "bulk path (raw Avro -> INSERT)" if bulk else "per-message decode"
                 results.append((f"kappa sink e2e, {how}", n, steady))
                 results.append(("  same, incl. consumer group join", n, total))
+            results.append(("bare confluent-kafka consumer, same topic (ceiling)", n, raw))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\n{'stage':<55} {'rows':>10} {'seconds':>8} {'rows/s':>12}")

@@ -137,10 +137,9 @@ class BulkAvro:
         lineage = np.empty(n, dtype=_LINEAGE_TYPE)
         lineage["n"] = np.frombuffer(nonce, dtype="V4")[0]
         lineage["p"], lineage["o"] = self.partitions, self.offsets
-        sent = lineage.tobytes()
         chunks: list[bytes | None] = [None] * (2 * n)
         chunks[0::2] = self.values
-        chunks[1::2] = [sent[i:i + 16] for i in range(0, 16 * n, 16)]
+        chunks[1::2] = lineage.view("V16").tolist()  # one 16-byte bytes object per message
         return avro_container(self.schema, b"".join(chunks), n, os.urandom(16))  # type: ignore[arg-type]
 
     def select(self, table: Table, path: str, nonce: bytes, ingested_at: int) -> tuple[list[str], str]:
