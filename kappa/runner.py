@@ -5,7 +5,8 @@ ClickHouse engine must live in exactly one process (the sink service), which als
 ``kappa query`` while the pipeline runs. The runner forwards SIGTERM/Ctrl-C for a clean
 shutdown (children flush and commit), restarts a child that dies, prints progress, and with
 ``until_drained`` stops once every input is consumed to its end offsets and every output
-has landed (both read from Kafka's committed offsets, stable over two checks).
+has landed (both read from Kafka's committed offsets, stable over two checks, and for longer
+than the fraud learner waits before it publishes the tail of a quiet stream).
 """
 
 from __future__ import annotations
@@ -237,6 +238,10 @@ class Pipeline:
         self.echo(f"running version {self.version}: {self.workers} worker(s) + sink; logs in "
                   f"{self.settings.home / 'logs'}")
         stable = 0
+        # the fraud learner publishes its provisional tail fraud_idle_seconds after its last
+        # batch (stream_processors.learning): the ends must stay put for longer than that
+        quiet_s = self.settings.fraud_idle_seconds + 3.0
+        changed_at = time.monotonic()
         last_consumed, last_t = 0, time.monotonic()
         state = self.state()
         last_end = (-1, -1)
@@ -262,10 +267,10 @@ class Pipeline:
                             if t != self.outputs.partials), state.sink.end)
                 if until_drained and state.drained and ends == last_end:
                     stable += 1
-                    if stable >= idle_checks:
+                    if stable >= idle_checks and now - changed_at >= quiet_s:
                         break
                 else:
-                    stable = 0
+                    stable, changed_at = 0, now
                 last_end = ends
                 if max_seconds is not None and now - t0 > max_seconds:
                     raise KappaError(f"not drained after {max_seconds:.0f}s: {state.line(rate)}")

@@ -80,7 +80,8 @@ class Settings(BaseSettings):
     fraud_lag_seconds: float = 60.0
     """Out-of-orderness the fraud merge waits for before applying events in event-time order."""
     fraud_idle_seconds: float = 2.0
-    """A quiet fraud stream releases its buffered tail after this long (processing time)."""
+    """A quiet fraud stream publishes its provisional tail after this long (processing time; the
+    model never learns it early, so this only sets latency, not results)."""
 
     category_map: str = ""
     """Category mapping of the version run with it, ``src=dst[,src=dst...]`` (e.g. ``books=media``):

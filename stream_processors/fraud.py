@@ -1,22 +1,47 @@
 """The fraud model: score each order at its event time, learn it when its (delayed) label arrives.
 
-Semantics (deterministic, replayable):
+Semantics (deterministic: a pure function of the log, live, replayed or restarted):
 
-* Orders (at ``event_time``) and labels (at ``label_time``) of every partition are merged into
-  one single-partition stream and applied in the total order ``(time, kind, order_id)`` with
-  labels before orders at equal times. Events are held in a buffer and released once the
-  *watermark* passes them: watermark = min over the input sources (topic partitions) of the
-  latest time seen, minus ``lag_ms``. So **a score is the prediction of the model that has
-  learned exactly the labels with label_time <= the order's event_time** (and whose orders it
-  had seen). A replay of the same log applies the same sequence and rebuilds the same model and
-  the same scores. An event older than ``lag_ms`` behind the latest time of *its own* source
-  is counted ``late`` and neither scored nor learned: its place in the merged order would
-  depend on how sources interleave (per source, arrival order is offset order, so this test
-  is itself deterministic, and an event passing it can never be behind the released
-  watermark). The one exception is the idle flush (:meth:`FraudLearner.release` with no
-  bound), which releases the tail of a quiet live stream early; events behind it are applied
-  in arrival order and counted ``late_after_idle``. Default lag: 60 s (``fraud_lag_seconds``),
-  the window grace, which covers the generator's out-of-orderness.
+* Orders (at ``event_time``) and labels (at ``label_time``) of every input partition (a
+  *source*: ``orders/<p>``, ``order_labels/<p>``) are merged into one single-partition topic.
+  The model applies them in the total order ``(time, kind, order_id, source, source offset)``,
+  labels before orders at equal times — a key made of the events alone, never of their arrival.
+  So **a score is the prediction of the model that has learned exactly the labels with
+  label_time <= the order's event_time** (and whose orders it had seen).
+* Event-time merge: events wait in a buffer until the *watermark* passes them; watermark = min
+  over all sources of the latest time seen on it, minus ``lag_ms``, and only events strictly
+  before it are applied. Why nothing can still arrive that sorts before an applied event: per
+  source, arrival order is offset order (the order stage writes each partition's orders in
+  offset order, the label forwarder each partition's labels), an event re-sent by a restarted
+  upstream stage (source offset <= the last one seen from that source) is dropped
+  (``redelivered_upstream``), and an event more than ``lag_ms`` behind the latest time of *its
+  own* source is ``late`` — neither scored nor learned (a per-source test, hence itself
+  deterministic). Every other event is at or after its source's latest time minus the lag, so
+  at or after the watermark. The applied sequence is therefore the sorted sequence of all
+  non-late events, cut at the watermark, whatever the interleaving of the sources, the batch
+  boundaries or the restarts (the checkpoint holds the buffer, the per-source times and offsets,
+  and the last merged offset: re-delivered merge records are skipped, ``redelivered``).
+  Default lag: 60 s (``fraud_lag_seconds``), the window grace, which covers the generator's
+  out-of-orderness.
+* The tail: events at or after the watermark wait for more input, and when the inputs stop
+  (end of the log, or a pause) the watermark stops too. :meth:`FraudLearner.provisional` then
+  applies the whole buffer to a *copy* of the learner and returns what the copy publishes:
+  scores and ModelQuality rows, update-style (keyed by order_id and model|bucket), which the
+  definitive values overwrite once more input moves the watermark past them. The learner itself
+  — its model, metrics, ADWIN, checkpoint — only ever advances along the watermark order. Why
+  not release the tail for good when the stream goes quiet (as this module once did), or once
+  the inputs are consumed to their end offsets: both cut the sequence at a point set by when
+  the producers paused, so a replay reading the same log without that pause would learn in
+  another order. A provisional tail never changes the sequence; at the end of a log the buffer
+  holds exactly the non-late events at or after the final watermark (a function of the log),
+  so a live run, its replay and a restarted learner publish identical rows. Drift events come
+  from the definitive sequence only: they are facts, not rows a later value can overwrite.
+* A source that is behind (or has no events at all) holds the watermark back: everything
+  newer waits in the buffer, and the provisional tail publishes it when the stream is quiet.
+  There is deliberately no "idle source" timeout: giving up on a slow source depends on
+  timing — in a replay of a long log, the label forwarder runs days of event time ahead of
+  the order stage, and must be waited for. The buffer is bounded by how far the sources are
+  apart, not by wall-clock time.
 * An order's features are kept until its label arrives, then learned (``learn_one``) after its
   prediction is scored against the label: the progressive metrics of ``fraud`` compare the
   prediction made at scoring time with the label. Features expire ``horizon_ms`` after the
@@ -24,8 +49,8 @@ Semantics (deterministic, replayable):
 * A label whose order is unknown is counted (``orphan_label``) and kept ``horizon_ms``; when its
   order arrives in that time, the order is scored then learned at once (``orphan_matched``);
   otherwise it is dropped and counted (``orphan_expired``). Never silently lost.
-* Duplicates (an order or a label delivered twice, e.g. by an at-least-once forwarder) are
-  dropped by order_id (``duplicate``): a label is never learned twice.
+* Duplicates (an order id in two partitions, an order or a label delivered twice) are dropped
+  by order_id (``duplicate``): a label is never learned twice; the first in merge order wins.
 * Quality buckets are event-time minutes (``bucket_ms`` = 60 000): the bucket of a record is the
   minute of the last applied event; the record holds the cumulative metrics as of its end.
 * Drift: ADWIN on the 0/1 error stream; policy ``reset`` (fresh model), ``challenger`` (a fresh
@@ -56,6 +81,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import pickle
 from typing import Any
 
 from river import linear_model, optim
@@ -69,6 +95,7 @@ __all__ = ["DRIFT_POLICIES", "EUR_RATES", "ROC_THRESHOLDS", "FraudLearner", "fra
 MODEL = "fraud"
 LABEL, ORDER = 0, 1
 DRIFT_POLICIES = ("reset", "challenger", "none")
+_NEVER = -(2**62)
 _DAY_MS = 86_400_000
 ROC_THRESHOLDS = 200
 """Thresholds of the fraud model's River ROCAUC: within 0.001 of the exact AUC on generator data
@@ -123,8 +150,22 @@ class FraudLearner:
     """The whole state of the fraud model; pickled as its checkpoint.
 
     Feed it with :meth:`add` (one merged event and its offset in the merged stream), then
-    :meth:`release` to apply what the watermark allows; both return the records to publish.
-    ``offset`` is the last merged offset added: re-delivered events at or below it are skipped.
+    :meth:`release` to apply what the watermark allows; :meth:`provisional` gives the quiet
+    stream's tail without applying it. ``offset`` is the last merged offset added: re-delivered
+    events at or below it are skipped.
+
+    >>> lrn = FraudLearner(lag_ms=0, sources=("o/0", "l/0"))
+    >>> order = {"amount": 9.0, "currency": "EUR", "category": "books", "payment_method": "card",
+    ...          "ip_country": "FR", "event_time": 1000}
+    >>> lrn.add("order", 1000, "a", order, "o/0", 0, source_offset=0)
+    True
+    >>> lrn.add("label", 1500, "a", {"is_fraud": False}, "l/0", 1, source_offset=0)
+    True
+    >>> lrn.watermark, len(lrn.release()[1])  # the order (t=1000) is before the watermark
+    (1000, 0)
+    >>> _, tail = lrn.provisional()  # what a quiet stream publishes; the state is unchanged
+    >>> [s["order_id"] for s in tail], lrn.progress.labelled, len(lrn.buffer)
+    (['a'], 0, 2)
     """
 
     def __init__(self, version: str = "v1", *, lag_ms: int = 5_000, horizon_ms: int = 7 * _DAY_MS,
@@ -147,23 +188,41 @@ class FraudLearner:
         self.pending: dict[str, tuple[dict[str, float], int, dict[Any, float]]] = {}
         self.orphans: dict[str, tuple[bool, int]] = {}
         self.learned: dict[str, int] = {}
-        self.buffer: list[tuple[int, int, str, int, dict[str, Any]]] = []
-        self.source_time: dict[str, int] = dict.fromkeys(sources, -(2**62))
-        self.released = -(2**62)
+        self.buffer: list[tuple[int, int, str, str, int, int, dict[str, Any]]] = []
+        self.source_time: dict[str, int] = dict.fromkeys(sources, _NEVER)
+        self.source_offset: dict[str, int] = {}
+        self.released = _NEVER
         self.offset = -1
         self.bucket: int | None = None
         self.counts: dict[str, int] = {}
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # checkpoints written before per-source offsets (and 7-field buffer entries) existed
+        state.setdefault("source_offset", {})
+        state["buffer"] = [e if len(e) == 7 else (e[0], e[1], e[2], "", -1, e[3], e[4])
+                           for e in state.get("buffer", [])]
+        self.__dict__.update(state)
+
     # -- input -----------------------------------------------------------------------------
     def add(self, kind: str, time: int, order_id: str, data: dict[str, Any], source: str,
-            offset: int) -> bool:
-        """Buffer one merged event (``kind`` "order" or "label"); False when already applied."""
+            offset: int, source_offset: int | None = None) -> bool:
+        """Buffer one merged event (``kind`` "order" or "label"); False when already applied.
+
+        ``offset`` is its offset in the merged stream, ``source_offset`` its offset in its input
+        partition ``source`` (None when unknown: then no upstream re-delivery check).
+        """
         if offset <= self.offset:
             self._count("redelivered")
             return False
         self.offset = offset
+        if source_offset is not None:
+            if source_offset <= self.source_offset.get(source, -1):
+                # re-sent by an upstream stage that restarted: this source already gave it
+                self._count("redelivered_upstream")
+                return False
+            self.source_offset[source] = source_offset
         time = int(time)
-        seen = self.source_time.get(source, -(2**62))
+        seen = self.source_time.get(source, _NEVER)
         if time < seen - self.lag_ms:
             # Later than the lag on its own source: where it would land in the merged order
             # depends on how the sources interleave, so applying it would make the model
@@ -172,29 +231,29 @@ class FraudLearner:
             return True
         if time > seen:
             self.source_time[source] = time
-        if time < self.released:
-            self._count("late_after_idle")  # only after an idle flush released the tail early
-        # offset breaks ties (e.g. a re-sent order): dicts are never compared
-        heapq.heappush(self.buffer, (time, LABEL if kind == "label" else ORDER, order_id, offset, data))
+        heapq.heappush(self.buffer, (time, LABEL if kind == "label" else ORDER, order_id, source,
+                                     -1 if source_offset is None else source_offset, offset, data))
         return True
 
     @property
     def watermark(self) -> int:
-        """Events at or before this time are released: min latest time over sources, minus lag."""
+        """Events strictly before this time are released: min latest time over sources, minus lag."""
         if not self.source_time:
-            return -(2**62)
+            return _NEVER
         return min(self.source_time.values()) - self.lag_ms
 
     def release(self, until: int | None = None) -> tuple[Emitted, list[dict[str, Any]]]:
-        """Apply buffered events up to ``until`` (default: the watermark; ``-1``: all of them).
+        """Apply buffered events before the watermark (``until``: before it; ``-1``: all of them).
 
+        ``-1`` is for the end of a finite input (tests, benchmarks): it commits the learner to
+        the tail, which a live stream must not do (see :meth:`provisional`).
         Returns the ModelQuality/DriftEvent records and the FraudScore records to publish.
         """
         bound = self.watermark if until is None else (2**62 if until == -1 else until)
         out = Emitted()
         scores: list[dict[str, Any]] = []
-        while self.buffer and self.buffer[0][0] <= bound:
-            time, kind, order_id, _, data = heapq.heappop(self.buffer)
+        while self.buffer and self.buffer[0][0] < bound:
+            time, kind, order_id, _, _, _, data = heapq.heappop(self.buffer)
             self._enter(time, out)
             if time > self.released:
                 self.released = time
@@ -204,6 +263,18 @@ class FraudLearner:
             else:
                 self._order(order_id, data, time, out, scores)
         return out, scores
+
+    def provisional(self) -> tuple[Emitted, list[dict[str, Any]]]:
+        """The tail a quiet stream publishes: the buffer applied to a copy, this learner untouched.
+
+        Scores and ModelQuality rows only (no drift events): see the module docstring.
+        """
+        if not self.buffer:
+            return Emitted(), []
+        twin: FraudLearner = pickle.loads(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
+        out, scores = twin.release(-1)
+        out.extend(twin.flush())
+        return Emitted(quality=out.quality), scores
 
     def flush(self) -> Emitted:
         """The current (partial) bucket's quality record."""

@@ -88,11 +88,13 @@ class Outputs:
                           [v for _, v in out.partials])
         if self.fraud_events and out.enriched:
             # Straight from the order stage, so each input partition's orders reach the fraud
-            # merge in offset order (its per-source lateness test is then deterministic).
+            # merge in offset order (its per-source lateness test is then deterministic); the
+            # source offset lets the learner drop what a restarted stage sends again.
             self.produce_many(self.fraud_events, [k.encode() for k, _ in out.enriched],
                               [json.dumps({"kind": "order", "time": r["event_time"], "id": r["order_id"],
                                            "src": f"{r['source_topic']}/{r['source_partition']}",
-                                           "data": r}).encode() for _, r in out.enriched], partition=0)
+                                           "off": r["source_offset"], "data": r}).encode()
+                               for _, r in out.enriched], partition=0)
 
     def produce_many(self, topic: str, keys: Sequence[bytes], values: Sequence[bytes | None],
                      partition: int = -1) -> None:

@@ -8,9 +8,16 @@ Call :func:`register` once on the app (``kappa-<version>``). It adds four agents
 * orders reach the merge straight from the order stage (``stream_processors.io.Outputs``, in
   input-partition offset order); ``fraud-labels`` forwards labels of all partitions into
   the single-partition internal topic ``kappa.<V>.learning.fraud_events`` (JSON), so one global
-  model sees everything in one place.
-* ``fraud-model``: the :class:`~stream_processors.fraud.FraudLearner` on that topic, plus a timer
-  that releases the tail of a quiet stream after ``fraud_idle_seconds``.
+  model sees everything in one place. Each merge record names its source (input topic/partition)
+  and its offset there: the learner orders by event time with that as the tie-break, and drops
+  what a restarted upstream stage sends again.
+* ``fraud-model``: the :class:`~stream_processors.fraud.FraudLearner` on that topic, applying
+  events in event-time order behind the watermark over all input partitions, plus a timer
+  (``fraud-tail``) that publishes the *provisional* tail of a stream quiet for
+  ``fraud_idle_seconds``: the buffer applied to a copy of the learner, whose scores and quality
+  rows the definitive ones overwrite later. The tail never enters the learner or its
+  checkpoint, so what the model learns — and hence every score and metric — is a function of
+  the log, not of when the inputs paused (see :mod:`stream_processors.fraud`).
 
 Durability: each agent consumes in batches with acks disabled (``take_events``); for a batch
 it writes the outputs, flushes them, then writes a checkpoint — the zlib-compressed pickle of
@@ -19,7 +26,8 @@ input offset* — to the compacted topic ``kappa.<V>.learning.checkpoints`` and 
 only then returns so Faust acks (and later commits) the batch. A kill -9 at any point restarts
 from a checkpoint whose offsets are >= the committed ones: re-delivered input at or below the
 checkpointed offset is skipped, so no label is learned twice, and the outputs a crash may
-repeat are update-style (same key, same value).
+repeat are update-style (same key, same value). A restarted learner publishes its tail again
+(after ``fraud_idle_seconds``) even when no input is left to re-deliver.
 """
 
 from __future__ import annotations
@@ -145,6 +153,8 @@ class Learning:
             sources=tuple(f"{t}/{p}" for t in (self.inputs.orders, self.inputs.order_labels)
                           for p in range(settings.partitions)))
         self._fraud_counts = dict(self.fraud.counts)
+        self.tail_due = True  # a restart or rebalance may have lost the last tail publication
+        self.quiet_since = time.monotonic()
         self.stale = False
         log.info("learning %s: resumed %d samples learners %s, fraud labelled=%d",
                  version, len(self.samples),
@@ -247,24 +257,36 @@ class Learning:
                 self._reject(topic, partition, offset, value, rec.reason)
                 continue
             event = {"kind": "label", "time": rec["label_time"], "id": rec["order_id"],
-                     "src": f"{topic}/{partition}", "data": rec}
+                     "src": f"{topic}/{partition}", "off": offset, "data": rec}
             produce(topic_out, json.dumps(event).encode(), rec["order_id"].encode())
         self.producer.poll(0)
 
-    def learn_fraud(self, rows: Sequence[tuple[int, bytes | None]], idle: bool = False) -> None:
-        """Add merged ``(offset, value)`` events, release what the watermark (or idleness) allows."""
+    def learn_fraud(self, rows: Sequence[tuple[int, bytes | None]]) -> None:
+        """Add merged ``(offset, value)`` events and apply what the watermark releases."""
         for offset, value in rows:
             ev = json.loads(value or b"{}")
-            self.fraud.add(ev["kind"], ev["time"], ev["id"], ev["data"], ev["src"], offset)
+            self.fraud.add(ev["kind"], ev["time"], ev["id"], ev["data"], ev["src"], offset, ev.get("off"))
         before = self.fraud.progress.labelled
-        out, scores = self.fraud.release(-1 if idle else None)
+        out, scores = self.fraud.release()
         out.extend(self.fraud.flush())
+        self.tail_due, self.quiet_since = True, time.monotonic()
         self._emit(out, scores)
         metrics.MODEL_LABELLED.labels("fraud").inc(self.fraud.progress.labelled - before)
         for what, n in self.fraud.counts.items():
             if n > self._fraud_counts.get(what, 0):
                 metrics.MODEL_EVENTS.labels("fraud", what).inc(n - self._fraud_counts.get(what, 0))
         self._fraud_counts = dict(self.fraud.counts)
+
+    def tail_ready(self, now: float) -> bool:
+        """True when the fraud stream has been quiet ``fraud_idle_seconds`` since its last batch
+        (or restart) and its tail is not published yet."""
+        return self.tail_due and now - self.quiet_since >= self.settings.fraud_idle_seconds
+
+    def publish_tail(self) -> None:
+        """Queue the provisional tail (buffer applied to a copy; the learner is unchanged)."""
+        out, scores = self.fraud.provisional()
+        self._emit(out, scores)
+        self.tail_due = False
 
 
 def register(app: Any, settings: Settings, version: str) -> Learning:
@@ -277,7 +299,6 @@ def register(app: Any, settings: Settings, version: str) -> Learning:
     labels_topic = app.topic(lrn.inputs.order_labels, **raw)
     events_topic = app.topic(fraud_events_topic(version), partitions=1, **raw)
     lock = asyncio.Lock()
-    idle = {"last": 0.0, "dirty": False}
 
     def fatal(agent: str) -> None:
         # Results are exactly-once through re-delivery from the checkpoint: dying is as safe as
@@ -319,29 +340,38 @@ def register(app: Any, settings: Settings, version: str) -> Learning:
                     if lrn.stale:
                         lrn.reload()
                     lrn.learn_fraud([(e.message.offset, e.message.value) for e in events])
-                    idle["last"], idle["dirty"] = asyncio.get_running_loop().time(), True
                     await lrn.checkpoint({"fraud": lrn.fraud})
             except Exception:
                 fatal("fraud-model")
 
-    @app.timer(interval=max(settings.fraud_idle_seconds / 2, 0.2))
-    async def fraud_idle_flush() -> None:
-        now = asyncio.get_running_loop().time()
-        if not idle["dirty"] or now - idle["last"] < settings.fraud_idle_seconds or not lrn.fraud.buffer:
+    merge = fraud_events_topic(version)
+
+    def owns_merge() -> bool:
+        # only the worker holding the merge partition has the live learner; another one's copy
+        # is as old as its last reload and must not publish a tail
+        try:
+            return any(tp.topic == merge for tp in app.consumer.assignment())
+        except Exception:  # consumer not started (or rebalancing): not ours for now
+            return False
+
+    @app.timer(interval=max(settings.fraud_idle_seconds / 2, 0.2), name="fraud-tail")
+    async def fraud_tail() -> None:
+        if not (lrn.stale or lrn.tail_ready(time.monotonic())) or not owns_merge():
             return
         try:
             async with lock:
-                if lrn.stale:
+                if lrn.stale:  # (re)assigned with nothing left to consume: the agent won't reload
+                    lrn.reload()
+                if not lrn.tail_ready(time.monotonic()):
                     return
-                lrn.learn_fraud([], idle=True)
-                idle["dirty"] = False
-                await lrn.checkpoint({"fraud": lrn.fraud})
+                lrn.publish_tail()
+                await lrn._flush()  # no checkpoint: the learner did not change
         except Exception:
-            fatal("fraud-idle-flush")
+            fatal("fraud-tail")
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
         lrn.stale = True
 
-    lrn.agents = (learn_samples, fraud_labels, fraud_model, fraud_idle_flush)  # type: ignore[attr-defined]
+    lrn.agents = (learn_samples, fraud_labels, fraud_model, fraud_tail)  # type: ignore[attr-defined]
     return lrn

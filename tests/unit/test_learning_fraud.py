@@ -137,3 +137,143 @@ def test_drift_detected_and_auc_recovers(policy: str) -> None:
     assert any(d["labelled"] > drift_at for d in drift)
     assert recovered > 0.8
     assert quality[-1]["labelled"] == n
+
+
+# -- determinism: the applied sequence is a function of the per-source sequences ----------------
+SOURCES = ("o/0", "o/1", "l/0", "l/1")
+
+
+def per_source(n: int, seed: int) -> dict[str, list[tuple[str, int, str, dict[str, Any], int]]]:
+    """Each source's events in its offset order, as the upstream stages write them: orders a little
+    out of event-time order, a few far too late (more than the lag behind their partition)."""
+    import random
+
+    orders, labels = scenario(n, drift_at=n // 2, seed=seed)
+    rng = random.Random(seed)
+    out: dict[str, list[Any]] = {s: [] for s in SOURCES}
+    for p in (0, 1):
+        mine = [o for i, o in enumerate(orders) if i % 2 == p]
+        for i in range(0, len(mine) - 4, 4):  # shuffled within 8 s of event time (lag: 10 s)
+            block = mine[i:i + 4]
+            rng.shuffle(block)
+            mine[i:i + 4] = block
+        for i in range(50, len(mine) - 60, 97):  # ~2 minutes late on its partition: "late"
+            mine.insert(i + 60, mine.pop(i))
+        out[f"o/{p}"] = [("order", o["event_time"], o["order_id"], o, k) for k, o in enumerate(mine)]
+        out[f"l/{p}"] = [("label", lb["label_time"], lb["order_id"], lb, k)
+                         for k, lb in enumerate(lb for j, lb in enumerate(labels) if j % 2 == p)]
+    return out
+
+
+def interleave(sources: dict[str, list[Any]], seed: int, resend: float = 0.0) -> list[tuple[str, Any]]:
+    """One arrival order of the merge topic: sources interleaved at random, each in its own order;
+    with ``resend``, a stage "restarts" now and then and sends a few of its events again."""
+    import random
+
+    rng = random.Random(seed)
+    pos = dict.fromkeys(sources, 0)
+    merged: list[tuple[str, Any]] = []
+    while any(pos[s] < len(evs) for s, evs in sources.items()):
+        s = rng.choice([s for s, evs in sources.items() if pos[s] < len(evs)])
+        take = rng.randint(1, 40)
+        merged += [(s, e) for e in sources[s][pos[s]:pos[s] + take]]
+        pos[s] += take
+        if resend and rng.random() < resend:
+            back = rng.randint(1, 30)
+            merged += [(s, e) for e in sources[s][max(0, pos[s] - back):pos[s]]]
+    return merged
+
+
+def publish(merged: list[tuple[str, Any]], seed: int, tails: float = 0.0, restarts: float = 0.0,
+            ) -> tuple[dict[str, Any], dict[tuple[str, int], Any], list[Any], FraudLearner]:
+    """Feed ``merged`` in random batches like the fraud-model agent: release after each batch,
+    sometimes publish the provisional tail (a quiet stream), sometimes "kill -9" and resume from
+    the last checkpoint with its uncommitted batches re-delivered. Returns what the topics hold
+    per key (last value wins: scores by order_id, quality by (model, bucket)) and the drift events."""
+    import random
+
+    rng = random.Random(seed)
+    learner = FraudLearner(lag_ms=10_000, sources=SOURCES)
+    scores: dict[str, Any] = {}
+    quality: dict[tuple[str, int], Any] = {}
+    drift: list[Any] = []
+
+    def emit(out: Any, sc: list[Any]) -> None:
+        quality.update({(q["model"], q["bucket"]): q for q in out.quality})
+        scores.update({s["order_id"]: s for s in sc})
+        drift.extend(out.drift)
+
+    checkpoint, committed, i = pickle.dumps(learner), 0, 0
+    while i < len(merged):
+        j = min(len(merged), i + rng.randint(1, 300))
+        for off in range(i, j):
+            src, (kind, t, oid, data, k) = merged[off]
+            learner.add(kind, t, oid, data, src, off, source_offset=k)
+        out, sc = learner.release()
+        out.extend(learner.flush())
+        emit(out, sc)
+        checkpoint, i = pickle.dumps(learner), j
+        if rng.random() < tails:
+            emit(*learner.provisional())
+        if rng.random() < restarts:  # killed: resume from the checkpoint, from an older commit
+            learner = pickle.loads(checkpoint)
+            i = rng.randint(committed, i)
+        committed = max(committed, i - rng.randint(0, 200))
+    emit(*learner.provisional())  # the end of the log: the stream goes quiet
+    return scores, quality, drift, learner
+
+
+def test_arrival_order_pauses_restarts_and_resends_do_not_change_what_is_published() -> None:
+    sources = per_source(3000, seed=21)
+    ref_scores, ref_quality, ref_drift, ref = publish(interleave(sources, seed=1), seed=1)
+    assert ref.counts["late"] > 5 and ref.counts["learned"] > 2500 and ref_drift
+    for seed in (2, 3, 4):
+        merged = interleave(sources, seed=seed, resend=0.3)
+        scores, quality, drift, learner = publish(merged, seed=seed, tails=0.3, restarts=0.1)
+        assert learner.counts.get("redelivered_upstream", 0) > 0
+        assert learner.counts["late"] == ref.counts["late"]
+        assert scores == ref_scores
+        assert quality == ref_quality
+        assert drift == ref_drift
+        assert learner.progress.values() == ref.progress.values()
+
+
+def test_an_event_at_the_watermark_arriving_after_a_release_keeps_its_place() -> None:
+    orders, _ = scenario(3, seed=2)
+    a, b, c = ({**o, "event_time": t} for o, t in zip(orders, (50, 100, 200), strict=True))
+    lrn = FraudLearner(lag_ms=0, sources=("o/0", "l/0"))
+    lrn.add("order", 50, "a", a, "o/0", 0, source_offset=0)
+    lrn.add("label", 100, "q", {"is_fraud": False}, "l/0", 1, source_offset=0)
+    lrn.add("order", 100, "b", b, "o/0", 2, source_offset=1)
+    assert [s["order_id"] for s in lrn.release()[1]] == ["a"]  # b is at the watermark: it waits
+    lrn.add("label", 100, "a", {"is_fraud": True}, "l/0", 3, source_offset=1)  # not late: t = watermark
+    lrn.add("order", 200, "c", c, "o/0", 4, source_offset=2)
+    lrn.add("label", 200, "r", {"is_fraud": False}, "l/0", 5, source_offset=2)
+    _, scores = lrn.release()
+    # event-time order: label a (t=100) is learned before order b (t=100) is scored
+    assert [(s["order_id"], s["labelled_before"]) for s in scores] == [("b", 1)]
+
+
+def test_provisional_tail_leaves_the_learner_unchanged_and_equals_the_final_release() -> None:
+    orders, labels = scenario(400, seed=9)
+    lrn = FraudLearner(lag_ms=10_000, sources=("o/0", "o/1", "l/0", "l/1"))
+    for off, (kind, t, oid, data, src) in enumerate(merged(orders, labels)):
+        lrn.add(kind, t, oid, data, src, off)
+        lrn.release()
+    assert lrn.buffer
+    state = pickle.dumps(lrn)
+    out, scores = lrn.provisional()
+    assert pickle.dumps(lrn) == state
+    end, end_scores = lrn.release(-1)
+    end.extend(lrn.flush())
+    assert scores == end_scores and out.quality == end.quality and not out.drift
+
+
+def test_a_checkpoint_from_before_source_offsets_still_loads() -> None:
+    orders, _ = scenario(1, seed=1)
+    old = FraudLearner(lag_ms=0)
+    old.buffer = [(orders[0]["event_time"], 1, "o-000000", 7, orders[0])]  # type: ignore[list-item]  # old 5-field entry
+    del old.source_offset
+    lrn: FraudLearner = pickle.loads(pickle.dumps(old))
+    assert lrn.source_offset == {}
+    assert [s["order_id"] for s in lrn.release(-1)[1]] == ["o-000000"]
