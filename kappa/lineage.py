@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from confluent_kafka import (
     Consumer,
@@ -51,7 +53,7 @@ from kappa.errors import KafkaUnavailable, VersionLogMismatch
 from kappa.kafka import TopicSpec, client_config, ensure_topics
 from kappa.settings import Settings
 
-__all__ = ["LogIdentity", "bind", "identity", "lineage_topic"]
+__all__ = ["LogIdentity", "adopt", "bind", "identity", "lineage_topic"]
 
 _KEY = b"log"
 
@@ -66,6 +68,8 @@ class LogIdentity:
     """Input topic name -> Kafka topic id ("" when the broker does not tell)."""
 
     topics: dict[str, str]
+    record: str = field(default="", compare=False)
+    """Id of the binding (made when the version was bound; a new one after a cleanup)."""
 
     def differences(self, now: LogIdentity) -> list[str]:
         """Why ``now`` is not this log (empty when it is)."""
@@ -76,11 +80,13 @@ class LogIdentity:
                 if was and now.topics[name] and was != now.topics[name]]
 
     def to_json(self) -> bytes:
-        return json.dumps({"topics": self.topics, "recorded_at": datetime.now(UTC).isoformat()}).encode()
+        return json.dumps({"topics": self.topics, "record": self.record,
+                           "recorded_at": datetime.now(UTC).isoformat()}).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> LogIdentity:
-        return cls(dict(json.loads(data)["topics"]))
+        d = json.loads(data)
+        return cls(dict(d["topics"]), str(d.get("record", "")))
 
 
 def identity(settings: Settings, bootstrap: str) -> LogIdentity:
@@ -164,15 +170,42 @@ def bind(settings: Settings, bootstrap: str, version: str) -> LogIdentity:
         elsewhere = _consumed_elsewhere(settings, bootstrap, version, now)
         if elsewhere:
             raise _mismatch(version, bootstrap, [f"its group kappa-{version} consumed {', '.join(elsewhere)}"])
-        _record(settings, bootstrap, topic, now)
-        return now
+        bound = LogIdentity(now.topics, uuid.uuid4().hex)
+        _record(settings, bootstrap, topic, bound)
+        return bound
     diff = was.differences(now)
     if diff:
         raise _mismatch(version, bootstrap, diff)
     if any(now.topics[name] and not known for name, known in was.topics.items()):
-        _record(settings, bootstrap, topic, now)  # recorded before a topic existed: complete it
-        return now
+        was = LogIdentity(now.topics, was.record)  # recorded before a topic existed: complete it
+        _record(settings, bootstrap, topic, was)
     return was
+
+
+def adopt(datadir: Path, bound: LogIdentity) -> bool:
+    """Keep a worker's local state directory only if it was built under binding ``bound``.
+
+    The local RocksDB is a cache of the version's changelog. One left by an earlier binding of
+    the version (dropped with ``kappa replay --cleanup`` from another KAPPA_HOME, or a broker
+    reset, then bound anew, maybe to another log) is stale, and Faust would trust its persisted
+    offsets against a changelog that no longer holds them. Such a directory is emptied (its
+    lock file kept): the worker then restores the changelog, as on a new machine. Returns True
+    when it emptied something.
+    """
+    datadir.mkdir(parents=True, exist_ok=True)
+    marker = datadir / "lineage.json"
+    try:
+        seen = json.loads(marker.read_text()).get("record")
+    except (OSError, ValueError):
+        seen = None
+    stale = [p for p in datadir.iterdir() if p.name not in (".lock", marker.name)] if seen != bound.record else []
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    marker.write_text(json.dumps({"record": bound.record, "topics": bound.topics}))
+    return bool(stale)
 
 
 def _record(settings: Settings, bootstrap: str, topic: str, log: LogIdentity) -> None:

@@ -128,8 +128,11 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
     n = check_copartitioned(AdminClient(client_config(settings, ep.kafka_bootstrap)),
                             inputs.users, inputs.orders)
     ensure_topics(settings, ep.kafka_bootstrap, [TopicSpec(partials, n, keep)])
-    # The table changelog below is restored into an empty datadir: it must be this log's.
-    lineage.bind(settings, ep.kafka_bootstrap, version)
+    # The table changelog below is restored into an empty datadir: it must be this log's, and
+    # a datadir left by an earlier binding of this version must not be trusted either.
+    if lineage.adopt(datadir, lineage.bind(settings, ep.kafka_bootstrap, version)):
+        log.warning("state in %s was built under an earlier binding of %s: emptied, restoring the "
+                    "changelog", datadir, version)
 
     app = faust.App(
         app_id(version),
