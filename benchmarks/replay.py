@@ -68,7 +68,7 @@ def main() -> None:
         publish_events(pub, records)
         pub.flush()
     load = os.getloadavg()[0]
-    live_n, live_s = _live(settings, live_v)
+    live_s, live_n = _live(settings, live_v)
     result = replay(settings, replay_v, StartPoint(None), poll=0.5, echo=lambda _: None, max_seconds=900)
     # Both runs read the same log: input events/s = its events / seconds until caught up. The
     # last column is what the processors' group consumed, internal topics (partials, fraud merge)
