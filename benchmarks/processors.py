@@ -8,6 +8,7 @@ Usage (against a running stack, e.g. the dev stack)::
 
 Each contender runs in its own process on the same pre-produced orders topic (fresh prefix),
 one worker, and reports events/s measured from its first to its last event (startup excluded),
+Quix Streams runs the same job (benchmarks/quix_job.py, in the side venv of ``kappa bench``),
 the CPU time it spent per event over the same interval (all its threads; the figure to compare
 on a shared, busy machine, where wall-clock rates swing with the neighbours' load) and its peak
 RSS. Prints one table; the ratios are to the bare Faust agent.
@@ -180,11 +181,31 @@ def child_faust(settings: Settings, n: int) -> tuple[float, float]:
     return result[0] if result else (0.0, 0.0)
 
 
+def run_quix(settings: Settings, n: int) -> tuple[float, float, int] | None:
+    """Quix Streams on the same job and input (``benchmarks/quix_job.py``), in the side venv
+    ``kappa bench`` uses (Quix pins an older confluent-kafka); None when it cannot run."""
+    from benchmarks.scaling import child_env, measure_output
+    from kappa.bench import _quix_python
+
+    py = _quix_python()
+    if py is None:
+        return None
+    out = f"quix{uuid.uuid4().hex[:6]}"
+    proc = subprocess.Popen([py, str(REPO / "benchmarks" / "quix_job.py"), "--bootstrap",
+                             settings.kafka_bootstrap or "", "--prefix", settings.topic_prefix, "--out", out,
+                             "--state-dir", str(settings.home / "quix-state")],
+                            cwd=REPO, env=child_env(settings), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    r = measure_output(settings, [proc], f"{out}.orders.enriched", int(n * 0.9))
+    return float(r["events_per_s"]), float("nan"), int(r["peak_rss_mb"][0])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--child", default="")
+    ap.add_argument("--no-quix", action="store_true", help="skip the Quix Streams contender")
     args = ap.parse_args()
     if args.child:
         settings = Settings()
@@ -199,13 +220,19 @@ def main() -> None:
     rows = [("raw confluent-kafka consume+decode", *_timed_child("raw", settings, args.events)),
             ("bare Faust agent, decode only", *_timed_child("faust", settings, args.events)),
             ("full job (validate+dedupe+enrich+windows)", *run_full(settings, args.events))]
+    quix = None if args.no_quix else run_quix(settings, args.events)
+    if quix is not None:
+        rows.append(("Quix Streams 3.28.1, same job (JSON out)", *quix))
     faust_rate, faust_cpu = rows[1][1], rows[1][2]
     print(f"\n{'contender':45} {'events/s':>10} {'vs Faust':>9} {'CPU us/event':>13} "
           f"{'vs Faust (CPU)':>15} {'peak RSS MB':>12}")
     for name, rate, cpu, rss in rows:
         print(f"{name:45} {rate:10,.0f} {rate / faust_rate:9.2f} {cpu:13.1f} {faust_cpu / cpu:15.2f} "
               f"{rss:12,}")
-    print("Quix Streams: not run (quixstreams not installed in this environment)")
+    if quix is None:
+        print("Quix Streams: not run (--no-quix, or its side venv could not be made)")
+    else:
+        print(f"full job vs Quix Streams: {rows[2][1] / quix[0]:.2f}x (CPU of Quix not measured)")
 
 
 if __name__ == "__main__":
