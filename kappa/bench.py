@@ -332,7 +332,7 @@ class _Run:
         self.add("sink", "Kappa writer, consumed Avro -> one INSERT + offsets", bulk, "rows/s", chdb)
         self.add("sink", "Kappa writer, decoded rows -> Arrow -> insert (other tables)", writer, "rows/s", chdb)
         # in its own process: chdb allows one engine session per process
-        e2e_rows = max(self.events, 1_000)
+        e2e_rows = rows  # as many as the writer stages: a single batch would measure start-up
         code = ("import json, sys; from pathlib import Path; from benchmarks import sink; "
                 f"print(json.dumps(sink.bench_e2e({e2e_rows}, Path(sys.argv[1]))))")
         done = subprocess.run([sys.executable, "-c", code, str(self.work / "sink-e2e")], cwd=REPO,
