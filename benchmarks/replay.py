@@ -37,7 +37,7 @@ def _live(settings: Settings, version: str) -> tuple[float, int]:
 
     def echo(line: str) -> None:
         if line.startswith("["):
-            s = pipe.state()
+            s = pipe.last_state or pipe.state()
             consumed.append(s.processors.consumed)
             if s.drained and not caught:
                 caught.append(time.monotonic() - t0)

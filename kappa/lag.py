@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
@@ -44,9 +45,14 @@ class GroupLag:
 
 
 def matching_topics(admin: AdminClient, names: Iterable[str] = (), patterns: Iterable[str] = (),
-                    timeout: float = 10.0) -> dict[str, int]:
-    """Existing topics among ``names`` or matching a regex in ``patterns``, with partition counts."""
-    meta = admin.list_topics(timeout=timeout)
+                    timeout: float = 10.0, meta: Any = None) -> dict[str, int]:
+    """Existing topics among ``names`` or matching a regex in ``patterns``, with partition counts.
+
+    ``meta``: cluster metadata already fetched (``admin.list_topics()``), to share one fetch
+    between calls: on a broker with many topics, building it costs milliseconds of Python.
+    """
+    if meta is None:
+        meta = admin.list_topics(timeout=timeout)
     wanted = set(names)
     regexes = [re.compile(p) for p in patterns]
     return {

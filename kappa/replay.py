@@ -501,7 +501,7 @@ class _Progress:
         if not line.startswith("["):
             self.echo(line)
             return
-        s = self.pipe.state()
+        s = self.pipe.last_state or self.pipe.state()  # the run loop queried it for this very line
         now = time.monotonic()
         self.state = s
         consumed = s.processors.consumed

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
@@ -100,6 +101,10 @@ class _Child:
     restarts: int = 0
 
 
+METADATA_TTL_S = 2.0
+"""Max age of the cluster metadata behind a lag query (see :meth:`Pipeline._metadata`)."""
+
+
 @dataclass
 class Pipeline:
     """Supervises ``workers`` Faust workers and one sink service for ``version``."""
@@ -110,6 +115,10 @@ class Pipeline:
     echo: Callable[[str], None] = print
     serve_metrics: bool = True
     children: list[_Child] = field(default_factory=list)
+    last_state: DrainState | None = None
+    _meta: Any = field(default=None, init=False, repr=False)
+    _meta_at: float = field(default=0.0, init=False, repr=False)
+    """The state of the last :meth:`state` call (progress printers reuse it: one lag query per poll)."""
 
     def __post_init__(self) -> None:
         self.ep = endpoints(self.settings)
@@ -149,23 +158,40 @@ class Pipeline:
         for the coordinator again.
         """
         try:
-            return self._state()
+            self.last_state = self._state()
+            return self.last_state
         except KafkaException:
             self.admin = AdminClient(client_config(self.settings, self.ep.kafka_bootstrap))
+            self._meta = None
             raise
+
+    def _metadata(self) -> Any:
+        """Cluster metadata, fetched at most every :data:`METADATA_TTL_S` (shared by both groups).
+
+        On a broker with hundreds of topics one fetch costs tens of milliseconds of Python,
+        which ``kappa replay`` pays in the process that also hosts the sink. A topic created
+        since the last fetch is seen within the TTL, well inside the drain criterion's quiet
+        period, so it cannot be missed by ``--until-drained``.
+        """
+        now = time.monotonic()
+        if self._meta is None or now - self._meta_at > METADATA_TTL_S:
+            self._meta, self._meta_at = self.admin.list_topics(timeout=10), now
+        return self._meta
 
     def _state(self) -> DrainState:
         i = self.inputs
         # inputs, plus every internal topic the group consumes (repartitions, the fraud merge)
         internal = [re.escape(f"kappa-{self.version}-") + r".*", re.escape(f"kappa.{self.version}.learning.") + r".*"]
+        meta = self._metadata()
         in_topics = matching_topics(self.admin, [i.users, i.orders, i.order_labels],
-                                    [i.samples_pattern, *internal])
+                                    [i.samples_pattern, *internal], meta=meta)
         in_topics = {t: n for t, n in in_topics.items() if not t.endswith("-changelog")
                      and not t.endswith(".checkpoints")}
         out_topics = matching_topics(
             self.admin,
             [self.outputs.enriched, self.outputs.revenue, self.outputs.scores, self.outputs.model_quality,
              self.outputs.drift, self.outputs.rejected, i.dlq(i.users), i.dlq(i.orders), i.dlq(i.order_labels)],
+            meta=meta,
         )
         return DrainState(group_lag(self.admin, processor_group(self.version), in_topics),
                           group_lag(self.admin, sink_group(self.version), out_topics), self.outputs.partials)
