@@ -150,8 +150,9 @@ def route(outputs: OutputTopics, topic: str) -> Table:
 
 
 def poison_row(topic: str, partition: int, offset: int, value: bytes | None, reason: str,
-               timestamp_ms: int) -> dict[str, Any]:
-    """A rejected_events row (stage ``sink``) for a message the sink cannot decode.
+               timestamp_ms: int, version: str | None = None) -> dict[str, Any]:
+    """A rejected_events row (stage ``sink``, of pipeline ``version``) for a message the sink
+    cannot decode.
 
     ``rejected_at`` is the message's own timestamp, so a re-delivery yields the same row.
 
@@ -160,4 +161,4 @@ def poison_row(topic: str, partition: int, offset: int, value: bytes | None, rea
     """
     return {"source": f"{topic}/{partition}/{offset}", "topic": topic,
             "reason": f"sink could not decode the message: {reason}", "payload": value or b"",
-            "rejected_at": timestamp_ms, "stage": "sink"}
+            "rejected_at": timestamp_ms, "stage": "sink", "pipeline_version": version}

@@ -92,7 +92,6 @@ class SinkService:
         self.landed_rows = 0
         """Rows of every batch written to ClickHouse so far (benchmarks, tests)."""
         self._want_paused = self._paused = False
-        """Rows of every batch written to ClickHouse so far (benchmarks, tests)."""
         self._routes: dict[str, tuple[Table, Any, tuple[Any, ...], list[Any] | None]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -310,9 +309,8 @@ class SinkService:
     def _add_poison(self, topic: str, partition: int, offset: int, value: bytes | None, reason: str,
                     timestamp_ms: int) -> None:
         """A rejected_events row (stage ``sink``) for a message the sink cannot decode."""
-        row = poison_row(topic, partition, offset, value, reason, timestamp_ms)
-        row["pipeline_version"] = self.version
-        self.batch.add("rejected_events", row, topic, partition, offset)
+        self.batch.add("rejected_events", poison_row(topic, partition, offset, value, reason, timestamp_ms,
+                                                     self.version), topic, partition, offset)
 
     def _decode_retrying(self, decode_row: Any, value: bytes) -> tuple[Any, ...] | DecodeError:
         """Decode through a registry outage (an outage is not poison: wait for the registry)."""

@@ -231,16 +231,15 @@ class Writer:
 
     def _one_by_one(self, batch: Batch, name: str, bulk: BulkAvro) -> None:
         """The per-message path of a refused bulk: rows, and poison rows for what cannot decode."""
-        rows, poison = batch.rows.setdefault(name, []), TABLES["rejected_events"].fields
+        rows = batch.rows.setdefault(name, [])
         for value, partition, offset, ts in zip(bulk.values, bulk.partitions, bulk.offsets,
                                                 bulk.timestamps, strict=True):
             try:
                 values = bulk.decode_row(value)
             except DecodeError as exc:
-                row = poison_row(bulk.topic, partition, offset, value, exc.reason, ts)
-                row["pipeline_version"] = self.version
-                batch.rows.setdefault("rejected_events", []).append(
-                    (*(row.get(f) for f in poison), bulk.topic, partition, offset))
+                row = poison_row(bulk.topic, partition, offset, value, exc.reason, ts, self.version)
+                batch.rows.setdefault("rejected_events", []).append(  # already counted in the batch
+                    (*(row[f] for f in TABLES["rejected_events"].fields), bulk.topic, partition, offset))
             else:
                 rows.append((*values, bulk.topic, partition, offset))
 
