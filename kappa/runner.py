@@ -116,9 +116,9 @@ class Pipeline:
     serve_metrics: bool = True
     children: list[_Child] = field(default_factory=list)
     last_state: DrainState | None = None
+    """The state of the last :meth:`state` call (progress printers reuse it: one lag query per poll)."""
     _meta: Any = field(default=None, init=False, repr=False)
     _meta_at: float = field(default=0.0, init=False, repr=False)
-    """The state of the last :meth:`state` call (progress printers reuse it: one lag query per poll)."""
 
     def __post_init__(self) -> None:
         self.ep = endpoints(self.settings)
