@@ -115,12 +115,6 @@ class BulkAvro:
     offsets: list[int] = field(default_factory=list)
     timestamps: list[int] = field(default_factory=list)
 
-    def add(self, value: bytes, partition: int, offset: int, timestamp_ms: int) -> None:
-        self.values.append(value)
-        self.partitions.append(partition)
-        self.offsets.append(offset)
-        self.timestamps.append(timestamp_ms)
-
     def extend(self, values: list[bytes], partitions: list[int], offsets: list[int],
                timestamps: list[int]) -> None:
         self.values += values
