@@ -59,7 +59,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from kappa import lineage, topics
 from kappa.errors import KappaError
 from kappa.kafka import client_config
-from kappa.runner import DrainState, Pipeline, processor_group, sink_group
+from kappa.runner import DrainState, Pipeline, fraud_group, processor_group, sink_group
 from kappa.settings import Settings
 from kappa.stack import endpoints
 
@@ -626,7 +626,7 @@ def cleanup(settings: Settings, old: str, echo: Callable[[str], None] = print) -
     check_version(old)
     ep = endpoints(settings)
     admin = AdminClient(client_config(settings, ep.kafka_bootstrap))
-    groups = [processor_group(old), sink_group(old)]
+    groups = [processor_group(old), fraud_group(old), sink_group(old)]
     try:
         described = admin.describe_consumer_groups(groups, request_timeout=10)
         for g, fut in described.items():

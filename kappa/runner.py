@@ -33,12 +33,17 @@ from kappa.lag import GroupLag, group_lag, matching_topics
 from kappa.settings import Settings
 from kappa.stack import endpoints
 
-__all__ = ["DrainState", "Pipeline", "processor_group", "sink_group"]
+__all__ = ["DrainState", "Pipeline", "fraud_group", "processor_group", "sink_group"]
 
 
 def processor_group(version: str) -> str:
     """Consumer group (= Faust app id) of the processors of ``version``."""
     return f"kappa-{version}"
+
+
+def fraud_group(version: str) -> str:
+    """Consumer group of the fraud model's merge-topic consumer (stream_processors.learning)."""
+    return f"kappa-{version}-fraud"
 
 
 def sink_group(version: str) -> str:
@@ -180,21 +185,27 @@ class Pipeline:
 
     def _state(self) -> DrainState:
         i = self.inputs
-        # inputs, plus every internal topic the group consumes (repartitions, the fraud merge)
+        # inputs, plus every internal topic the group consumes (repartitions, the fraud labels'
+        # merge); the fraud model reads the merge in a group of its own
         internal = [re.escape(f"kappa-{self.version}-") + r".*", re.escape(f"kappa.{self.version}.learning.") + r".*"]
         meta = self._metadata()
         in_topics = matching_topics(self.admin, [i.users, i.orders, i.order_labels],
                                     [i.samples_pattern, *internal], meta=meta)
+        merge = self.outputs.prefix + "learning.fraud_events"  # stream_processors.learning
         in_topics = {t: n for t, n in in_topics.items() if not t.endswith("-changelog")
-                     and not t.endswith(".checkpoints")}
+                     and not t.endswith(".checkpoints") and t != merge}
         out_topics = matching_topics(
             self.admin,
             [self.outputs.enriched, self.outputs.revenue, self.outputs.scores, self.outputs.model_quality,
              self.outputs.drift, self.outputs.rejected, i.dlq(i.users), i.dlq(i.orders), i.dlq(i.order_labels)],
             meta=meta,
         )
-        return DrainState(group_lag(self.admin, processor_group(self.version), in_topics),
-                          group_lag(self.admin, sink_group(self.version), out_topics), self.outputs.partials)
+        processors = group_lag(self.admin, processor_group(self.version), in_topics)
+        if merge in meta.topics:
+            fraud = group_lag(self.admin, fraud_group(self.version), {merge: 1})
+            processors = GroupLag(processors.group, processors.per_partition | fraud.per_partition)
+        return DrainState(processors, group_lag(self.admin, sink_group(self.version), out_topics),
+                          self.outputs.partials)
 
     # -- processes --------------------------------------------------------------------
     def _start(self, child: _Child) -> None:

@@ -1,32 +1,36 @@
 """Online learning in the Faust app: ``samples.*`` learners and the fraud model, checkpointed.
 
-Call :func:`register` once on the app (``kappa-<version>``). It adds four agents:
+Call :func:`register` once on the app (``kappa-<version>``). It adds:
 
-* ``learn-samples``: every ``samples.*`` topic existing at start (Faust has no pattern
+* ``learn-samples`` (agent): every ``samples.*`` topic existing at start (Faust has no pattern
   subscription), one
   :class:`~stream_processors.samples.SampleLearner` per topic, in offset order.
 * orders reach the merge straight from the order stage (``stream_processors.io.Outputs``, in
-  input-partition offset order); ``fraud-labels`` forwards labels of all partitions into
+  input-partition offset order); ``fraud-labels`` (agent) forwards labels of all partitions into
   the single-partition internal topic ``kappa.<V>.learning.fraud_events`` (JSON), so one global
   model sees everything in one place. Each merge record names its source (input topic/partition)
   and its offset there: the learner orders by event time with that as the tie-break, and drops
   what a restarted upstream stage sends again.
-* ``fraud-model``: the :class:`~stream_processors.fraud.FraudLearner` on that topic, applying
-  events in event-time order behind the watermark over all input partitions, plus a timer
-  (``fraud-tail``) that publishes the *provisional* tail of a stream quiet for
-  ``fraud_idle_seconds``: the buffer applied to a copy of the learner, whose scores and quality
+* the fraud model (:class:`FraudConsumer`, a thread started by the task ``fraud_model``): the
+  :class:`~stream_processors.fraud.FraudLearner` on that topic, read with confluent-kafka in
+  batches in its own consumer group ``kappa-<V>-fraud`` (every order passes through it: Faust's
+  per-event cost there would fill a worker's event loop), applying
+  events in event-time order behind the watermark over all input partitions. When the topic
+  has been quiet ``fraud_idle_seconds`` it publishes the *provisional* tail:
+  the buffer applied to a copy of the learner, whose scores and quality
   rows the definitive ones overwrite later. The tail never enters the learner or its
   checkpoint, so what the model learns — and hence every score and metric — is a function of
   the log, not of when the inputs paused (see :mod:`stream_processors.fraud`).
 
-Durability: each agent consumes in batches with acks disabled (``take_events``); for a batch
-it writes the outputs, flushes them, then writes a checkpoint — the zlib-compressed pickle of
-the learner, which holds model, metrics, detector, pending features *and the last applied
-input offset* — to the compacted topic ``kappa.<V>.learning.checkpoints`` and flushes it, and
-only then returns so Faust acks (and later commits) the batch. A kill -9 at any point restarts
-from a checkpoint whose offsets are >= the committed ones: re-delivered input at or below the
-checkpointed offset is skipped, so no label is learned twice, and the outputs a crash may
-repeat are update-style (same key, same value). A restarted learner publishes its tail again
+Durability: the agents consume in batches with acks disabled (``take_events``), the fraud
+model with manual commits. For a batch: write the outputs, flush them, then write a checkpoint —
+the zlib-compressed pickle of the learner, which holds model, metrics, detector, pending
+features *and the last applied input offset* — to the compacted topic
+``kappa.<V>.learning.checkpoints`` and flush it; only then does Faust ack (and later commit)
+the batch, or the fraud consumer commit it. A kill -9 at any point restarts from a checkpoint
+whose offsets are >= the committed ones: re-delivered input at or below the checkpointed
+offset is skipped, so no label is learned twice, and the outputs a crash may repeat are
+update-style (same key, same value). A restarted learner publishes its tail again
 (after ``fraud_idle_seconds``) even when no input is left to re-deliver.
 """
 
@@ -38,9 +42,10 @@ import logging
 import os
 import pickle
 import re
+import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
@@ -48,6 +53,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from kappa import metrics
 from kappa.errors import KappaError
 from kappa.kafka import TopicSpec, admin, client_config, ensure_topics
+from kappa.runner import fraud_group
 from kappa.settings import Settings
 from kappa.stack.manager import endpoints
 from kappa.topics import input_specs, input_topics, output_topics
@@ -56,7 +62,8 @@ from stream_processors.base import Message
 from stream_processors.fraud import FraudLearner
 from stream_processors.samples import Emitted, SampleLearner, model_name
 
-__all__ = ["Learning", "checkpoint_topic", "fraud_events_topic", "load_checkpoints", "register"]
+__all__ = ["FraudConsumer", "Learning", "checkpoint_topic", "fraud_events_topic", "load_checkpoints",
+           "register"]
 
 log = logging.getLogger(__name__)
 _MAX_BYTES = 64 * 1024 * 1024
@@ -142,10 +149,23 @@ class Learning:
     def reload(self) -> None:
         """(Re)load every learner from its latest checkpoint: at start and after a rebalance,
         since another worker may have advanced a learner while it was not ours."""
-        settings, version = self.settings, self.version
-        saved = load_checkpoints(settings, self.bootstrap, version)
+        saved = load_checkpoints(self.settings, self.bootstrap, self.version)
         self.samples: dict[str, SampleLearner] = {
             k.split("/", 1)[1]: v for k, v in saved.items() if k.startswith("samples/")}
+        self.stale = False
+        self._load_fraud(saved)
+        log.info("learning %s: resumed %d samples learners %s, fraud labelled=%d",
+                 self.version, len(self.samples),
+                 {t: s.progress.labelled for t, s in self.samples.items()}, self.fraud.progress.labelled)
+
+    def reload_fraud(self) -> None:
+        """(Re)load the fraud learner alone (its consumer was assigned the merge partition)."""
+        self._load_fraud(load_checkpoints(self.settings, self.bootstrap, self.version))
+        log.info("learning %s: fraud model resumed at labelled=%d, merge offset %d",
+                 self.version, self.fraud.progress.labelled, self.fraud.offset)
+
+    def _load_fraud(self, saved: dict[str, Any]) -> None:
+        settings, version = self.settings, self.version
         self.fraud: FraudLearner = saved.get("fraud") or FraudLearner(
             version, lag_ms=int(settings.fraud_lag_seconds * 1000),
             horizon_ms=int(settings.fraud_horizon_hours * 3_600_000),
@@ -155,10 +175,6 @@ class Learning:
         self._fraud_counts = dict(self.fraud.counts)
         self.tail_due = True  # a restart or rebalance may have lost the last tail publication
         self.quiet_since = time.monotonic()
-        self.stale = False
-        log.info("learning %s: resumed %d samples learners %s, fraud labelled=%d",
-                 version, len(self.samples),
-                 {t: s.progress.labelled for t, s in self.samples.items()}, self.fraud.progress.labelled)
 
     def samples_topics(self) -> list[str]:
         """Every existing ``samples.*`` topic of this prefix (the pattern's matches, at start)."""
@@ -180,20 +196,27 @@ class Learning:
             self.producer.produce(self.outputs.scores, self.enc_score.encode(rec), rec["order_id"].encode())
         self.producer.poll(0)
 
-    async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        left = await loop.run_in_executor(None, self.producer.flush, 60.0)
+    def flush(self) -> None:
+        """Wait until every record produced so far is acknowledged (blocking)."""
+        left = self.producer.flush(60.0)
         if left:
             raise KappaError(f"{left} learning records not delivered to Kafka at {self.bootstrap} in 60 s; "
                              "the batch will be re-processed after a restart")
 
-    async def checkpoint(self, items: dict[str, Any]) -> None:
+    async def _flush(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.flush)
+
+    def checkpoint_sync(self, items: dict[str, Any]) -> None:
         """Flush outputs, then write and flush the checkpoints of ``items`` (key -> learner)."""
-        await self._flush()
+        self.flush()
         for key, learner in items.items():
             blob = zlib.compress(pickle.dumps(learner, protocol=pickle.HIGHEST_PROTOCOL), 1)
             self.producer.produce(checkpoint_topic(self.version), blob, key.encode())
-        await self._flush()
+        self.flush()
+
+    async def checkpoint(self, items: dict[str, Any]) -> None:
+        """:meth:`checkpoint_sync` off the event loop."""
+        await asyncio.get_running_loop().run_in_executor(None, self.checkpoint_sync, items)
 
     # -- samples -----------------------------------------------------------------------------
     def learn_samples(self, rows: Sequence[tuple[str, int, int, bytes | None]]) -> dict[str, Any]:
@@ -289,15 +312,87 @@ class Learning:
         self.tail_due = False
 
 
+class FraudConsumer(threading.Thread):
+    """The fraud model's loop: the merge topic read with confluent-kafka, in batches.
+
+    Not a Faust agent: Faust costs ~120 us per event in its own machinery (benchmarks/
+    processors.py), and every order passes through this topic — on a 2-core box that alone
+    filled worker-0's event loop and doubled end-to-end freshness. The single merge partition
+    goes to one worker of the group ``kappa-<V>-fraud``; its learner is reloaded from the
+    checkpoint on every assignment. Per batch: apply, flush the outputs, write and flush the
+    checkpoint, then commit the batch's offsets — so a kill -9 restarts from a checkpoint at or
+    past the committed offset (re-delivered events are skipped by offset). When the topic has
+    been quiet ``fraud_idle_seconds``, the owner publishes the provisional tail.
+    """
+
+    def __init__(self, lrn: Learning, on_fatal: Callable[[str], None], batch: int = 2000,
+                 poll_s: float = 0.2) -> None:
+        super().__init__(name=f"kappa-fraud-{lrn.version}", daemon=True)
+        self.lrn, self.on_fatal, self.batch, self.poll_s = lrn, on_fatal, batch, poll_s
+        self.topic = fraud_events_topic(lrn.version)
+        self.consumer = Consumer(client_config(lrn.settings, lrn.bootstrap, **{
+            "group.id": fraud_group(lrn.version), "enable.auto.commit": False,
+            "auto.offset.reset": "earliest", "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 3_000, "fetch.message.max.bytes": _MAX_BYTES}))
+        self.owned = False
+        self.stopping = threading.Event()
+
+    def _assigned(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        if partitions:
+            self.lrn.reload_fraud()  # another worker may have advanced it while it was not ours
+        self.owned = bool(partitions)
+
+    def _revoked(self, _consumer: Any, _partitions: list[TopicPartition]) -> None:
+        self.owned = False
+
+    def run(self) -> None:
+        try:
+            self.consumer.subscribe([self.topic], on_assign=self._assigned, on_revoke=self._revoked,
+                                    on_lost=self._revoked)
+            while not self.stopping.is_set():
+                self.step()
+        except Exception:
+            self.on_fatal("fraud-model")
+        finally:
+            self.consumer.close()
+
+    def step(self) -> None:
+        """One poll: a batch applied, checkpointed and committed; or the quiet stream's tail."""
+        msgs = self.consumer.consume(self.batch, self.poll_s)
+        rows = []
+        for m in msgs:
+            if m.error():
+                log.warning("fraud events consumer: %s", m.error())
+            else:
+                rows.append((int(m.offset() or 0), m.value()))
+        lrn = self.lrn
+        if rows:
+            lrn.learn_fraud(rows)
+            lrn.checkpoint_sync({"fraud": lrn.fraud})
+            self.consumer.commit(offsets=[TopicPartition(self.topic, 0, rows[-1][0] + 1)],
+                                 asynchronous=False)
+        elif self.owned and lrn.tail_ready(time.monotonic()):
+            lrn.publish_tail()
+            lrn.flush()  # no checkpoint: the learner did not change
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the batch in hand (applied, checkpointed, committed), leave the group."""
+        self.stopping.set()
+        self.join(timeout)
+
+
 def register(app: Any, settings: Settings, version: str) -> Learning:
-    """Add the learning agents and timer to the Faust ``app``; return their shared state."""
+    """Add the learning agents (and the fraud model's consumer) to the Faust ``app``.
+
+    Returns the samples' and labels' shared state; the fraud model runs on its own
+    :class:`Learning` (own producer and encoders) in a :class:`FraudConsumer` thread.
+    """
     lrn = Learning(settings, version)
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     # Faust cannot subscribe by pattern (its aiokafka driver ignores patterns): the learning
     # streams are the samples.* topics that exist when the worker starts.
     samples_topic = app.topic(*lrn.samples_topics(), **raw)
     labels_topic = app.topic(lrn.inputs.order_labels, **raw)
-    events_topic = app.topic(fraud_events_topic(version), partitions=1, **raw)
     lock = asyncio.Lock()
 
     def fatal(agent: str) -> None:
@@ -332,46 +427,20 @@ def register(app: Any, settings: Settings, version: str) -> Learning:
             except Exception:
                 fatal("fraud-labels")
 
-    @app.agent(events_topic, name="fraud-model")
-    async def fraud_model(stream: Any) -> None:
-        async for events in stream.take_events(2000, within=0.5):
-            try:
-                async with lock:
-                    if lrn.stale:
-                        lrn.reload()
-                    lrn.learn_fraud([(e.message.offset, e.message.value) for e in events])
-                    await lrn.checkpoint({"fraud": lrn.fraud})
-            except Exception:
-                fatal("fraud-model")
-
-    merge = fraud_events_topic(version)
-
-    def owns_merge() -> bool:
-        # only the worker holding the merge partition has the live learner; another one's copy
-        # is as old as its last reload and must not publish a tail
+    @app.task
+    async def fraud_model() -> None:
+        loop = asyncio.get_running_loop()
+        model = await loop.run_in_executor(None, Learning, settings, version)
+        consumer = FraudConsumer(model, fatal)
+        consumer.start()
         try:
-            return any(tp.topic == merge for tp in app.consumer.assignment())
-        except Exception:  # consumer not started (or rebalancing): not ours for now
-            return False
-
-    @app.timer(interval=max(settings.fraud_idle_seconds / 2, 0.2), name="fraud-tail")
-    async def fraud_tail() -> None:
-        if not (lrn.stale or lrn.tail_ready(time.monotonic())) or not owns_merge():
-            return
-        try:
-            async with lock:
-                if lrn.stale:  # (re)assigned with nothing left to consume: the agent won't reload
-                    lrn.reload()
-                if not lrn.tail_ready(time.monotonic()):
-                    return
-                lrn.publish_tail()
-                await lrn._flush()  # no checkpoint: the learner did not change
-        except Exception:
-            fatal("fraud-tail")
+            await asyncio.Event().wait()  # until the worker stops (the task is cancelled)
+        finally:
+            await loop.run_in_executor(None, consumer.stop)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
         lrn.stale = True
 
-    lrn.agents = (learn_samples, fraud_labels, fraud_model, fraud_tail)  # type: ignore[attr-defined]
+    lrn.agents = (learn_samples, fraud_labels, fraud_model)  # type: ignore[attr-defined]
     return lrn

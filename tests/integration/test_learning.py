@@ -20,7 +20,7 @@ from river import datasets, evaluate, metrics
 from kappa.kafka import TopicSpec, client_config, ensure_topics
 from kappa.topics import input_topics, output_topics
 from schemas.serde import Decoder, Encoder, Registry, subject
-from stream_processors.learning import fraud_events_topic
+from stream_processors.learning import fraud_events_topic, load_checkpoints
 from stream_processors.learning_synthetic import scenario
 from stream_processors.samples import default_model
 from tests.conftest import REPO, Stack
@@ -102,7 +102,23 @@ class Run:
                 return done[-1]
             assert self.worker is None or self.worker.poll() is None, "learning worker died"
         best = max((r["labelled"] for r in seen if r["model"] == model), default=None)
-        raise AssertionError(f"{model} never reached {labelled} labelled samples (last: {best})")
+        raise AssertionError(f"{model} never reached {labelled} labelled samples (last: {best})\n"
+                             f"{self.diagnosis()}")
+
+    def diagnosis(self) -> str:
+        """What the checkpoints and the worker log say (for a failure message)."""
+        lines = []
+        try:
+            for key, lrn in load_checkpoints(self.settings, self.stack.kafka_bootstrap, self.version).items():
+                fields = {k: getattr(lrn, k, None) for k in ("offset", "source_time", "source_offset", "counts")}
+                lines.append(f"checkpoint {key}: labelled={lrn.progress.labelled} "
+                             f"buffer={len(getattr(lrn, 'buffer', ()))} {fields}")
+        except Exception as exc:  # the diagnosis must not hide the failure
+            lines.append(f"checkpoints unreadable: {exc!r}")
+        for log in sorted(self.home.glob("worker-*.log")):
+            lines.append(f"--- {log.name} (tail)")
+            lines += log.read_text(errors="replace").splitlines()[-40:]
+        return "\n".join(lines)
 
     def close(self) -> None:
         self.kill()
