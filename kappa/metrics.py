@@ -44,6 +44,7 @@ __all__ = [
     "SINK_BATCH_SECONDS",
     "SINK_INSERT_FAILURES",
     "SINK_ROWS",
+    "SKIPPED_REFETCHED",
     "TARGETS_DIR",
     "list_targets",
     "serve",
@@ -65,6 +66,9 @@ DUPLICATES = Counter("kappa_processor_duplicates_total", "Orders dropped as dupl
 LATE_EVENTS = Counter("kappa_processor_late_events_total",
                       "Orders after their window's end: within grace (updated) or too late (counted only).",
                       ["kind"])  # kind: within_grace | too_late
+SKIPPED_REFETCHED = Counter("kappa_processor_skipped_refetched_total",
+                            "Input records Faust skipped (around a rebalance) that the stage read itself.",
+                            ["topic"])
 BATCH_SECONDS = Histogram("kappa_processor_batch_seconds", "Time to process one batch, in seconds.",
                           ["agent"], buckets=_BATCH_BUCKETS)
 CONSUMER_LAG = Gauge("kappa_consumer_lag_messages", "End offset minus committed/position, per group and partition.",

@@ -35,7 +35,7 @@ from kappa.settings import Settings
 from kappa.stack import endpoints
 from schemas.serde import Decoder, Registry
 from stream_processors.base import Emitted
-from stream_processors.dimensions import users_reader
+from stream_processors.dimensions import partition_reader
 from stream_processors.io import Outputs, TableState
 from stream_processors.orders import OrderStage
 from stream_processors.revenue import TICK, RevenueStage
@@ -165,7 +165,8 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
     pipe.orders = OrderStage(version, inputs.users, inputs.orders, Decoder(registry, "users"),
                              Decoder(registry, "orders"), state, grace_ms,
                              category_map=settings.category_mapping)
-    pipe.orders.users_source = users_reader(settings, ep.kafka_bootstrap, inputs.users)
+    pipe.orders.users_source = partition_reader(settings, ep.kafka_bootstrap, inputs.users)
+    pipe.orders.orders_source = partition_reader(settings, ep.kafka_bootstrap, inputs.orders)
     pipe.revenue = RevenueStage(version, state, grace_ms, idle_s=idle_s)
     source = app.topic(inputs.users, inputs.orders, key_serializer="raw", value_serializer="raw")
     partial_topic = app.topic(partials, key_serializer="raw", value_serializer="raw")

@@ -1,4 +1,5 @@
-"""Catch-up reads of the ``users`` dimension, so the orders-users join does not depend on timing.
+"""Direct reads of an input partition: the ``users`` catch-up, so the orders-users join does not
+depend on timing, and the orders Faust skipped.
 
 Faust consumes ``users`` and ``orders`` in one stream, but how far each topic's fetches run
 ahead of the other is a matter of timing: on a replay the orders of a partition can arrive
@@ -6,6 +7,11 @@ before the user records published long before them. Before it enriches the order
 partition ``p``, the order stage therefore reads ``users`` partition ``p`` up to its current
 end offset (only what it has not applied yet). Every user record published before an order
 is then applied before that order is joined — on a live run and on a replay alike.
+
+The same reader fills holes in the orders: around a rebalance Faust can deliver a partition's
+records with offsets missing (a record fetched before the rebalance counts as read, or a gap is
+taken for compaction) and then commit past them. The order stage knows the last offset it
+applied per partition, so it reads any missing offsets itself before going on.
 """
 
 from __future__ import annotations
@@ -20,13 +26,18 @@ from kappa.kafka import client_config
 from kappa.settings import Settings
 from stream_processors.base import Message
 
-__all__ = ["users_reader"]
+__all__ = ["partition_reader"]
 
 
-def users_reader(settings: Settings, bootstrap: str, topic: str) -> Callable[[int, int], list[Message]]:
-    """``fetch(partition, from_offset)`` -> the records of ``topic`` from there to its end now."""
+def partition_reader(settings: Settings, bootstrap: str, topic: str) -> Callable[..., list[Message]]:
+    """``fetch(partition, from_offset[, until])`` -> the records of ``topic`` from there to its
+    end now (or to offset ``until``, exclusive).
+
+    Also used for the orders: Faust can skip records around a rebalance, and the order stage
+    reads the offsets it did not get (:meth:`~stream_processors.orders.OrderStage.process`).
+    """
     consumer = Consumer(client_config(settings, bootstrap, **{
-        "group.id": f"kappa-users-catchup-{uuid.uuid4().hex[:8]}",  # never commits: assign() only
+        "group.id": f"kappa-catchup-{uuid.uuid4().hex[:8]}",  # never commits: assign() only
         "enable.auto.commit": False,
         "enable.partition.eof": True,
     }))
@@ -44,9 +55,9 @@ def users_reader(settings: Settings, bootstrap: str, topic: str) -> Callable[[in
                     raise
                 time.sleep(1.0)
 
-    def fetch(partition: int, start: int) -> list[Message]:
+    def fetch(partition: int, start: int, until: int | None = None) -> list[Message]:
         low, high = watermarks(partition)
-        start = max(start, low)
+        start, high = max(start, low), high if until is None else min(high, until)
         if start >= high:
             return []
         consumer.assign([TopicPartition(topic, partition, start)])
@@ -60,9 +71,10 @@ def users_reader(settings: Settings, bootstrap: str, topic: str) -> Callable[[in
                         if err.code() == KafkaError._PARTITION_EOF:
                             done = True
                             continue
-                        raise RuntimeError(f"reading {topic}[{partition}] for the users join: {err}")
+                        raise RuntimeError(f"reading {topic}[{partition}] from offset {start}: {err}")
                     offset = int(m.offset() or 0)
-                    out.append(Message(topic, partition, offset, m.key(), m.value()))
+                    if offset < high:
+                        out.append(Message(topic, partition, offset, m.key(), m.value()))
                     done = done or offset >= high - 1
                 if done:
                     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from typing import Any
 
@@ -185,11 +186,13 @@ def interleave(sources: dict[str, list[Any]], seed: int, resend: float = 0.0) ->
 
 
 def publish(merged: list[tuple[str, Any]], seed: int, tails: float = 0.0, restarts: float = 0.0,
+            as_read: bool = False,
             ) -> tuple[dict[str, Any], dict[tuple[str, int], Any], list[Any], FraudLearner]:
     """Feed ``merged`` in random batches like the fraud-model agent: release after each batch,
     sometimes publish the provisional tail (a quiet stream), sometimes "kill -9" and resume from
     the last checkpoint with its uncommitted batches re-delivered. Returns what the topics hold
-    per key (last value wins: scores by order_id, quality by (model, bucket)) and the drift events."""
+    per key (last value wins: scores by order_id, quality by (model, bucket)) and the drift events.
+    ``as_read``: orders are added as the merge record's bytes, like the worker does."""
     import random
 
     rng = random.Random(seed)
@@ -208,6 +211,8 @@ def publish(merged: list[tuple[str, Any]], seed: int, tails: float = 0.0, restar
         j = min(len(merged), i + rng.randint(1, 300))
         for off in range(i, j):
             src, (kind, t, oid, data, k) = merged[off]
+            if as_read and kind == "order":
+                data = json.dumps({"kind": kind, "data": data}).encode()
             learner.add(kind, t, oid, data, src, off, source_offset=k)
         out, sc = learner.release()
         out.extend(learner.flush())
@@ -277,3 +282,12 @@ def test_a_checkpoint_from_before_source_offsets_still_loads() -> None:
     lrn: FraudLearner = pickle.loads(pickle.dumps(old))
     assert lrn.source_offset == {}
     assert [s["order_id"] for s in lrn.release(-1)[1]] == ["o-000000"]
+
+
+def test_orders_buffered_as_read_bytes_publish_what_dicts_do() -> None:
+    sources = per_source(1500, seed=5)
+    ref_scores, ref_quality, ref_drift, ref = publish(interleave(sources, seed=1), seed=1)
+    scores, quality, drift, learner = publish(interleave(sources, seed=2, resend=0.2), seed=2,
+                                              tails=0.3, restarts=0.1, as_read=True)
+    assert (scores, quality, drift) == (ref_scores, ref_quality, ref_drift)
+    assert learner.progress.values() == ref.progress.values()

@@ -135,3 +135,23 @@ def test_state_is_kept_per_partition(partition: int) -> None:
     h.run([h.order("o1", p=partition)])
     assert h.state.get(partition, b"do1") is not None
     assert h.state.get(partition ^ 1, b"do1") is None
+
+
+def test_offsets_faust_skipped_are_read_from_the_log_and_processed_in_order() -> None:
+    h = Harness()
+    log = [h.order(f"o{i}", amount=float(i + 1), dt=i * 1000) for i in range(8)]
+    reads: list[tuple[int, int, int]] = []
+
+    def source(p: int, start: int, until: int | None = None) -> list[Message]:
+        reads.append((p, start, until or -1))
+        return [m for m in log if start <= m.offset < (until or 10**9)]
+
+    h.stage.orders_source = source
+    h.run(log[:2])
+    assert reads == []  # contiguous: nothing to read
+    out = h.run([log[2], log[5], log[7]])  # a rebalance lost offsets 3, 4 and 6
+    assert reads == [(0, 2, 8)]
+    assert [k for k, _ in out.enriched] == ["o2", "o3", "o4", "o5", "o6", "o7"]
+    assert [json.loads(v)["n"] for _, v in out.partials] == [8]  # one minute: every order counted once
+    assert h.run([log[1], log[7]]).enriched[0][0] == "o1"  # re-deliveries still pass through
+    assert len(reads) == 1
