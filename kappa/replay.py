@@ -214,21 +214,30 @@ def start_offsets(settings: Settings, bootstrap: str, start: StartPoint,
 
 def commit_start(settings: Settings, bootstrap: str, version: str,
                  offsets: dict[tuple[str, int], int]) -> bool:
-    """Commit ``offsets`` for the processors of ``version`` unless it committed any already.
+    """Commit ``offsets`` for the processors of ``version`` (labels: its fraud consumer group)
+    unless either group committed any already.
 
     Returns False when the group has progress of its own (a resumed replay keeps it).
     """
     if not offsets:
         return True
-    c = _consumer(settings, bootstrap, processor_group(version))
+    labels = topics.input_topics(settings.topic_prefix).order_labels  # read by the fraud consumer's group
+    per_group: dict[str, dict[tuple[str, int], int]] = {}
+    for (t, p), o in offsets.items():
+        per_group.setdefault(fraud_group(version) if t == labels else processor_group(version), {})[(t, p)] = o
+    consumers = {g: _consumer(settings, bootstrap, g) for g in per_group}
     try:
-        tps = [TopicPartition(t, p) for (t, p) in offsets]
-        if any(tp.offset >= 0 for tp in c.committed(tps, timeout=10)):
-            return False
-        c.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
+        for g, offs in per_group.items():
+            committed = consumers[g].committed([TopicPartition(t, p) for t, p in offs], timeout=10)
+            if any(tp.offset >= 0 for tp in committed):
+                return False
+        for g, offs in per_group.items():
+            consumers[g].commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offs.items()],
+                                asynchronous=False)
         return True
     finally:
-        c.close()
+        for c in consumers.values():
+            c.close()
 
 
 # -- ClickHouse side -----------------------------------------------------------------------------

@@ -42,7 +42,7 @@ def processor_group(version: str) -> str:
 
 
 def fraud_group(version: str) -> str:
-    """Consumer group of the fraud model's merge-topic consumer (stream_processors.learning)."""
+    """Consumer group of the fraud model's consumers: labels and the merge (stream_processors.learning)."""
     return f"kappa-{version}-fraud"
 
 
@@ -185,15 +185,16 @@ class Pipeline:
 
     def _state(self) -> DrainState:
         i = self.inputs
-        # inputs, plus every internal topic the group consumes (repartitions, the fraud labels'
-        # merge); the fraud model reads the merge in a group of its own
+        # inputs, plus every internal topic the group consumes (repartitions, the fraud merge)
         internal = [re.escape(f"kappa-{self.version}-") + r".*", re.escape(f"kappa.{self.version}.learning.") + r".*"]
         meta = self._metadata()
         in_topics = matching_topics(self.admin, [i.users, i.orders, i.order_labels],
                                     [i.samples_pattern, *internal], meta=meta)
-        merge = self.outputs.prefix + "learning.fraud_events"  # stream_processors.learning
+        # labels and the merge: the fraud consumer's own group (stream_processors.learning)
+        fraud_topics = {t: n for t, n in in_topics.items()
+                        if t in (i.order_labels, self.outputs.prefix + "learning.fraud_events")}
         in_topics = {t: n for t, n in in_topics.items() if not t.endswith("-changelog")
-                     and not t.endswith(".checkpoints") and t != merge}
+                     and not t.endswith(".checkpoints") and t not in fraud_topics}
         out_topics = matching_topics(
             self.admin,
             [self.outputs.enriched, self.outputs.revenue, self.outputs.scores, self.outputs.model_quality,
@@ -201,8 +202,8 @@ class Pipeline:
             meta=meta,
         )
         processors = group_lag(self.admin, processor_group(self.version), in_topics)
-        if merge in meta.topics:
-            fraud = group_lag(self.admin, fraud_group(self.version), {merge: 1})
+        if fraud_topics:
+            fraud = group_lag(self.admin, fraud_group(self.version), fraud_topics)
             processors = GroupLag(processors.group, processors.per_partition | fraud.per_partition)
         return DrainState(processors, group_lag(self.admin, sink_group(self.version), out_topics),
                           self.outputs.partials)

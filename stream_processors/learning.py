@@ -6,15 +6,16 @@ Call :func:`register` once on the app (``kappa-<version>``). It adds:
   subscription), one
   :class:`~stream_processors.samples.SampleLearner` per topic, in offset order.
 * orders reach the merge straight from the order stage (``stream_processors.io.Outputs``, in
-  input-partition offset order); ``fraud-labels`` (agent) forwards labels of all partitions into
+  input-partition offset order), labels of all partitions from :class:`FraudConsumer`, into
   the single-partition internal topic ``kappa.<V>.learning.fraud_events`` (JSON), so one global
   model sees everything in one place. Each merge record names its source (input topic/partition)
   and its offset there: the learner orders by event time with that as the tie-break, and drops
   what a restarted upstream stage sends again.
-* the fraud model (:class:`FraudConsumer`, a thread started by the task ``fraud_model``): the
-  :class:`~stream_processors.fraud.FraudLearner` on that topic, read with confluent-kafka in
-  batches in its own consumer group ``kappa-<V>-fraud`` (every order passes through it: Faust's
-  per-event cost there would fill a worker's event loop), applying
+* the fraud model (:class:`FraudConsumer`, a thread started by the task ``fraud_model``, in the
+  consumer group ``kappa-<V>-fraud``): forwards the labels and runs the
+  :class:`~stream_processors.fraud.FraudLearner` on the merge, read with confluent-kafka in
+  batches (Faust's per-event cost there would fill a worker's event loop, and Faust can skip
+  records around a rebalance), applying
   events in event-time order behind the watermark over all input partitions. When the topic
   has been quiet ``fraud_idle_seconds`` it publishes the *provisional* tail:
   the buffer applied to a copy of the learner, whose scores and quality
@@ -22,8 +23,8 @@ Call :func:`register` once on the app (``kappa-<version>``). It adds:
   checkpoint, so what the model learns — and hence every score and metric — is a function of
   the log, not of when the inputs paused (see :mod:`stream_processors.fraud`).
 
-Durability: the agents consume in batches with acks disabled (``take_events``), the fraud
-model with manual commits. For a batch: write the outputs, flush them, then write a checkpoint —
+Durability: the samples agent consumes in batches with acks disabled (``take_events``), the
+fraud consumer with manual commits. For a batch: write the outputs, flush them, then write a checkpoint —
 the LZ4-compressed pickle of the learner, which holds model, metrics, detector, pending
 features *and the last applied input offset* — to the compacted topic
 ``kappa.<V>.learning.checkpoints`` and flush it; only then does Faust ack (and later commit)
@@ -336,21 +337,27 @@ class Learning:
 
 
 class FraudConsumer(threading.Thread):
-    """The fraud model's loop: the merge topic read with confluent-kafka, in batches.
+    """The fraud model's loop: labels forwarded and the merge topic learned, read with
+    confluent-kafka in batches — not through Faust.
 
-    Not a Faust agent: Faust costs ~120 us per event in its own machinery (benchmarks/
-    processors.py), and every order passes through this topic — on a 2-core box that alone
-    filled worker-0's event loop and doubled end-to-end freshness. The single merge partition
-    goes to one worker of the group ``kappa-<V>-fraud``; its learner is reloaded from the
-    checkpoint on every assignment. Batches are applied as they come; every
-    ``fraud_checkpoint_seconds`` (and whenever a poll comes back empty, on revocation and on
-    stop) the outputs are flushed, the checkpoint written and flushed, and only then the offsets
-    it covers committed — so a kill -9 restarts from a checkpoint at or past the committed
-    offset (re-delivered events are skipped by offset) and re-applies what followed it, which
-    publishes the same values again (update-style). Why not a checkpoint per batch: it pickles
-    the merge buffer (``fraud_lag_seconds`` of events: ~0.45 s for 100k orders), which at 5k
-    orders/s cost more than the batches themselves. When the topic has been quiet
-    ``fraud_idle_seconds``, the owner publishes the provisional tail.
+    Why not Faust agents: Faust costs ~120 us per event in its own machinery (benchmarks/
+    processors.py) and every order passes through the merge — on a 2-core box that alone
+    filled a worker's event loop; and around a rebalance Faust can skip records and commit past
+    them (seen in 2-worker runs, see stream_processors.dimensions), which would lose labels.
+
+    One consumer per worker in the group ``kappa-<V>-fraud``, subscribed to ``order_labels``
+    and the merge topic. Labels: decoded, appended to the merge, flushed, then their offsets
+    committed (a re-sent label is dropped by the learner by source offset). The single merge
+    partition goes to one worker; its learner is reloaded from the checkpoint on every
+    assignment. Merge batches are applied as they come; every ``fraud_checkpoint_seconds`` (and
+    whenever a poll brings no merge record, on revocation and on stop) the outputs are flushed,
+    the checkpoint written and flushed, and only then the merge offsets it covers committed —
+    so a kill -9 restarts from a checkpoint at or past the committed offset (re-delivered
+    events are skipped by offset) and re-applies what followed it, which publishes the same
+    values again (update-style). Why not a checkpoint per batch: it pickles the merge buffer
+    (``fraud_lag_seconds`` of events), which at 5k orders/s cost more than the batches
+    themselves. When the merge has been quiet ``fraud_idle_seconds``, its owner publishes the
+    provisional tail.
     """
 
     def __init__(self, lrn: Learning, on_fatal: Callable[[str], None], batch: int = 2000,
@@ -358,31 +365,37 @@ class FraudConsumer(threading.Thread):
         super().__init__(name=f"kappa-fraud-{lrn.version}", daemon=True)
         self.lrn, self.on_fatal, self.batch, self.poll_s = lrn, on_fatal, batch, poll_s
         self.topic = fraud_events_topic(lrn.version)
+        self.labels = lrn.inputs.order_labels
         self.consumer = Consumer(client_config(lrn.settings, lrn.bootstrap, **{
             "group.id": fraud_group(lrn.version), "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 3_000, "fetch.message.max.bytes": _MAX_BYTES}))
         self.owned = False
         self.stopping = threading.Event()
-        self.uncommitted: int | None = None  # offset to commit once the next checkpoint is written
+        self.uncommitted: int | None = None  # merge offset to commit once the next checkpoint is written
         self.checkpointed_at = time.monotonic()
 
+    def _mine(self, partitions: list[TopicPartition]) -> bool:
+        return any(tp.topic == self.topic for tp in partitions)
+
     def _assigned(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        if partitions:
+        if self._mine(partitions):
             self.lrn.reload_fraud()  # another worker may have advanced it while it was not ours
-        self.owned, self.uncommitted = bool(partitions), None
+            self.owned, self.uncommitted = True, None
 
-    def _revoked(self, _consumer: Any, _partitions: list[TopicPartition]) -> None:
-        self.checkpoint()  # still ours while the callback runs: hand it over up to date
-        self.owned = False
+    def _revoked(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        if self._mine(partitions):
+            self.checkpoint()  # still ours while the callback runs: hand it over up to date
+            self.owned = False
 
-    def _lost(self, _consumer: Any, _partitions: list[TopicPartition]) -> None:
-        self.uncommitted, self.owned = None, False  # no longer ours: the next owner re-applies
+    def _lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        if self._mine(partitions):
+            self.uncommitted, self.owned = None, False  # no longer ours: the next owner re-applies
 
     def run(self) -> None:
         try:
-            self.consumer.subscribe([self.topic], on_assign=self._assigned, on_revoke=self._revoked,
-                                    on_lost=self._lost)
+            self.consumer.subscribe([self.labels, self.topic], on_assign=self._assigned,
+                                    on_revoke=self._revoked, on_lost=self._lost)
             while not self.stopping.is_set():
                 self.step()
             self.checkpoint()
@@ -392,15 +405,26 @@ class FraudConsumer(threading.Thread):
             self.consumer.close()
 
     def step(self) -> None:
-        """One poll: a batch applied (checkpointed and committed when due); or, quiet, the tail."""
-        msgs = self.consumer.consume(self.batch, self.poll_s)
-        rows = []
-        for m in msgs:
+        """One poll: labels forwarded; merge records applied (checkpointed and committed when
+        due); or, the merge quiet, its tail."""
+        labels: list[tuple[str, int, int, bytes | None]] = []
+        rows: list[tuple[int, bytes | None]] = []
+        for m in self.consumer.consume(self.batch, self.poll_s):
             if m.error():
-                log.warning("fraud events consumer: %s", m.error())
-            else:
+                log.warning("fraud consumer: %s", m.error())
+            elif m.topic() == self.topic:
                 rows.append((int(m.offset() or 0), m.value()))
+            else:
+                labels.append((str(m.topic()), int(m.partition() or 0), int(m.offset() or 0), m.value()))
         lrn, now = self.lrn, time.monotonic()
+        if labels:
+            lrn.forward_labels(labels)
+            lrn.flush()
+            ends: dict[int, int] = {}
+            for _, p, off, _ in labels:
+                ends[p] = max(ends.get(p, -1), off + 1)
+            self.consumer.commit(offsets=[TopicPartition(self.labels, p, o) for p, o in ends.items()],
+                                 asynchronous=False)
         if rows:
             lrn.learn_fraud(rows)
             self.uncommitted = rows[-1][0] + 1
@@ -412,7 +436,7 @@ class FraudConsumer(threading.Thread):
             lrn.flush()  # no checkpoint: the learner did not change
 
     def checkpoint(self) -> None:
-        """Outputs flushed, then the checkpoint, then the offsets it covers committed."""
+        """Outputs flushed, then the checkpoint, then the merge offsets it covers committed."""
         if self.uncommitted is None:
             return
         self.lrn.checkpoint_sync({"fraud": self.lrn.fraud})
@@ -426,17 +450,16 @@ class FraudConsumer(threading.Thread):
 
 
 def register(app: Any, settings: Settings, version: str) -> Learning:
-    """Add the learning agents (and the fraud model's consumer) to the Faust ``app``.
+    """Add the samples agent and the fraud model's consumer (a task) to the Faust ``app``.
 
-    Returns the samples' and labels' shared state; the fraud model runs on its own
-    :class:`Learning` (own producer and encoders) in a :class:`FraudConsumer` thread.
+    Returns the samples' state; the fraud model runs on its own :class:`Learning` (own producer
+    and encoders) in a :class:`FraudConsumer` thread.
     """
     lrn = Learning(settings, version)
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     # Faust cannot subscribe by pattern (its aiokafka driver ignores patterns): the learning
     # streams are the samples.* topics that exist when the worker starts.
     samples_topic = app.topic(*lrn.samples_topics(), **raw)
-    labels_topic = app.topic(lrn.inputs.order_labels, **raw)
     lock = asyncio.Lock()
 
     def fatal(agent: str) -> None:
@@ -461,16 +484,6 @@ def register(app: Any, settings: Settings, version: str) -> Learning:
             except Exception:
                 fatal("learn-samples")
 
-    @app.agent(labels_topic, name="fraud-labels")
-    async def fraud_labels(stream: Any) -> None:
-        async for events in stream.take_events(1000, within=0.2):
-            try:
-                lrn.forward_labels([(e.message.topic, e.message.partition, e.message.offset,
-                                     e.message.value) for e in events])
-                await lrn._flush()
-            except Exception:
-                fatal("fraud-labels")
-
     @app.task
     async def fraud_model() -> None:
         loop = asyncio.get_running_loop()
@@ -486,5 +499,5 @@ def register(app: Any, settings: Settings, version: str) -> Learning:
     async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
         lrn.stale = True
 
-    lrn.agents = (learn_samples, fraud_labels, fraud_model)  # type: ignore[attr-defined]
+    lrn.agents = (learn_samples, fraud_model)  # type: ignore[attr-defined]
     return lrn
