@@ -92,3 +92,24 @@ def test_revenue_stage_merges_closes_on_watermark_and_on_idle() -> None:
     # a restarted stage rebuilds its open set from state: nothing open any more
     again = RevenueStage("v1", state, GRACE, clock=clock)
     assert again.open_windows(0) == set()
+
+
+def test_revenue_stage_reads_partials_faust_skipped() -> None:
+    state, clock = MemoryState(), _Clock()
+    stage = RevenueStage("v1", state, GRACE, clock=clock)
+    log = [Message("partials", 0, i, m.key, m.value) for i, m in enumerate([
+        _partial(0, 1, 0, 1, 10.0, 1_000), _partial(1, 1, 0, 1, 5.0, 1_000),
+        _partial(0, 2, 0, 2, 30.0, 2_000), _partial(1, 2, 0, 2, 7.0, 2_000)])]
+    reads: list[tuple[int, int, int | None]] = []
+
+    def source(p: int, start: int, until: int | None = None) -> list[Message]:
+        reads.append((p, start, until))
+        return [m for m in log if start <= m.offset < (until or 10**9)]
+
+    stage.partials_source = source
+    assert [r["revenue"] for r in _apply(stage, state, log[:1])] == [10.0]
+    out = _apply(stage, state, [log[3]])  # a rebalance lost offsets 1 and 2
+    assert reads == [(0, 1, 4)]
+    assert [(r["orders"], r["revenue"]) for r in out] == [(4, 37.0)]
+    assert _apply(stage, state, [log[2]]) == []  # re-delivered: nothing changes
+    assert len(reads) == 1
