@@ -241,8 +241,10 @@ def _labelled(records: list[dict[str, Any]], model: str) -> list[int]:
 def test_kill_9_of_the_real_worker_resumes_learning_without_double_learning(
         stack: Stack, tmp_path: Path) -> None:
     prefix, version = f"t{uuid.uuid4().hex[:8]}.", f"k{uuid.uuid4().hex[:8]}"
+    # a checkpoint per fraud batch: the whole log takes a few seconds, less than the default
+    # interval, and this test checks that a restart resumes from a checkpoint, not cold
     env = stack.env(tmp_path) | {"KAPPA_TOPIC_PREFIX": prefix, "KAPPA_VERSION": version,
-                                 "KAPPA_WINDOW_GRACE_SECONDS": "5"}
+                                 "KAPPA_WINDOW_GRACE_SECONDS": "5", "KAPPA_FRAUD_CHECKPOINT_SECONDS": "0"}
     _kappa(["produce", "--river-dataset", "Phishing"], env, 120)
     _kappa(["produce", "--generator", "ecommerce", "--events", "4000", "--seed", str(SEED),
             "--start", str(START_MS)], env, 120)
