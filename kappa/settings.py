@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     fraud_idle_seconds: float = 2.0
     """A quiet fraud stream publishes its provisional tail after this long (processing time; the
     model never learns it early, so this only sets latency, not results)."""
-    fraud_checkpoint_seconds: float = 5.0
+    fraud_checkpoint_seconds: float = 30.0
     """At most this long between two checkpoints of the fraud model (and at every pause): its
     merge buffer holds ``fraud_lag_seconds`` of events, so a checkpoint per batch would cost
     more than the batch. A crash re-applies at most this much input (same outputs)."""
