@@ -26,6 +26,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -152,15 +153,18 @@ def child_raw(settings: Settings, n: int) -> tuple[float, float]:
     return rate, cpu
 
 
-def child_faust(settings: Settings, n: int) -> tuple[float, float]:
-    """A bare Faust agent that only decodes each event."""
+def child_faust(settings: Settings, n: int, lean: bool = False) -> tuple[float, float]:
+    """A bare Faust agent that only decodes each event (``lean``: with the job's LeanMonitor)."""
     import faust
+
+    from stream_processors.app import LeanMonitor
 
     t = topics.input_topics(settings.topic_prefix)
     dec = Decoder(Registry(settings.schema_registry_url or ""), "orders")
+    extra: dict[str, Any] = {"Monitor": LeanMonitor} if lean else {}
     app = faust.App(f"bench-faust-{uuid.uuid4().hex[:6]}", broker=f"kafka://{settings.kafka_bootstrap}",
                     value_serializer="raw", web_enabled=False, consumer_auto_offset_reset="earliest",
-                    datadir=str(settings.home / f"faust-{uuid.uuid4().hex[:6]}"))
+                    datadir=str(settings.home / f"faust-{uuid.uuid4().hex[:6]}"), **extra)
     result: list[tuple[float, float]] = []
     state = {"got": 0, "start": 0.0, "cpu": 0.0}
 
@@ -206,10 +210,13 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--child", default="")
     ap.add_argument("--no-quix", action="store_true", help="skip the Quix Streams contender")
+    ap.add_argument("--lean-faust", action="store_true",
+                    help="also run the bare agent with the job's LeanMonitor (what that setting alone buys)")
     args = ap.parse_args()
     if args.child:
         settings = Settings()
-        rate, cpu = {"raw": child_raw, "faust": child_faust}[args.child](settings, args.events)
+        rate, cpu = {"raw": child_raw, "faust": child_faust,
+                     "faust-lean": lambda s, n: child_faust(s, n, lean=True)}[args.child](settings, args.events)
         print(f"{rate:.3f} {cpu:.3f}", flush=True)
         return
     home = Path(f"/tmp/kappa-bench-{uuid.uuid4().hex[:6]}")
@@ -220,6 +227,9 @@ def main() -> None:
     rows = [("raw confluent-kafka consume+decode", *_timed_child("raw", settings, args.events)),
             ("bare Faust agent, decode only", *_timed_child("faust", settings, args.events)),
             ("full job (validate+dedupe+enrich+windows)", *run_full(settings, args.events))]
+    if args.lean_faust:
+        rows.append(("bare Faust agent + the job's LeanMonitor", *_timed_child("faust-lean", settings,
+                                                                               args.events)))
     quix = None if args.no_quix else run_quix(settings, args.events)
     if quix is not None:
         rows.append(("Quix Streams 3.28.1, same job (JSON out)", *quix))
