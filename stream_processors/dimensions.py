@@ -16,6 +16,7 @@ applied per partition, so it reads any missing offsets itself before going on.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -23,10 +24,13 @@ from collections.abc import Callable
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from kappa.kafka import client_config
+from kappa.metrics import SKIPPED_REFETCHED
 from kappa.settings import Settings
 from stream_processors.base import Message
 
-__all__ = ["partition_reader"]
+__all__ = ["fill_gaps", "partition_reader"]
+
+log = logging.getLogger(__name__)
 
 
 def partition_reader(settings: Settings, bootstrap: str, topic: str) -> Callable[..., list[Message]]:
@@ -82,3 +86,25 @@ def partition_reader(settings: Settings, bootstrap: str, topic: str) -> Callable
             consumer.unassign()
 
     return fetch
+
+
+def fill_gaps(ms: list[Message], applied: int | None, read: Callable[..., list[Message]],
+              what: str) -> list[Message]:
+    """``ms`` (one partition, sorted) with the offsets after ``applied`` (the last one applied;
+    None or < 0: nothing yet, a replay may start anywhere) up to the batch's last that Faust did
+    not deliver, read from Kafka with ``read(partition, start, until)``. Offsets are contiguous
+    in these topics (idempotent, non-transactional producers): a hole means Faust dropped records
+    it will never deliver again. Counted in ``kappa_processor_skipped_refetched_total``."""
+    if applied is None or applied < 0:
+        return ms
+    lo, hi = applied + 1, ms[-1].offset
+    fresh = {m.offset for m in ms if m.offset >= lo}
+    if hi < lo or len(fresh) == hi - lo + 1:
+        return ms
+    p = ms[-1].partition
+    got = read(p, lo, hi + 1)
+    log.warning("%s[%d]: %d of offsets %d..%d missing from the batch; read them from Kafka",
+                what, p, hi - lo + 1 - len(fresh), lo, hi)
+    if got:
+        SKIPPED_REFETCHED.labels(got[0].topic).inc(len({m.offset for m in got} - fresh))
+    return [m for m in ms if m.offset < lo] + got

@@ -17,23 +17,21 @@ Hence at-least-once delivery gives exact final per-key results.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from kappa.errors import RegistryUnavailable
-from kappa.metrics import CONSUMED, DUPLICATES, LATE_EVENTS, REJECTED, SKIPPED_REFETCHED
+from kappa.metrics import CONSUMED, DUPLICATES, LATE_EVENTS, REJECTED
 from schemas.rules import reason_code, validate_order, validate_user
 from schemas.serde import DecodeError, Decoder
 from stream_processors.base import Emitted, Message, State, dumps, loads
+from stream_processors.dimensions import fill_gaps
 from stream_processors.users import NULL_USER, as_of, upsert
 from stream_processors.windows import WINDOW_MS, PartitionWindows, window_key
 
 __all__ = ["DEDUPE_RETENTION_MS", "MAX_PAYLOAD", "OrderStage", "rejection"]
-
-log = logging.getLogger(__name__)
 
 DEDUPE_RETENTION_MS = 24 * 3600 * 1000
 """Order ids are remembered for at least this much event time (the contract says >= 24 h)."""
@@ -145,32 +143,12 @@ class OrderStage:
                     self._users(p, missing, now_ms, out, reject=False)
             ms.sort(key=lambda m: m.offset)
             if self.orders_source is not None:
-                ms = self._fill_gaps(p, ms, out)
+                applied = PartitionWindows.from_json(self._view(p, out).get(b"p")).offset
+                ms = fill_gaps(ms, applied, self.orders_source, self.orders_topic)
             CONSUMED.labels(self.orders_topic).inc(len(ms))
             self._orders(p, ms, now_ms, out)
         self._views = {}
         return out
-
-    def _fill_gaps(self, p: int, ms: list[Message], out: Emitted) -> list[Message]:
-        """``ms`` (sorted) with the offsets between the last applied one and the batch's last
-        that Faust did not deliver read from Kafka (see stream_processors.dimensions).
-
-        Offsets are contiguous in the orders topic (idempotent, non-transactional producers):
-        a hole means Faust dropped records it will never deliver again.
-        """
-        applied = PartitionWindows.from_json(self._view(p, out).get(b"p")).offset
-        if applied < 0:  # nothing applied yet: a replay may start anywhere
-            return ms
-        lo, hi = applied + 1, ms[-1].offset
-        fresh = {m.offset for m in ms if m.offset >= lo}
-        if hi < lo or len(fresh) == hi - lo + 1:
-            return ms
-        assert self.orders_source is not None
-        read = self.orders_source(p, lo, hi + 1)
-        log.warning("%s[%d]: %d of offsets %d..%d missing from the batch; read them from Kafka",
-                    self.orders_topic, p, hi - lo + 1 - len(fresh), lo, hi)
-        SKIPPED_REFETCHED.labels(self.orders_topic).inc(len({m.offset for m in read} - fresh))
-        return [m for m in ms if m.offset < lo] + read
 
     # -- helpers ------------------------------------------------------------------------------
     def _decode(self, decoder: Decoder, ms: list[Message], now_ms: int,

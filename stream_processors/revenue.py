@@ -10,18 +10,15 @@ the last partial (the timer's ticks drive this), so windows flush even if no eve
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
-from kappa.metrics import SKIPPED_REFETCHED
 from stream_processors.base import Emitted, Message, State, dumps, loads
+from stream_processors.dimensions import fill_gaps
 from stream_processors.windows import WindowTotal
 
 __all__ = ["TICK", "RevenueStage"]
-
-log = logging.getLogger(__name__)
 
 TICK = b'{"tick":1}'
 """Value of the timer's idle-tick messages on the partials topic."""
@@ -73,30 +70,12 @@ class RevenueStage:
         for p, ms in by_part.items():
             ms.sort(key=lambda m: m.offset)
             if self.partials_source is not None:
-                ms = self._fill_gaps(p, ms)
+                ms = fill_gaps(ms, loads(self.state.get(p, b"q")), self.partials_source, "partials")
             self._partition(p, ms, out)
             if self.partials_source is not None:
                 done = loads(self.state.get(p, b"q"))
                 out.writes.setdefault(p, {})[b"q"] = dumps(max(ms[-1].offset, -1 if done is None else done))
         return out
-
-    def _fill_gaps(self, p: int, ms: list[Message]) -> list[Message]:
-        """``ms`` with the offsets between the last applied one and the batch's last that Faust
-        did not deliver read from Kafka (a lost partial could be a window's last value)."""
-        applied = loads(self.state.get(p, b"q"))
-        if applied is None:
-            return ms
-        lo, hi = applied + 1, ms[-1].offset
-        fresh = {m.offset for m in ms if m.offset >= lo}
-        if hi < lo or len(fresh) == hi - lo + 1:
-            return ms
-        assert self.partials_source is not None
-        read = self.partials_source(p, lo, hi + 1)
-        log.warning("partials[%d]: %d of offsets %d..%d missing from the batch; read them from Kafka",
-                    p, hi - lo + 1 - len(fresh), lo, hi)
-        if read:
-            SKIPPED_REFETCHED.labels(read[0].topic).inc(len({m.offset for m in read} - fresh))
-        return [m for m in ms if m.offset < lo] + read
 
     def _partition(self, p: int, ms: list[Message], out: Emitted) -> None:
         now = self.clock()
