@@ -72,6 +72,8 @@ class DrainState:
     sink: GroupLag
     partials: str = ""
     """The processors' internal partials topic (idle window ticks flow through it)."""
+    fraud: GroupLag | None = None
+    """The fraud consumer's group alone (its partitions are also in ``processors``)."""
 
     @property
     def drained(self) -> bool:
@@ -91,6 +93,19 @@ class DrainState:
                 data_lag += max(0, end - committed)
         return data_lag == 0 and ticks <= partitions and self.sink.total == 0
 
+    def behind(self, limit: int = 4) -> str:
+        """The partitions furthest behind, with the group that holds them (stall reports)."""
+        rows = []
+        for lag in (self.processors, self.sink):
+            for (topic, p), (committed, end) in lag.per_partition.items():
+                if end > committed and topic != self.partials:
+                    group = lag.group
+                    if self.fraud is not None and (topic, p) in self.fraud.per_partition:
+                        group = self.fraud.group
+                    rows.append((end - committed, f"{group} {topic}[{p}] at {committed:,} of {end:,}"))
+        rows.sort(reverse=True)
+        return "; ".join(text for _, text in rows[:limit]) or "nothing (lag only on idle ticks)"
+
     def line(self, rate: float) -> str:
         return (f"inputs {self.processors.consumed:,}/{self.processors.end:,} consumed "
                 f"(lag {self.processors.total:,}) | sink lag {self.sink.total:,} "
@@ -105,6 +120,9 @@ class _Child:
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
 
+
+STALL_S = 30.0
+"""Seconds without any committed offset (data left) after which ``run`` reports where it waits."""
 
 METADATA_TTL_S = 2.0
 """Max age of the cluster metadata behind a lag query (see :meth:`Pipeline._metadata`)."""
@@ -202,11 +220,12 @@ class Pipeline:
             meta=meta,
         )
         processors = group_lag(self.admin, processor_group(self.version), in_topics)
+        fraud = None
         if fraud_topics:
             fraud = group_lag(self.admin, fraud_group(self.version), fraud_topics)
             processors = GroupLag(processors.group, processors.per_partition | fraud.per_partition)
         return DrainState(processors, group_lag(self.admin, sink_group(self.version), out_topics),
-                          self.outputs.partials)
+                          self.outputs.partials, fraud)
 
     # -- processes --------------------------------------------------------------------
     def _start(self, child: _Child) -> None:
@@ -283,6 +302,9 @@ class Pipeline:
         last_consumed, last_t = 0, time.monotonic()
         state = self.state()
         last_end = (-1, -1)
+        # no commit anywhere for STALL_S while data is left: say where (a stuck group is otherwise
+        # only visible as a run that never ends)
+        moved_at, warned_at, last_positions = time.monotonic(), 0.0, (-1, -1)
         try:
             while not self._stop:
                 time.sleep(poll)
@@ -298,6 +320,12 @@ class Pipeline:
                 rate = (state.processors.consumed - last_consumed) / max(1e-6, now - last_t)
                 last_consumed, last_t = state.processors.consumed, now
                 self.echo(f"[{now - t0:6.1f}s] {state.line(max(0.0, rate))}")
+                positions = (state.processors.consumed, state.sink.consumed)
+                if positions != last_positions or state.drained:
+                    moved_at, last_positions = now, positions
+                elif now - moved_at >= STALL_S and now - warned_at >= STALL_S:
+                    warned_at = now
+                    self.echo(f"! no offset committed for {now - moved_at:.0f}s; behind: {state.behind()}")
                 # Idle ticks keep flowing through the internal partials topic while windows wait
                 # out their grace on wall-clock time; they carry no data, so they don't count as
                 # new input (their lag must still be 0: every data partial was consumed).

@@ -29,7 +29,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from kappa import topics
-from kappa.errors import RegistryUnavailable
+from kappa.errors import RegistryUnavailable, SinkError
 from kappa.kafka import client_config, ensure_topics
 from kappa.settings import Settings
 from kappa.stack import endpoints
@@ -83,6 +83,7 @@ class SinkService:
         self.writer: Writer | None = None
         self.decoders: dict[str, Decoder] = {}
         self._catch_up: list[TopicPartition] = []
+        self._fatal: KafkaError | None = None
         self._pending: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
         """Batches handed to the landing thread (one queued behind the one being written)."""
         self._landed: queue.SimpleQueue[list[TopicPartition]] = queue.SimpleQueue()
@@ -136,6 +137,7 @@ class SinkService:
             # once instead of waiting for the dead member's session to expire.
             "group.instance.id": f"{self.group}-0",
             "session.timeout.ms": 10_000,
+            "error_cb": self._on_error,
         }))
         o = self.outputs
         subscription = [o.enriched, o.scores, o.revenue, o.model_quality, o.drift, o.rejected,
@@ -193,6 +195,7 @@ class SinkService:
             self._catch_up = []
         self._apply_pause()
         self._add_many(self.consumer.consume(num_messages=room, timeout=wait))
+        self._raise_fatal()
         if self.batch.size and (self.batch.size >= s.sink_batch_rows
                                 or time.monotonic() - self.batch.started >= s.sink_batch_seconds):
             self.flush(wait=False)
@@ -278,9 +281,25 @@ class SinkService:
             err = msg.error()
             if err is None:
                 kept.append(msg)
-            elif err.code() not in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
-                log.warning("consumer error: %s", err)
+            else:
+                self._on_error(err)
         return kept
+
+    def _on_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback (called on the consuming thread, inside ``consume``)."""
+        if err.fatal():
+            self._fatal = err
+        elif err.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
+            log.debug("consumer: %s", err)  # librdkafka reconnects by itself
+        elif err.code() not in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
+            log.warning("consumer error: %s", err)
+
+    def _raise_fatal(self) -> None:
+        """A fatal consumer error (e.g. ``FENCED_INSTANCE_ID`` after a broker restart lost a
+        JoinGroup response) leaves the consumer dead for good: leave the process, uncommitted
+        work is redone by the restarted sink (``kappa run`` supervises it) with no duplicate."""
+        if self._fatal is not None:
+            raise SinkError(f"sink consumer hit a fatal Kafka error, restart needed: {self._fatal}")
 
     def _add_each(self, topic: str, msgs: list[Message],
                   route: tuple[Table, Any, tuple[Any, ...], list[Any] | None]) -> None:

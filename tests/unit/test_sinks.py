@@ -131,3 +131,21 @@ def test_arrow_rows_equal_arrow_of_dicts() -> None:
            "kafka_partition": 1, "kafka_offset": 9, "ingested_at": 5}
     fast = t.arrow_rows([(*(row[f] for f in t.fields), "k", 1, 9)], ingested_at=5)
     assert fast.equals(t.arrow([row]))
+
+
+def test_a_fatal_consumer_error_ends_the_service_and_others_do_not() -> None:
+    """FENCED_INSTANCE_ID after a broker restart is fatal in librdkafka: the consumer never
+    recovers, so the service must leave (``kappa run`` restarts it) instead of idling."""
+    from confluent_kafka import KafkaError
+
+    from kappa.errors import SinkError
+    from kappa.settings import Settings
+    from sinks.service import SinkService
+
+    service = SinkService(Settings(), "v1")
+    service._on_error(KafkaError(KafkaError._TRANSPORT, "broker down"))
+    service._on_error(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
+    service._raise_fatal()  # transient errors: librdkafka recovers by itself
+    service._on_error(KafkaError(KafkaError.FENCED_INSTANCE_ID, "fenced", fatal=True))
+    with pytest.raises(SinkError, match="FENCED_INSTANCE_ID|fenced"):
+        service._raise_fatal()
