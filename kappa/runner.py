@@ -122,7 +122,7 @@ class _Child:
 
 
 STALL_S = 30.0
-"""Seconds without any committed offset (data left) after which ``run`` reports where it waits."""
+"""Period over which ``run`` checks that the data lag shrinks (and reports where it waits)."""
 
 METADATA_TTL_S = 2.0
 """Max age of the cluster metadata behind a lag query (see :meth:`Pipeline._metadata`)."""
@@ -302,9 +302,9 @@ class Pipeline:
         last_consumed, last_t = 0, time.monotonic()
         state = self.state()
         last_end = (-1, -1)
-        # no commit anywhere for STALL_S while data is left: say where (a stuck group is otherwise
-        # only visible as a run that never ends)
-        moved_at, warned_at, last_positions = time.monotonic(), 0.0, (-1, -1)
+        # less than a tenth of the data lag committed in STALL_S: say where it is (a stuck group
+        # is otherwise only visible as a run that never ends)
+        mark_t, mark_lag, mark_done = time.monotonic(), 0, 0
         try:
             while not self._stop:
                 time.sleep(poll)
@@ -320,12 +320,14 @@ class Pipeline:
                 rate = (state.processors.consumed - last_consumed) / max(1e-6, now - last_t)
                 last_consumed, last_t = state.processors.consumed, now
                 self.echo(f"[{now - t0:6.1f}s] {state.line(max(0.0, rate))}")
-                positions = (state.processors.consumed, state.sink.consumed)
-                if positions != last_positions or state.drained:
-                    moved_at, last_positions = now, positions
-                elif now - moved_at >= STALL_S and now - warned_at >= STALL_S:
-                    warned_at = now
-                    self.echo(f"! no offset committed for {now - moved_at:.0f}s; behind: {state.behind()}")
+                data = [(c, e) for (t, _), (c, e) in state.processors.per_partition.items()
+                        if t != self.outputs.partials] + list(state.sink.per_partition.values())
+                lag, done = sum(max(0, e - c) for c, e in data), sum(c for c, _ in data)
+                if now - mark_t >= STALL_S:
+                    if mark_lag and done - mark_done < 0.1 * mark_lag:
+                        self.echo(f"! {done - mark_done:,} offsets committed in {now - mark_t:.0f}s "
+                                  f"with a lag of {mark_lag:,}; behind: {state.behind()}")
+                    mark_t, mark_lag, mark_done = now, lag, done
                 # Idle ticks keep flowing through the internal partials topic while windows wait
                 # out their grace on wall-clock time; they carry no data, so they don't count as
                 # new input (their lag must still be 0: every data partial was consumed).

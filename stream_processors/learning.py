@@ -350,8 +350,9 @@ class FraudConsumer(threading.Thread):
     committed (a re-sent label is dropped by the learner by source offset). The single merge
     partition goes to one worker; its learner is reloaded from the checkpoint on every
     assignment. Merge batches are applied as they come; every ``fraud_checkpoint_seconds`` (and
-    whenever a poll brings no merge record, on revocation and on stop) the outputs are flushed,
-    the checkpoint written and flushed, and only then the merge offsets it covers committed —
+    once the merge is quiet and its provisional tail published, on revocation and on stop) the
+    outputs are flushed, the checkpoint written and flushed, and only then the merge offsets it
+    covers committed —
     so a kill -9 restarts from a checkpoint at or past the committed offset (re-delivered
     events are skipped by offset) and re-applies what followed it, which publishes the same
     values again (update-style). Why not a checkpoint per batch: it pickles the merge buffer
@@ -428,12 +429,17 @@ class FraudConsumer(threading.Thread):
         if rows:
             lrn.learn_fraud(rows)
             self.uncommitted = rows[-1][0] + 1
-        if self.uncommitted is not None and (
-                not rows or now - self.checkpointed_at >= lrn.settings.fraud_checkpoint_seconds):
-            self.checkpoint()
-        elif not rows and self.owned and lrn.tail_ready(now):
+            if now - self.checkpointed_at >= lrn.settings.fraud_checkpoint_seconds:
+                self.checkpoint()
+            return
+        if self.owned and lrn.tail_ready(now):
             lrn.publish_tail()
-            lrn.flush()  # no checkpoint: the learner did not change
+            lrn.flush()  # the learner did not change: the checkpoint below is only still due
+        if not (self.owned and lrn.tail_due):
+            # Quiet and the tail out: only now are the last merge offsets committed, so
+            # `kappa run --until-drained` (which waits for this group's lag to reach 0 and the
+            # sink to land everything) cannot stop between the last batch and its tail.
+            self.checkpoint()
 
     def checkpoint(self) -> None:
         """Outputs flushed, then the checkpoint, then the merge offsets it covers committed."""
