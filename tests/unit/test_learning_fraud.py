@@ -291,3 +291,71 @@ def test_orders_buffered_as_read_bytes_publish_what_dicts_do() -> None:
                                               tails=0.3, restarts=0.1, as_read=True)
     assert (scores, quality, drift) == (ref_scores, ref_quality, ref_drift)
     assert learner.progress.values() == ref.progress.values()
+
+
+def test_the_fraud_consumer_commits_the_last_merge_offsets_only_after_the_quiet_tail(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``kappa run --until-drained`` stops once the fraud group has no lag: the merge offsets of
+    the last batch must not be committed before the provisional tail of that batch is flushed."""
+    from types import SimpleNamespace
+
+    from stream_processors.learning import FraudConsumer
+
+    trace: list[str] = []
+    clock = [100.0]
+
+    class Msg:
+        def __init__(self, offset: int) -> None:
+            self._offset = offset
+
+        def error(self) -> None:
+            return None
+
+        def topic(self) -> str:
+            return "merge"
+
+        def offset(self) -> int:
+            return self._offset
+
+        def value(self) -> bytes:
+            return b"{}"
+
+    class Consumer:
+        def __init__(self) -> None:
+            self.batches = [[Msg(0), Msg(1)], [Msg(2)], [], [], []]
+
+        def consume(self, _n: int, _timeout: float) -> list[Msg]:
+            return self.batches.pop(0) if self.batches else []
+
+        def commit(self, offsets: list[Any], asynchronous: bool) -> None:
+            trace.append(f"commit {offsets[0].offset}")
+
+    class Lrn:
+        settings = SimpleNamespace(fraud_checkpoint_seconds=30.0, fraud_idle_seconds=2.0)
+        tail_due, quiet_since, fraud = False, 0.0, None
+
+        def learn_fraud(self, rows: list[Any]) -> None:
+            trace.append(f"learn {[o for o, _ in rows]}")
+            self.tail_due, self.quiet_since = True, clock[0]
+
+        def tail_ready(self, now: float) -> bool:
+            return self.tail_due and now - self.quiet_since >= self.settings.fraud_idle_seconds
+
+        def publish_tail(self) -> None:
+            trace.append("tail")
+            self.tail_due = False
+
+        def flush(self) -> None:
+            trace.append("flush")
+
+        def checkpoint_sync(self, _items: Any) -> None:
+            trace.append("checkpoint")
+
+    fc = FraudConsumer.__new__(FraudConsumer)
+    fc.lrn, fc.consumer, fc.topic, fc.labels = Lrn(), Consumer(), "merge", "labels"  # type: ignore[assignment]
+    fc.owned, fc.uncommitted, fc.checkpointed_at, fc.batch, fc.poll_s = True, None, clock[0], 10, 0.2
+    monkeypatch.setattr("stream_processors.learning.time.monotonic", lambda: clock[0])
+    for dt in (0.0, 0.2, 0.2, 1.0, 1.0):  # two batches, then quiet polls
+        clock[0] += dt
+        fc.step()
+    assert trace == ["learn [0, 1]", "learn [2]", "tail", "flush", "checkpoint", "commit 3"]
