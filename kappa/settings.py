@@ -87,11 +87,6 @@ class Settings(BaseSettings):
     merge buffer holds ``fraud_lag_seconds`` of events, so a checkpoint per batch would cost
     more than the batch. A crash re-applies at most this much input (same outputs)."""
 
-    fraud_nice: int = 10
-    """Scheduling niceness of the fraud model's thread (Linux: per thread). The model's scores
-    are not on the path of ``kappa.orders``; on a saturated box it yields the CPU to the order
-    stage, the sink and the broker and catches up when they idle. 0: same priority."""
-
     category_map: str = ""
     """Category mapping of the version run with it, ``src=dst[,src=dst...]`` (e.g. ``books=media``):
     valid orders' ``category`` is renamed before dedupe, windows and enrichment. A transformation

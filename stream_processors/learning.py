@@ -394,12 +394,6 @@ class FraudConsumer(threading.Thread):
             self.uncommitted, self.owned = None, False  # no longer ours: the next owner re-applies
 
     def run(self) -> None:
-        nice = self.lrn.settings.fraud_nice
-        if nice and hasattr(os, "setpriority"):
-            try:  # on Linux a thread is a task of its own: only this thread yields
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-            except OSError as exc:
-                log.warning("fraud model: cannot set niceness %d: %s", nice, exc)
         try:
             self.consumer.subscribe([self.labels, self.topic], on_assign=self._assigned,
                                     on_revoke=self._revoked, on_lost=self._lost)
