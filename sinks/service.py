@@ -62,6 +62,12 @@ def dlq_pattern(prefix: str) -> str:
     return "^" + re.escape(prefix).replace("\\-", "-") + r"(users|orders|order_labels|samples\.[^.]+)\.dlq$"
 
 
+def _is_fatal(err: KafkaError) -> bool:
+    """A consumer error it never recovers from. librdkafka reports a fenced static member as
+    ``_FATAL`` consume events whose ``fatal()`` is False, and as ``FENCED_INSTANCE_ID`` on commit."""
+    return bool(err.fatal()) or err.code() in (KafkaError._FATAL, KafkaError.FENCED_INSTANCE_ID)
+
+
 class SinkService:
     """Runs the sink of ``version`` until ``stop`` is set (then flushes, commits, closes)."""
 
@@ -287,7 +293,7 @@ class SinkService:
 
     def _on_error(self, err: KafkaError) -> None:
         """librdkafka's error callback (called on the consuming thread, inside ``consume``)."""
-        if err.fatal():
+        if _is_fatal(err):
             self._fatal = err
         elif err.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
             log.debug("consumer: %s", err)  # librdkafka reconnects by itself
@@ -406,6 +412,9 @@ class SinkService:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:  # safe: the offsets are in ClickHouse with the data
             log.warning("Kafka commit failed (%s); ClickHouse holds the offsets", exc)
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if err is not None and _is_fatal(err):
+                self._fatal = err
 
     # -- rebalance and backpressure --------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

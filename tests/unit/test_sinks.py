@@ -149,3 +149,11 @@ def test_a_fatal_consumer_error_ends_the_service_and_others_do_not() -> None:
     service._on_error(KafkaError(KafkaError.FENCED_INSTANCE_ID, "fenced", fatal=True))
     with pytest.raises(SinkError, match=r"fatal Kafka error.*fenced"):
         service._raise_fatal()
+    # what librdkafka really delivered after a broker restart (make reliability): a _FATAL
+    # consume event whose fatal() is False
+    service._fatal = None
+    event = KafkaError(KafkaError._FATAL, "Fatal error: Broker: Static consumer fenced")
+    assert not event.fatal()
+    service._on_error(event)
+    with pytest.raises(SinkError, match="Static consumer fenced"):
+        service._raise_fatal()
