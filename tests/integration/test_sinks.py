@@ -301,3 +301,30 @@ def test_sigterm_exits_zero_and_removes_endpoint(stack: Stack, tmp_path: Path, v
     with open_backend(stack.settings(home=tmp_path), readonly=True) as backend:
         check_views(backend.rows, exp)
     assert os.environ.get("KAPPA_SINK_CRASH_AT") is None
+
+
+def test_a_fenced_sink_exits_so_its_supervisor_restarts_it(stack: Stack, tmp_path: Path, version: str) -> None:
+    """A second consumer with the sink's group.instance.id fences it (what a broker restart did
+    in make reliability): librdkafka makes that fatal, so the sink must exit non-zero, not idle."""
+    from confluent_kafka import Consumer
+
+    produce_outputs(stack, version, n_orders=50)
+    proc = sink_process(stack, tmp_path, version)
+    group = sink_group(version)
+    try:
+        wait_landed(stack, version)
+        intruder = Consumer(client_config(stack.settings(), stack.kafka_bootstrap, **{
+            "group.id": group, "group.instance.id": f"{group}-0", "session.timeout.ms": 10_000,
+            "auto.offset.reset": "latest"}))
+        intruder.subscribe([output_topics(version).enriched])
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            intruder.poll(0.5)
+        intruder.close()
+        code = proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = "".join(p.read_text(errors="replace") for p in tmp_path.glob("sink-*.log"))
+    assert code == 1, log[-2000:]
+    assert "fatal Kafka error, restart needed" in log
