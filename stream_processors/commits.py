@@ -25,7 +25,10 @@ from typing import Any
 from faust.transport.consumer import Consumer
 from faust.utils.functional import consecutive_numbers
 
-__all__ = ["install", "new_offset"]
+__all__ = ["FAUST_NEW_OFFSET", "install", "new_offset"]
+
+FAUST_NEW_OFFSET = Consumer._new_offset
+"""Faust's own method, as imported (tests compare with it after :func:`install`)."""
 
 
 def new_offset(self: Any, tp: Any) -> int | None:
