@@ -93,17 +93,22 @@ class DrainState:
                 data_lag += max(0, end - committed)
         return data_lag == 0 and ticks <= partitions and self.sink.total == 0
 
-    def behind(self, limit: int = 4) -> str:
-        """The partitions furthest behind, with the group that holds them (stall reports)."""
-        rows = []
+    def data(self) -> list[tuple[str, str, int, int, int]]:
+        """``(group, topic, partition, committed, end)`` of every data partition (the idle
+        ticks of the partials topic left out), processors and sink."""
+        out = []
         for lag in (self.processors, self.sink):
             for (topic, p), (committed, end) in lag.per_partition.items():
-                if end > committed and topic != self.partials:
-                    group = lag.group
-                    if self.fraud is not None and (topic, p) in self.fraud.per_partition:
-                        group = self.fraud.group
-                    rows.append((end - committed, f"{group} {topic}[{p}] at {committed:,} of {end:,}"))
-        rows.sort(reverse=True)
+                if topic != self.partials:
+                    fraud = self.fraud is not None and (topic, p) in self.fraud.per_partition
+                    out.append((self.fraud.group if fraud and self.fraud else lag.group,
+                                topic, p, committed, end))
+        return out
+
+    def behind(self, limit: int = 4) -> str:
+        """The partitions furthest behind, with the group that holds them (stall reports)."""
+        rows = sorted(((end - committed, f"{group} {topic}[{p}] at {committed:,} of {end:,}")
+                       for group, topic, p, committed, end in self.data() if end > committed), reverse=True)
         return "; ".join(text for _, text in rows[:limit]) or "nothing (lag only on idle ticks)"
 
     def line(self, rate: float) -> str:
@@ -320,9 +325,8 @@ class Pipeline:
                 rate = (state.processors.consumed - last_consumed) / max(1e-6, now - last_t)
                 last_consumed, last_t = state.processors.consumed, now
                 self.echo(f"[{now - t0:6.1f}s] {state.line(max(0.0, rate))}")
-                data = [(c, e) for (t, _), (c, e) in state.processors.per_partition.items()
-                        if t != self.outputs.partials] + list(state.sink.per_partition.values())
-                lag, done = sum(max(0, e - c) for c, e in data), sum(c for c, _ in data)
+                data = state.data()
+                lag, done = sum(max(0, e - c) for *_, c, e in data), sum(c for *_, c, _ in data)
                 if now - mark_t >= STALL_S:
                     if mark_lag and done - mark_done < 0.1 * mark_lag:
                         self.echo(f"! {done - mark_done:,} offsets committed in {now - mark_t:.0f}s "
