@@ -18,6 +18,7 @@ measured row).
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import tempfile
@@ -74,15 +75,22 @@ def run(settings: Settings, rate: int = 5000, seconds: float = 30.0, workers: in
 
     ``settings`` should carry a unique ``topic_prefix`` and ``home`` (fresh ClickHouse dir).
     Keys: ``p50_ms``, ``p99_ms``, ``max_ms``, ``rows``, ``published``, ``achieved_rate``,
-    ``peak_rss_mb`` (per child process name).
+    ``peak_rss_mb`` and ``cpu_s`` (CPU seconds from the end of the warm-up until the last row
+    landed) per process name (children and ``publisher``).
     """
-    from benchmarks.scaling import vmhwm_mb
+    from benchmarks.scaling import cpu_seconds, vmhwm_mb
 
     version = f"fresh{uuid.uuid4().hex[:6]}"
     pipe = Pipeline(settings, version, workers=workers, echo=lambda _line: None)
     table = f"{migrate.database(version)}.orders"
     rng = random.Random(7)
     peaks: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+
+    def cpu_now() -> dict[str, float]:
+        now = {c.name: cpu_seconds(c.proc.pid) for c in pipe.children if c.proc is not None}
+        now["publisher"] = cpu_seconds(os.getpid())
+        return now
 
     def sample() -> None:
         for child in pipe.children:
@@ -99,6 +107,7 @@ def run(settings: Settings, rate: int = 5000, seconds: float = 30.0, workers: in
             pub.flush()
             _wait_for(settings, table, "w", warmup, timeout)
             sample()
+            cpu = cpu_now()
             total = int(rate * seconds)
             per_tick = max(1, round(rate * TICK_S))
             t0 = time.monotonic()
@@ -113,6 +122,7 @@ def run(settings: Settings, rate: int = 5000, seconds: float = 30.0, workers: in
             pub.flush()
         _wait_for(settings, table, "f", total, timeout)
         sample()
+        cpu = {k: v - cpu.get(k, 0.0) for k, v in cpu_now().items()}
         stats = query_rows(settings, (
             "SELECT count() AS n, quantileExact(0.5)(d) AS p50, quantileExact(0.99)(d) AS p99, max(d) AS mx "
             "FROM (SELECT toUnixTimestamp64Milli(ingested_at) - toUnixTimestamp64Milli(event_time) AS d "
@@ -121,7 +131,8 @@ def run(settings: Settings, rate: int = 5000, seconds: float = 30.0, workers: in
         pipe.stop()
     return {"p50_ms": float(stats["p50"]), "p99_ms": float(stats["p99"]), "max_ms": float(stats["mx"]),
             "rows": int(stats["n"]), "published": total, "rate": rate, "seconds": seconds,
-            "achieved_rate": total / elapsed, "workers": workers, "peak_rss_mb": peaks}
+            "achieved_rate": total / elapsed, "workers": workers, "peak_rss_mb": peaks,
+            "cpu_s": cpu}
 
 
 def main() -> None:
@@ -137,6 +148,7 @@ def main() -> None:
           f"{r['rows']:,} landed")
     print(f"{'freshness (ingested_at - event_time)':40} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     print(f"{'':40} {r['p50_ms']:8,.0f} {r['p99_ms']:8,.0f} {r['max_ms']:8,.0f}")
+    print("CPU s while measured: " + ", ".join(f"{k} {v:,.1f}" for k, v in r["cpu_s"].items()))
     print("peak RSS MiB: " + ", ".join(f"{k} {v:,.0f}" for k, v in r["peak_rss_mb"].items()))
 
 

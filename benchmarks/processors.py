@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 
+from benchmarks.scaling import cpu_seconds  # noqa: E402
 from kappa import topics  # noqa: E402
 from kappa.kafka import client_config, ensure_topics  # noqa: E402
 from kappa.settings import Settings  # noqa: E402
@@ -83,12 +84,6 @@ def _ends(c: Consumer, topic: str) -> int:
     return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (all threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run_full(settings: Settings, n: int) -> tuple[float, float, int]:
     """The real worker; throughput from the enriched topic's growth (first to last record)."""
     version = f"bench{uuid.uuid4().hex[:6]}"
@@ -108,11 +103,11 @@ def run_full(settings: Settings, n: int) -> tuple[float, float, int]:
             except Exception:  # topic not created yet
                 continue
             if seen and first is None:
-                first = (time.time(), seen, _cpu_seconds(proc.pid))
+                first = (time.time(), seen, cpu_seconds(proc.pid))
             if seen >= n * 0.9 and first:  # ~5 % duplicates: wait until the count stops growing
                 if last and last[1] == seen:
                     break
-                last = (time.time(), seen, _cpu_seconds(proc.pid))
+                last = (time.time(), seen, cpu_seconds(proc.pid))
     finally:
         proc.terminate()
         _, _status, usage = os.wait4(proc.pid, 0)

@@ -50,6 +50,15 @@ def vmhwm_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all threads); 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def child_env(settings: Settings) -> dict[str, str]:
     """Environment of a child process that sees the same stack, prefix and home as ``settings``."""
     env = dict(os.environ)

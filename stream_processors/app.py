@@ -35,7 +35,7 @@ from kappa.metrics import BATCH_SECONDS
 from kappa.settings import Settings
 from kappa.stack import endpoints
 from schemas.serde import Decoder, Registry
-from stream_processors import commits
+from stream_processors import commits, flow
 from stream_processors.base import Emitted
 from stream_processors.dimensions import partition_reader
 from stream_processors.io import Outputs, TableState
@@ -135,6 +135,7 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
     """Build the Faust app of ``version`` with its state in ``datadir`` (unique per worker)."""
     ep = endpoints(settings)
     commits.install()  # Faust's commit bookkeeping without its duplicate-offset stall
+    flow.install()  # Faust's per-message hand-off without four tasks per message
     inputs = topics.input_topics(settings.topic_prefix)
     outputs = topics.output_topics(version)
     partials = partials_topic(version)
