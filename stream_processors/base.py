@@ -7,10 +7,11 @@ without a broker (:class:`MemoryState`). The Faust app only moves batches in and
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import orjson
 
 __all__ = ["Emitted", "MemoryState", "Message", "State", "dumps", "loads"]
 
@@ -83,9 +84,9 @@ class MemoryState:
 
 def dumps(value: Any) -> bytes:
     """Compact JSON bytes of a state value."""
-    return json.dumps(value, separators=(",", ":")).encode()
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
 def loads(data: bytes | None) -> Any:
     """State value from JSON bytes (None stays None)."""
-    return None if data is None else json.loads(data)
+    return None if data is None else orjson.loads(data)

@@ -80,11 +80,11 @@ probabilities are mostly below 0.1, where 10 evenly spaced thresholds see a sing
 from __future__ import annotations
 
 import heapq
-import json
 import math
 import pickle
 from typing import Any
 
+import orjson
 from river import linear_model, optim
 
 from stream_processors.learning_metrics import Progressive
@@ -186,7 +186,9 @@ class FraudLearner:
         self.progress = Progressive(drift_delta, roc_thresholds=ROC_THRESHOLDS)
         self.challenger: Any = None
         self.duel = [0.0, 0.0, 0]  # champion loss, challenger loss, labels since detection
-        self.pending: dict[str, tuple[dict[str, float], int, dict[Any, float]]] = {}
+        self.pending: dict[str, tuple[dict[str, float] | bytes, int, dict[Any, float] | float]] = {}
+        """Scored orders waiting for their label: (features, or the merge record they come from;
+        event time; predicted probabilities, or the probability of fraud of a binary model)."""
         self.orphans: dict[str, tuple[bool, int]] = {}
         self.learned: dict[str, int] = {}
         self.buffer: list[tuple[int, int, str, str, int, int, dict[str, Any] | bytes]] = []
@@ -262,12 +264,14 @@ class FraudLearner:
             if time > self.released:
                 self.released = time
                 self._expire(time)
-            if isinstance(data, bytes):  # the merge record as read (see add)
-                data = json.loads(data)["data"]
+            raw = data if isinstance(data, bytes) else None
+            if raw is not None:  # the merge record as read (see add)
+                data = orjson.loads(raw)["data"]
+            assert isinstance(data, dict)
             if kind == LABEL:
                 self._label(order_id, bool(data["is_fraud"]), time, out)
             else:
-                self._order(order_id, data, time, out, scores)
+                self._order(order_id, data, time, out, scores, raw)
         return out, scores
 
     def provisional(self) -> tuple[Emitted, list[dict[str, Any]]]:
@@ -315,7 +319,7 @@ class FraudLearner:
                     self._count(what)
 
     def _order(self, order_id: str, data: dict[str, Any], time: int, out: Emitted,
-               scores: list[dict[str, Any]]) -> None:
+               scores: list[dict[str, Any]], raw: bytes | None = None) -> None:
         if order_id in self.pending or order_id in self.learned:
             self._count("duplicate")
             return
@@ -325,7 +329,12 @@ class FraudLearner:
         scores.append({"order_id": order_id, "fraud_score": float(proba.get(True, 0.0)), "model": MODEL,
                        "labelled_before": self.progress.labelled, "event_time": time,
                        "pipeline_version": self.version})
-        self.pending[order_id] = (x, time, proba)
+        # Kept until the label: as compact as the checkpoint (which pickles every pending order)
+        # allows: the merge record's bytes when there are any (the features are recomputed from
+        # them, a pure function) and the probability of fraud alone.
+        p = proba.get(True, 0.0)
+        self.pending[order_id] = (x if raw is None else raw, time,
+                                  p if proba == {False: 1.0 - p, True: p} else proba)
         if order_id in self.orphans:
             y, label_time = self.orphans.pop(order_id)
             self._count("orphan_matched")
@@ -342,7 +351,9 @@ class FraudLearner:
                 self._count("orphan_label")
                 self.orphans[order_id] = (y, time)
             return
-        x, _event_time, proba = self.pending.pop(order_id)
+        kept, _event_time, p = self.pending.pop(order_id)
+        x = kept if isinstance(kept, dict) else order_features(orjson.loads(kept)["data"])
+        proba = p if isinstance(p, dict) else {False: 1.0 - p, True: p}
         self.learned[order_id] = time
         drifted = self.progress.update(y, proba)
         self._count("learned")

@@ -12,12 +12,12 @@ durable (outputs + changelog) before Faust acks its events and commits their off
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import orjson
 from confluent_kafka import KafkaError, Producer
 from faust.types import TP
 from rocksdict import WriteBatch
@@ -91,9 +91,9 @@ class Outputs:
             # merge in offset order (its per-source lateness test is then deterministic); the
             # source offset lets the learner drop what a restarted stage sends again.
             self.produce_many(self.fraud_events, [k.encode() for k, _ in out.enriched],
-                              [json.dumps({"kind": "order", "time": r["event_time"], "id": r["order_id"],
+                              [orjson.dumps({"kind": "order", "time": r["event_time"], "id": r["order_id"],
                                            "src": f"{r['source_topic']}/{r['source_partition']}",
-                                           "off": r["source_offset"], "data": r}).encode()
+                                           "off": r["source_offset"], "data": r})
                                for _, r in out.enriched], partition=0)
 
     def produce_many(self, topic: str, keys: Sequence[bytes], values: Sequence[bytes | None],

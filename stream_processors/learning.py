@@ -38,7 +38,6 @@ update-style (same key, same value). A restarted learner publishes its tail agai
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import pickle
@@ -50,6 +49,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import cramjam
+import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from kappa import metrics
@@ -303,13 +303,13 @@ class Learning:
                 continue
             event = {"kind": "label", "time": rec["label_time"], "id": rec["order_id"],
                      "src": f"{topic}/{partition}", "off": offset, "data": rec}
-            self._produce(topic_out, json.dumps(event).encode(), rec["order_id"].encode())
+            self._produce(topic_out, orjson.dumps(event), rec["order_id"].encode())
         self.producer.poll(0)
 
     def learn_fraud(self, rows: Sequence[tuple[int, bytes | None]]) -> None:
         """Add merged ``(offset, value)`` events and apply what the watermark releases."""
         for offset, value in rows:
-            ev = json.loads(value or b"{}")
+            ev = orjson.loads(value or b"{}")
             # an order waits in the buffer as the bytes read (parsed again when released)
             data = value if ev["kind"] == "order" and value else ev["data"]
             self.fraud.add(ev["kind"], ev["time"], ev["id"], data, ev["src"], offset, ev.get("off"))

@@ -9,7 +9,6 @@ the last partial (the timer's ticks drive this), so windows flush even if no eve
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -89,7 +88,7 @@ class RevenueStage:
             if m.value == TICK or not m.value:
                 ticked = True
                 continue
-            part = json.loads(m.value)
+            part = loads(m.value)
             key = (m.key or b"").decode()
             tot = totals.get(key)
             if tot is None:

@@ -293,6 +293,28 @@ def test_orders_buffered_as_read_bytes_publish_what_dicts_do() -> None:
     assert learner.progress.values() == ref.progress.values()
 
 
+def test_pending_orders_keep_their_record_and_probability_and_old_checkpoints_still_label() -> None:
+    orders, labels = scenario(400, seed=3)
+    order = {"amount": 9.0, "currency": "EUR", "category": "books", "payment_method": "card",
+             "ip_country": "FR", "event_time": 1000}
+    lrn = FraudLearner(lag_ms=0, sources=("o/0",))
+    lrn.add("order", 1000, "a", json.dumps({"data": order}).encode(), "o/0", 0, source_offset=0)
+    lrn.release(-1)
+    kept, _, p = lrn.pending["a"]
+    assert isinstance(kept, bytes) and isinstance(p, float)  # what the checkpoint pickles
+    # a checkpoint written when pending held (features, time, probabilities) labels the same
+    events = merged(orders, labels)
+    ref, old = FraudLearner(lag_ms=0), FraudLearner(lag_ms=0)
+    head = len(events) // 2
+    run(ref, events[:head])
+    run(old, events[:head])
+    old.pending = {oid: (x, t, {False: 1.0 - q, True: q})  # type: ignore[misc]
+                   for oid, (x, t, q) in old.pending.items()}
+    old = pickle.loads(pickle.dumps(old))
+    assert run(old, events, start=head) == run(ref, events, start=head)
+    assert old.progress.values() == ref.progress.values()
+
+
 def test_the_fraud_consumer_commits_the_last_merge_offsets_only_after_the_quiet_tail(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """``kappa run --until-drained`` stops once the fraud group has no lag: the merge offsets of
