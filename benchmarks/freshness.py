@@ -1,11 +1,12 @@
 """End-to-end freshness: order published -> row in ClickHouse, p50/p99 at a steady rate.
 
 Starts the real pipeline (:class:`kappa.runner.Pipeline`: Faust worker(s) with learning + the
-sink service) on a fresh version and topic prefix, waits until a warm-up batch has landed (so
-worker startup is not counted), then publishes orders at ``rate``/s for ``seconds`` with
-``event_time`` = send time (wall clock, ms), in 10 ms ticks through the Kappa
-:class:`~producers.base.Publisher`. Freshness of a row is ``ingested_at - event_time``: the
-sink stamps ``ingested_at`` when it builds the insert batch of that row, so the figure covers
+sink service) on a fresh version and topic prefix, waits until a warm-up batch has landed and the
+processors' consumer group is stable with every worker holding partitions, and a second warm-up
+batch has landed (so worker startup and its rebalances are not counted), then publishes orders
+at ``rate``/s for ``seconds`` with ``event_time`` = send time (wall clock, ms), in 10 ms ticks
+through the Kappa :class:`~producers.base.Publisher`. Freshness of a row is ``ingested_at - event_time``: the
+sink stamps ``ingested_at`` when it starts the insert of that row's batch, so the figure covers
 producer linger, broker, worker batch, output topic, sink batch (``KAPPA_SINK_BATCH_SECONDS``)
 and excludes only the insert itself. Percentiles are exact (``quantileExact`` over every
 measured row).
@@ -69,6 +70,30 @@ def _wait_for(settings: Settings, table: str, prefix: str, n: int, timeout: floa
     raise RuntimeError(f"only {got} of {n} '{prefix}' orders landed in {table} after {timeout:.0f}s")
 
 
+def _wait_stable(settings: Settings, bootstrap: str, group: str, members: int, timeout: float) -> None:
+    """Until consumer group ``group`` is Stable with ``members`` members that all hold partitions
+    (a worker that joins after the warm-up would rebalance the group in the measured window)."""
+    from confluent_kafka import ConsumerGroupState, KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    from kappa.kafka import client_config
+
+    admin = AdminClient(client_config(settings, bootstrap))
+    deadline = time.monotonic() + timeout
+    seen = "not described"
+    while time.monotonic() < deadline:
+        try:
+            g = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
+            seen = f"{g.state.name} with {len(g.members)} members"
+            if (g.state == ConsumerGroupState.STABLE and len(g.members) == members
+                    and all(m.assignment.topic_partitions for m in g.members)):
+                return
+        except KafkaException as exc:
+            seen = str(exc)
+        time.sleep(0.5)
+    raise RuntimeError(f"group {group} not stable with {members} members after {timeout:.0f}s: {seen}")
+
+
 def run(settings: Settings, rate: int = 5000, seconds: float = 30.0, workers: int = 1,
         warmup: int = 200, timeout: float = 240.0) -> dict[str, Any]:
     """Freshness percentiles (ms) and what was measured; the pipeline is stopped on return.
@@ -106,6 +131,10 @@ def run(settings: Settings, rate: int = 5000, seconds: float = 30.0, workers: in
             pub.publish_many(topic, [_order("w", i, rng) for i in range(warmup)], key_field="user_id")
             pub.flush()
             _wait_for(settings, table, "w", warmup, timeout)
+            _wait_stable(settings, pipe.ep.kafka_bootstrap, f"kappa-{version}", workers, timeout)
+            pub.publish_many(topic, [_order("v", i, rng) for i in range(warmup)], key_field="user_id")
+            pub.flush()
+            _wait_for(settings, table, "v", warmup, timeout)  # and the settled group processes
             sample()
             cpu = cpu_now()
             total = int(rate * seconds)
