@@ -45,6 +45,7 @@ __all__ = [
     "SINK_INSERT_FAILURES",
     "SINK_ROWS",
     "SKIPPED_REFETCHED",
+    "STALLS_REREAD",
     "TARGETS_DIR",
     "list_targets",
     "serve",
@@ -69,6 +70,9 @@ LATE_EVENTS = Counter("kappa_processor_late_events_total",
 SKIPPED_REFETCHED = Counter("kappa_processor_skipped_refetched_total",
                             "Input records Faust skipped (around a rebalance) that the stage read itself.",
                             ["topic"])
+STALLS_REREAD = Counter("kappa_processor_stalls_reread_total",
+                        "Source partitions Faust stopped delivering, sought back to their committed offset.",
+                        ["topic"])
 BATCH_SECONDS = Histogram("kappa_processor_batch_seconds", "Time to process one batch, in seconds.",
                           ["agent"], buckets=_BATCH_BUCKETS)
 CONSUMER_LAG = Gauge("kappa_consumer_lag_messages", "End offset minus committed/position, per group and partition.",

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     """Crash injection (tests): ``<point>:<batch>`` SIGKILLs the sink at ``point`` (mid_batch,
     before_offsets, before_commit) of its ``batch``-th batch."""
 
+    processor_drop_fetch: str = ""
+    """Failure injection (tests): ``<topic>:<partition>`` — each worker drops the records of its
+    first fetch of that partition, as faust-streaming sometimes does (:mod:`stream_processors.stalls`)."""
+
     drift_policy: str = "challenger"
     """What the fraud model does on a drift detection: ``challenger`` (default: a fresh model learns
     beside it and replaces it once better on the labels since the detection), ``reset`` or ``none``."""

@@ -11,7 +11,8 @@ State lives in one Faust table ``state`` (RocksDB via rocksdict, changelog
 ``kappa-<version>-state-changelog``) written in bulk by :class:`~stream_processors.io.TableState`.
 Each batch is processed, its outputs and changelog records flushed, and only then are its
 events acked (``take_events`` acks after the loop body), so committed offsets never run ahead
-of durable results. The learning engineer's agents join through
+of durable results. A 1 s timer (:class:`~stream_processors.stalls.StallWatch`) re-reads a source
+partition whose fetched records Faust never delivered. The learning engineer's agents join through
 ``stream_processors.learning.register(app, settings, version)`` when that module exists.
 """
 
@@ -35,7 +36,7 @@ from kappa.metrics import BATCH_SECONDS
 from kappa.settings import Settings
 from kappa.stack import endpoints
 from schemas.serde import Decoder, Registry
-from stream_processors import commits, flow
+from stream_processors import commits, flow, stalls
 from stream_processors.base import Emitted
 from stream_processors.dimensions import partition_reader
 from stream_processors.io import Outputs, TableState
@@ -136,6 +137,8 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
     ep = endpoints(settings)
     commits.install()  # Faust's commit bookkeeping without its duplicate-offset stall
     flow.install()  # Faust's per-message hand-off without four tasks per message
+    if settings.processor_drop_fetch:
+        stalls.inject_dropped_fetch(settings.processor_drop_fetch)
     inputs = topics.input_topics(settings.topic_prefix)
     outputs = topics.output_topics(version)
     partials = partials_topic(version)
@@ -209,6 +212,12 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
             out.produce(partials, None, TICK, partition)
         if idle:
             state.persisted(await out.flush_async())
+
+    watch = stalls.StallWatch(app, set(consumed_topics(settings, version)))
+
+    @app.timer(1.0)
+    async def stall_watch() -> None:  # records Faust fetched and never delivered: read again
+        await watch.tick()
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
