@@ -213,12 +213,6 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
         if idle:
             state.persisted(await out.flush_async())
 
-    watch = stalls.StallWatch(app, set(consumed_topics(settings, version)))
-
-    @app.timer(1.0)
-    async def stall_watch() -> None:  # records Faust fetched and never delivered: read again
-        await watch.tick()
-
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
         assert pipe.revenue is not None
@@ -228,6 +222,13 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
 
     if learning:
         _register_learning(app, settings, version, out)
+    # every topic an agent consumes (orders, users, partials, the learning's samples.*)
+    watch = stalls.StallWatch(app, {t for agent in app.agents.values() for t in agent.channel.topics})
+
+    @app.timer(1.0)
+    async def stall_watch() -> None:  # records Faust fetched and never delivered: read again
+        await watch.tick()
+
     return pipe
 
 
