@@ -11,8 +11,9 @@ backfill, a quiet stream — nothing would ever move the partition again, and ``
 
 :class:`StallWatch` runs on the worker's event loop (a Faust timer). A source partition is
 *stalled* when, for ``stall_s`` seconds, the flow is active, the partition is assigned and
-not paused, none of its records is in the streams or in a batch (none unacked), its committed
-offset has not moved, and Kafka holds records from that offset on. Then the watch seeks the
+not paused, its committed offset has not moved, Kafka holds records from that offset on, Faust
+has not handed the streams the last of them (its read offset is behind the end) and none of
+its records is in a batch (none unacked). Then the watch seeks the
 partition back to its committed offset: Faust fetches and delivers those records again through
 its normal path (acks, commits). A false alarm only costs a re-read: the stages drop offsets
 they have already applied, and Faust's read offset drops records it has already delivered.
@@ -72,7 +73,8 @@ class StallWatch:
                 end = consumer.highwater(tp)
             except AssertionError:  # unassigned meanwhile (aiokafka asserts)
                 continue
-            if end is not None and end > (committed or 0):
+            read = consumer._read_offset.get(tp)  # the last record Faust handed to the streams
+            if end is not None and end > (committed or 0) and (read is None or read + 1 < end):
                 candidates[tp] = committed
         if candidates:  # records in the streams or in a batch: not stalled, only busy
             for message in list(consumer._unacked_messages):

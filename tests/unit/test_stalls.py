@@ -22,6 +22,7 @@ class _Msg:
 class _Consumer:
     ends: dict[TP, int]
     _committed_offset: dict[TP, int | None] = field(default_factory=dict)
+    _read_offset: dict[TP, int | None] = field(default_factory=dict)
     _unacked_messages: set[Any] = field(default_factory=set)
     _buffered_partitions: set[TP] = field(default_factory=set)
     paused: set[TP] = field(default_factory=set)
@@ -49,7 +50,7 @@ def _watch(consumer: _Consumer) -> tuple[StallWatch, list[float]]:
 
 
 def test_a_quiet_partition_with_records_after_its_commit_is_read_again_after_stall_s() -> None:
-    c = _Consumer({A: 100, B: 50, OTHER: 9}, {A: 57, B: 50})
+    c = _Consumer({A: 100, B: 50, OTHER: 9}, {A: 57, B: 50}, {A: 56, B: 49})
     watch, now = _watch(c)
     assert watch.stalled() == []
     now[0] = 4.9
@@ -59,8 +60,13 @@ def test_a_quiet_partition_with_records_after_its_commit_is_read_again_after_sta
 
 
 def test_records_in_flight_a_moving_commit_a_pause_or_a_rebalance_are_not_a_stall() -> None:
-    c = _Consumer({A: 100}, {A: 57})
+    c = _Consumer({A: 100}, {A: 57}, {A: 99})
     watch, now = _watch(c)
+    watch.stalled()
+    now[0] = 6.0
+    assert watch.stalled() == []  # all handed to the streams (queued there): busy, not stalled
+    c._read_offset[A] = 56
+    now[0] = 0.0
     watch.stalled()
     c._unacked_messages.add(_Msg(A))  # in a stream or a batch: busy, not stalled
     now[0] = 6.0
