@@ -101,7 +101,8 @@ def run(settings: Settings, rate: int = 5000, seconds: float = 30.0, workers: in
     ``settings`` should carry a unique ``topic_prefix`` and ``home`` (fresh ClickHouse dir).
     Keys: ``p50_ms``, ``p99_ms``, ``max_ms``, ``rows``, ``published``, ``achieved_rate``,
     ``peak_rss_mb`` and ``cpu_s`` (CPU seconds from the end of the warm-up until the last row
-    landed) per process name (children and ``publisher``).
+    landed) per process name (children and ``publisher``), and ``worst_seconds``: the five seconds
+    of event time with the highest max freshness (``s`` after the start, rows ``n``, ``p50``, ``mx``).
     """
     from benchmarks.scaling import cpu_seconds, vmhwm_mb
 
@@ -140,6 +141,7 @@ def run(settings: Settings, rate: int = 5000, seconds: float = 30.0, workers: in
             total = int(rate * seconds)
             per_tick = max(1, round(rate * TICK_S))
             t0 = time.monotonic()
+            first_ms = now_ms()
             sent = 0
             while sent < total:
                 due = min(total, int((time.monotonic() - t0) * rate) + per_tick)
@@ -156,12 +158,17 @@ def run(settings: Settings, rate: int = 5000, seconds: float = 30.0, workers: in
             "SELECT count() AS n, quantileExact(0.5)(d) AS p50, quantileExact(0.99)(d) AS p99, max(d) AS mx "
             "FROM (SELECT toUnixTimestamp64Milli(ingested_at) - toUnixTimestamp64Milli(event_time) AS d "
             f"FROM {table} WHERE startsWith(order_id, 'f'))"))[0]
+        worst = query_rows(settings, (  # where the tail comes from: the slowest seconds of the run
+            f"SELECT toUnixTimestamp(toStartOfSecond(event_time)) - {first_ms // 1000} AS s, count() AS n, "
+            "quantileExact(0.5)(d) AS p50, max(d) AS mx FROM (SELECT event_time, "
+            "toUnixTimestamp64Milli(ingested_at) - toUnixTimestamp64Milli(event_time) AS d "
+            f"FROM {table} WHERE startsWith(order_id, 'f')) GROUP BY s ORDER BY mx DESC LIMIT 5"))
     finally:
         pipe.stop()
     return {"p50_ms": float(stats["p50"]), "p99_ms": float(stats["p99"]), "max_ms": float(stats["mx"]),
             "rows": int(stats["n"]), "published": total, "rate": rate, "seconds": seconds,
             "achieved_rate": total / elapsed, "workers": workers, "peak_rss_mb": peaks,
-            "cpu_s": cpu}
+            "cpu_s": cpu, "worst_seconds": [{k: int(v) for k, v in w.items()} for w in worst]}
 
 
 def main() -> None:
@@ -178,6 +185,8 @@ def main() -> None:
     print(f"{'freshness (ingested_at - event_time)':40} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     print(f"{'':40} {r['p50_ms']:8,.0f} {r['p99_ms']:8,.0f} {r['max_ms']:8,.0f}")
     print("CPU s while measured: " + ", ".join(f"{k} {v:,.1f}" for k, v in r["cpu_s"].items()))
+    print("slowest seconds (s after start: rows, p50 ms, max ms): " + ", ".join(
+        f"{w['s']}: {w['n']:,}, {w['p50']:,}, {w['mx']:,}" for w in r["worst_seconds"]))
     print("peak RSS MiB: " + ", ".join(f"{k} {v:,.0f}" for k, v in r["peak_rss_mb"].items()))
 
 
