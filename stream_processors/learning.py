@@ -63,6 +63,7 @@ from schemas.serde import DecodeError, Decoder, Encoder, Registry, subject
 from stream_processors.base import Message
 from stream_processors.fraud import FraudLearner
 from stream_processors.samples import Emitted, SampleLearner, model_name
+from stream_processors.snapshot import snapshot
 
 __all__ = ["FraudConsumer", "Learning", "checkpoint_topic", "fraud_events_topic", "load_checkpoints",
            "register"]
@@ -232,8 +233,7 @@ class Learning:
         """Flush outputs, then write and flush the checkpoints of ``items`` (key -> learner)."""
         self.flush()
         for key, learner in items.items():
-            blob = bytes(cramjam.lz4.compress(pickle.dumps(learner, protocol=pickle.HIGHEST_PROTOCOL)))
-            self._produce(checkpoint_topic(self.version), blob, key.encode())
+            self._produce(checkpoint_topic(self.version), snapshot(learner), key.encode())
         self.flush()
 
     async def checkpoint(self, items: dict[str, Any]) -> None:
