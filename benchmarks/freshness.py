@@ -70,6 +70,46 @@ def _wait_for(settings: Settings, table: str, prefix: str, n: int, timeout: floa
     raise RuntimeError(f"only {got} of {n} '{prefix}' orders landed in {table} after {timeout:.0f}s")
 
 
+def _timestamps(settings: Settings, bootstrap: str, topic: str) -> dict[tuple[int, int], int]:
+    """(partition, offset) -> record timestamp (ms, the producer's create time) of all of ``topic``."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from kappa.kafka import client_config
+
+    c = Consumer(client_config(settings, bootstrap, **{"group.id": f"fresh-{uuid.uuid4().hex[:8]}",
+                                                       "enable.auto.commit": False}))
+    out: dict[tuple[int, int], int] = {}
+    try:
+        for p in c.list_topics(topic, timeout=10).topics[topic].partitions:
+            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            c.assign([TopicPartition(topic, p, low)])
+            pos = low
+            while pos < high:
+                for m in c.consume(10_000, timeout=5):
+                    off = m.offset()
+                    if not m.error() and off is not None:
+                        out[(p, off)] = m.timestamp()[1]
+                        pos = off + 1
+    finally:
+        c.close()
+    return out
+
+
+def _stages(settings: Settings, bootstrap: str, source: str, enriched: str,
+            rows: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """Freshness split at the Kafka record timestamps: (p50, p99) ms of publish (event_time -> the
+    order's record), worker (-> the enriched record produced) and sink (-> ``ingested_at``)."""
+    import numpy as np
+
+    src, enr = _timestamps(settings, bootstrap, source), _timestamps(settings, bootstrap, enriched)
+    ts = np.array([src[(int(r["sp"]), int(r["so"]))] for r in rows], dtype=np.int64)
+    te = np.array([enr[(int(r["kp"]), int(r["ko"]))] for r in rows], dtype=np.int64)
+    ev = np.array([int(r["ev"]) for r in rows], dtype=np.int64)
+    ing = np.array([int(r["ing"]) for r in rows], dtype=np.int64)
+    return {name: (float(np.percentile(d, 50)), float(np.percentile(d, 99)))
+            for name, d in (("publish", ts - ev), ("worker", te - ts), ("sink", ing - te))}
+
+
 def _wait_stable(settings: Settings, bootstrap: str, group: str, members: int, timeout: float) -> None:
     """Until consumer group ``group`` is Stable with ``members`` members that all hold partitions
     (a worker that joins after the warm-up would rebalance the group in the measured window)."""
@@ -102,7 +142,9 @@ def run(settings: Settings, rate: int = 5000, seconds: float = 30.0, workers: in
     Keys: ``p50_ms``, ``p99_ms``, ``max_ms``, ``rows``, ``published``, ``achieved_rate``,
     ``peak_rss_mb`` and ``cpu_s`` (CPU seconds from the end of the warm-up until the last row
     landed) per process name (children and ``publisher``), and ``worst_seconds``: the five seconds
-    of event time with the highest max freshness (``s`` after the start, rows ``n``, ``p50``, ``mx``).
+    of event time with the highest max freshness (``s`` after the start, rows ``n``, ``p50``, ``mx``);
+    ``stages``: (p50, p99) ms per stage, split at the Kafka timestamps of the order's record and of
+    its enriched record (publish, worker, sink; the three need not add up per percentile).
     """
     from benchmarks.scaling import cpu_seconds, vmhwm_mb
 
@@ -163,12 +205,17 @@ def run(settings: Settings, rate: int = 5000, seconds: float = 30.0, workers: in
             "quantileExact(0.5)(d) AS p50, max(d) AS mx FROM (SELECT event_time, "
             "toUnixTimestamp64Milli(ingested_at) - toUnixTimestamp64Milli(event_time) AS d "
             f"FROM {table} WHERE startsWith(order_id, 'f')) GROUP BY s ORDER BY mx DESC LIMIT 5"))
+        rows = query_rows(settings, (
+            "SELECT source_partition AS sp, source_offset AS so, kafka_partition AS kp, kafka_offset AS ko, "
+            "toUnixTimestamp64Milli(event_time) AS ev, toUnixTimestamp64Milli(ingested_at) AS ing "
+            f"FROM {table} WHERE startsWith(order_id, 'f')"))
+        stages = _stages(settings, pipe.ep.kafka_bootstrap, pipe.inputs.orders, pipe.outputs.enriched, rows)
     finally:
         pipe.stop()
     return {"p50_ms": float(stats["p50"]), "p99_ms": float(stats["p99"]), "max_ms": float(stats["mx"]),
             "rows": int(stats["n"]), "published": total, "rate": rate, "seconds": seconds,
             "achieved_rate": total / elapsed, "workers": workers, "peak_rss_mb": peaks,
-            "cpu_s": cpu, "worst_seconds": [{k: int(v) for k, v in w.items()} for w in worst]}
+            "cpu_s": cpu, "stages": stages, "worst_seconds": [{k: int(v) for k, v in w.items()} for w in worst]}
 
 
 def main() -> None:
@@ -185,6 +232,7 @@ def main() -> None:
     print(f"{'freshness (ingested_at - event_time)':40} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     print(f"{'':40} {r['p50_ms']:8,.0f} {r['p99_ms']:8,.0f} {r['max_ms']:8,.0f}")
     print("CPU s while measured: " + ", ".join(f"{k} {v:,.1f}" for k, v in r["cpu_s"].items()))
+    print("stages p50/p99 ms: " + ", ".join(f"{k} {a:,.0f}/{b:,.0f}" for k, (a, b) in r["stages"].items()))
     print("slowest seconds (s after start: rows, p50 ms, max ms): " + ", ".join(
         f"{w['s']}: {w['n']:,}, {w['p50']:,}, {w['mx']:,}" for w in r["worst_seconds"]))
     print("peak RSS MiB: " + ", ".join(f"{k} {v:,.0f}" for k, v in r["peak_rss_mb"].items()))
