@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,16 +116,11 @@ def inject_dropped_fetch(spec: str) -> None:
     async def _getmany(self: Any, active_partitions: Any, timeout: float) -> Any:
         nonlocal done
         records: Any = await getmany(self, active_partitions, timeout)  # a dict (aiokafka's)
-        if not done:
-            for tp in _matching(records, target):
-                done = True
-                lost = records.pop(tp)
-                log.warning("fault injection: dropped %d fetched records of %s[%d] (offsets %d..%d)",
-                            len(lost), tp.topic, tp.partition, lost[0].offset, lost[-1].offset)
+        if not done and records.get(target):  # keys are (topic, partition) named tuples
+            done = True
+            lost = records.pop(target)
+            log.warning("fault injection: dropped %d fetched records of %s[%d] (offsets %d..%d)",
+                        len(lost), *target, lost[0].offset, lost[-1].offset)
         return records
 
     ThreadDelegateConsumer._getmany = _getmany  # type: ignore[method-assign]
-
-
-def _matching(records: Any, target: tuple[str, int]) -> Iterable[Any]:
-    return [tp for tp, batch in records.items() if (tp.topic, tp.partition) == target and batch]
