@@ -45,8 +45,10 @@ class Run:
         self.version = f"l{uuid.uuid4().hex[:8]}"
         self.settings = stack.settings(topic_prefix=self.prefix, version=self.version, home=home)
         self.registry = Registry(stack.schema_registry_url)
-        self.producer = Producer(client_config(self.settings, stack.kafka_bootstrap,
-                                               partitioner="murmur2_random"))
+        # idempotent like every producer of the pipeline: a retried batch must not overtake the next
+        # one (the fraud merge drops a source offset at or below the last seen: redelivered_upstream)
+        self.producer = Producer(client_config(self.settings, stack.kafka_bootstrap, **{
+            "partitioner": "murmur2_random", "enable.idempotence": True}))
         self.worker: subprocess.Popen[bytes] | None = None
         self.consumers: dict[str, tuple[Consumer, Decoder]] = {}
 

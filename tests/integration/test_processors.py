@@ -55,8 +55,8 @@ class Run:
         self.registry = Registry(self.stack.schema_registry_url)
         self.enc_o = Encoder(self.registry, f"{self.inputs.orders}-value", "orders")
         self.enc_u = Encoder(self.registry, f"{self.inputs.users}-value", "users")
-        self.producer = Producer(client_config(self.settings, self.stack.kafka_bootstrap,
-                                               partitioner="murmur2_random"))
+        self.producer = Producer(client_config(self.settings, self.stack.kafka_bootstrap, **{
+            "partitioner": "murmur2_random", "enable.idempotence": True}))
 
     # -- inputs -----------------------------------------------------------------------------
     def user(self, uid: int, updated: int, country: str) -> None:

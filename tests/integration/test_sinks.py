@@ -65,8 +65,8 @@ def produce_outputs(stack: Stack, version: str, n_orders: int = 600, seed: int =
     enc = {name: Encoder(reg, f"{topic}-value", name) for name, topic in (
         ("enriched_order", o.enriched), ("fraud_score", o.scores), ("revenue_window", o.revenue),
         ("model_quality", o.model_quality), ("drift_event", o.drift), ("rejected_event", o.rejected))}
-    prod = Producer(client_config(settings, stack.kafka_bootstrap, partitioner="murmur2_random",
-                                  **{"linger.ms": 5}))
+    prod = Producer(client_config(settings, stack.kafka_bootstrap, **{
+        "partitioner": "murmur2_random", "enable.idempotence": True, "linger.ms": 5}))
     exp = Expected(version, prefix)
 
     def send(topic: str, key: str, value: bytes) -> None:
