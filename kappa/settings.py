@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     """Failure injection (tests): ``<topic>:<partition>`` — each worker drops the records of its
     first fetch of that partition, as faust-streaming sometimes does (:mod:`stream_processors.stalls`)."""
 
+    processor_crash_after_batches: int = 0
+    """Crash injection (tests): a worker SIGKILLs itself once its order stage has produced and
+    flushed the outputs of this many batches, before acking the last one (0: never)."""
+
     drift_policy: str = "challenger"
     """What the fraud model does on a drift detection: ``challenger`` (default: a fresh model learns
     beside it and replaces it once better on the labels since the detection), ``reset`` or ``none``."""

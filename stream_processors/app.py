@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,7 @@ class Pipeline:
     orders: OrderStage | None = None
     revenue: RevenueStage | None = None
     state: TableState | None = None
+    crash_after_batches: int = 0
 
     async def run_batch(self, stage: OrderStage | RevenueStage, events: list[Any], agent: str) -> None:
         """Process one batch end to end; any failure ends the worker hard (nothing acked).
@@ -121,6 +123,12 @@ class Pipeline:
                     self.state.write(partition, items)
                 self.outputs.emit(out)
                 self.state.persisted(await self.outputs.flush_async())
+            if agent == "orders" and self.crash_after_batches:
+                self.crash_after_batches -= 1
+                if not self.crash_after_batches:  # outputs flushed, the batch not acked
+                    log.warning("crash injection: SIGKILL after the outputs of this batch")
+                    logging.shutdown()
+                    os.kill(os.getpid(), signal.SIGKILL)
         except Exception:
             # Exactly-once results rest on re-delivery: dying here is the same as kill -9, which
             # the crash tests prove safe; limping on with a dead agent would not be.
@@ -183,7 +191,8 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
                       options={"driver": "rocksdict"}, help="dedupe ids, user versions, windows")
     state = TableState(table, out)
     grace_ms = int(settings.window_grace_seconds * 1000)
-    pipe = Pipeline(app, settings, version, out, state=state)
+    pipe = Pipeline(app, settings, version, out, state=state,
+                    crash_after_batches=settings.processor_crash_after_batches)
     pipe.orders = OrderStage(version, inputs.users, inputs.orders, Decoder(registry, "users"),
                              Decoder(registry, "orders"), state, grace_ms,
                              category_map=settings.category_mapping)

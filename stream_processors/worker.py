@@ -15,12 +15,11 @@ import os
 from pathlib import Path
 from typing import IO
 
-import faust
-
 from kappa.errors import ConfigError
 from kappa.metrics import serve
 from kappa.settings import get_settings
 from stream_processors.app import create_app
+from stream_processors.diagnose import Worker
 
 __all__ = ["GC_THRESHOLDS", "claim_dir", "run_worker"]
 
@@ -66,4 +65,4 @@ def run_worker(version: str | None = None, worker: int | None = None, loglevel: 
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     log.info("worker %s of kappa-%s in %s", worker, version, datadir)
-    faust.Worker(pipe.app, loglevel=loglevel, redirect_stdouts=False).execute_from_commandline()
+    Worker(pipe.app, loglevel=loglevel, redirect_stdouts=False).execute_from_commandline()
