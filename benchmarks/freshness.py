@@ -32,6 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from confluent_kafka.admin import AdminClient  # noqa: E402
+
+from kappa.kafka import client_config  # noqa: E402
+from kappa.lag import wait_group_stable  # noqa: E402
 from kappa.runner import Pipeline  # noqa: E402
 from kappa.settings import Settings  # noqa: E402
 from producers.base import Publisher, now_ms  # noqa: E402
@@ -110,30 +114,6 @@ def _stages(settings: Settings, bootstrap: str, source: str, enriched: str,
             for name, d in (("publish", ts - ev), ("worker", te - ts), ("sink", ing - te))}
 
 
-def _wait_stable(settings: Settings, bootstrap: str, group: str, members: int, timeout: float) -> None:
-    """Until consumer group ``group`` is Stable with ``members`` members that all hold partitions
-    (a worker that joins after the warm-up would rebalance the group in the measured window)."""
-    from confluent_kafka import ConsumerGroupState, KafkaException
-    from confluent_kafka.admin import AdminClient
-
-    from kappa.kafka import client_config
-
-    admin = AdminClient(client_config(settings, bootstrap))
-    deadline = time.monotonic() + timeout
-    seen = "not described"
-    while time.monotonic() < deadline:
-        try:
-            g = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
-            seen = f"{g.state.name} with {len(g.members)} members"
-            if (g.state == ConsumerGroupState.STABLE and len(g.members) == members
-                    and all(m.assignment.topic_partitions for m in g.members)):
-                return
-        except KafkaException as exc:
-            seen = str(exc)
-        time.sleep(0.5)
-    raise RuntimeError(f"group {group} not stable with {members} members after {timeout:.0f}s: {seen}")
-
-
 def run(settings: Settings, rate: int = 5000, seconds: float = 30.0, workers: int = 1,
         warmup: int = 200, timeout: float = 240.0) -> dict[str, Any]:
     """Freshness percentiles (ms) and what was measured; the pipeline is stopped on return.
@@ -174,7 +154,9 @@ def run(settings: Settings, rate: int = 5000, seconds: float = 30.0, workers: in
             pub.publish_many(topic, [_order("w", i, rng) for i in range(warmup)], key_field="user_id")
             pub.flush()
             _wait_for(settings, table, "w", warmup, timeout)
-            _wait_stable(settings, pipe.ep.kafka_bootstrap, f"kappa-{version}", workers, timeout)
+            # a worker that joins after the warm-up would rebalance the group in the measured window
+            wait_group_stable(AdminClient(client_config(settings, pipe.ep.kafka_bootstrap)),
+                              f"kappa-{version}", workers, timeout)
             pub.publish_many(topic, [_order("v", i, rng) for i in range(warmup)], key_field="user_id")
             pub.flush()
             _wait_for(settings, table, "v", warmup, timeout)  # and the settled group processes

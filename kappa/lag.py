@@ -12,10 +12,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-__all__ = ["GroupLag", "group_lag", "matching_topics"]
+__all__ = ["GroupLag", "group_lag", "matching_topics", "wait_group_stable"]
 
 
 @dataclass(frozen=True)
@@ -114,3 +114,21 @@ def _committed(admin: AdminClient, group: str, tps: list[TopicPartition],
             if code not in _COORDINATOR_MOVING or not attempts:
                 raise
             time.sleep(0.5)
+
+
+def wait_group_stable(admin: AdminClient, group: str, members: int, timeout: float) -> None:
+    """Until consumer group ``group`` is Stable with ``members`` members that all hold partitions;
+    TimeoutError (naming the last state seen) after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    seen = "not described"
+    while time.monotonic() < deadline:
+        try:
+            g = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
+            seen = f"{g.state.name} with {len(g.members)} members"
+            if (g.state == ConsumerGroupState.STABLE and len(g.members) == members
+                    and all(m.assignment.topic_partitions for m in g.members)):
+                return
+        except KafkaException as exc:
+            seen = str(exc)
+        time.sleep(0.5)
+    raise TimeoutError(f"group {group} not stable with {members} members after {timeout:.0f}s: {seen}")

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, ConsumerGroupState, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from kappa import topics
 from kappa.kafka import client_config, ensure_topics
+from kappa.lag import wait_group_stable
 from schemas.serde import Decoder, Encoder, Registry
 from stream_processors.app import app_id
 from tests.conftest import REPO, Stack
@@ -88,22 +89,6 @@ class Run:
         log.close()
         self.procs.append(proc)
         return proc
-
-    def wait_stable(self, group: str, members: int, timeout: float = 120) -> None:
-        """Until consumer group ``group`` is Stable with ``members`` members, each holding partitions."""
-        admin = AdminClient(client_config(self.settings, self.stack.kafka_bootstrap))
-        deadline, seen = time.time() + timeout, "not described"
-        while time.time() < deadline:
-            try:
-                g = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
-                seen = f"{g.state.name} with {len(g.members)} members"
-                if (g.state == ConsumerGroupState.STABLE and len(g.members) == members
-                        and all(m.assignment.topic_partitions for m in g.members)):
-                    return
-            except KafkaException as exc:
-                seen = str(exc)
-            time.sleep(0.5)
-        raise AssertionError(f"group {group} not stable with {members} members after {timeout:.0f}s: {seen}")
 
     def stop_all(self) -> None:
         for proc in self.procs:
@@ -326,7 +311,8 @@ def test_kill9_single_worker_and_two_workers_give_the_results_of_a_clean_run(
     pair = f"pair{uuid.uuid4().hex[:6]}"
     first = pair_run.start(pair, worker=0, loglevel="INFO", KAPPA_PROCESSOR_CRASH_AFTER_BATCHES="2")
     pair_run.start(pair, worker=1, loglevel="INFO")
-    pair_run.wait_stable(app_id(pair), members=2)
+    wait_group_stable(AdminClient(client_config(pair_run.settings, pair_run.stack.kafka_bootstrap)),
+                      app_id(pair), members=2, timeout=120)
     assert _stream(pair_run, 40_000)[0] == unique
     try:
         assert first.wait(180) == -signal.SIGKILL
