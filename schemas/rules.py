@@ -46,7 +46,10 @@ MAX_AMOUNT = 1_000_000.0
 """Largest accepted order amount (inclusive), in the order's currency."""
 
 MAX_FUTURE_MS = 5 * 60 * 1000
-"""How far an event time may lie ahead of processing time (clock skew allowance), in ms."""
+"""How far an event time may lie ahead of the Kafka record's own timestamp (clock skew allowance), in ms.
+
+The record timestamp is part of the log, the processing time is not: judged against it, a
+replay on another day gives every record the verdict the live run gave it."""
 
 ORDER_REASONS = ("empty_order_id", "bad_user_id", "bad_amount", "bad_currency", "future_event_time")
 """Every reason code :func:`validate_order` can return (the generator produces each one)."""
@@ -87,19 +90,23 @@ def _check_positive_id(rec: Mapping[str, Any], field: str) -> str | None:
     return None
 
 
-def _check_not_future(rec: Mapping[str, Any], field: str, now_ms: int) -> str | None:
+def _check_not_future(rec: Mapping[str, Any], field: str, now_ms: int | None) -> str | None:
     value = rec.get(field)
     if not _is_int(value):
         return f"future_{field}: not an epoch-ms timestamp: {value!r}"
-    if value - now_ms > MAX_FUTURE_MS:
+    if now_ms is not None and value - now_ms > MAX_FUTURE_MS:
         # The reason names the record's own value, not "Ns ahead": a re-delivery after a crash
         # must give the same reason, else the rejected row is not recognised as the same one.
         return f"future_{field}: {value} is more than {MAX_FUTURE_MS // 1000}s ahead"
     return None
 
 
-def validate_order(rec: Mapping[str, Any], now_ms: int) -> str | None:
-    """Why order ``rec`` is invalid at processing time ``now_ms`` (epoch ms), or None.
+def validate_order(rec: Mapping[str, Any], now_ms: int | None) -> str | None:
+    """Why order ``rec`` is invalid as of ``now_ms`` (epoch ms), or None.
+
+    ``now_ms`` is the Kafka timestamp of the record that carries ``rec`` (the stream processors
+    pass it; the producer edge passes its clock, which becomes that timestamp); None: unknown,
+    so the event time is not judged.
 
     Rules (ARCHITECTURE.md): non-empty order_id; user_id > 0; 0 < amount <= 1,000,000 and
     finite; currency in :data:`ACCEPTED_CURRENCIES`; event_time at most 5 minutes ahead.
@@ -142,8 +149,8 @@ def validate_order(rec: Mapping[str, Any], now_ms: int) -> str | None:
     return _check_not_future(rec, "event_time", now_ms)
 
 
-def validate_user(rec: Mapping[str, Any], now_ms: int) -> str | None:
-    """Why user profile ``rec`` is invalid at ``now_ms``, or None.
+def validate_user(rec: Mapping[str, Any], now_ms: int | None) -> str | None:
+    """Why user profile ``rec`` is invalid as of ``now_ms`` (its record timestamp), or None.
 
     Rules: user_id > 0; country is 2 uppercase letters (ISO-3166 alpha-2); non-empty segment;
     signup_time not after updated_at; updated_at at most 5 minutes ahead.
@@ -181,8 +188,8 @@ def validate_user(rec: Mapping[str, Any], now_ms: int) -> str | None:
     return _check_not_future(rec, "updated_at", now_ms)
 
 
-def validate_label(rec: Mapping[str, Any], now_ms: int) -> str | None:
-    """Why order label ``rec`` is invalid at ``now_ms``, or None.
+def validate_label(rec: Mapping[str, Any], now_ms: int | None) -> str | None:
+    """Why order label ``rec`` is invalid as of ``now_ms`` (its record timestamp), or None.
 
     Rules: non-empty order_id; is_fraud is a boolean; label_time at most 5 minutes ahead.
 
@@ -204,7 +211,7 @@ def validate_label(rec: Mapping[str, Any], now_ms: int) -> str | None:
     return _check_not_future(rec, "label_time", now_ms)
 
 
-VALIDATORS: dict[str, Callable[[Mapping[str, Any], int], str | None]] = {
+VALIDATORS: dict[str, Callable[[Mapping[str, Any], int | None], str | None]] = {
     "users": validate_user,
     "orders": validate_order,
     "order_labels": validate_label,

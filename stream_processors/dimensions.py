@@ -78,7 +78,9 @@ def partition_reader(settings: Settings, bootstrap: str, topic: str) -> Callable
                         raise RuntimeError(f"reading {topic}[{partition}] from offset {start}: {err}")
                     offset = int(m.offset() or 0)
                     if offset < high:
-                        out.append(Message(topic, partition, offset, m.key(), m.value()))
+                        ts_type, ts_ms = m.timestamp()
+                        out.append(Message(topic, partition, offset, m.key(), m.value(),
+                                           ts_ms / 1000.0 if ts_type and ts_ms >= 0 else None))
                     done = done or offset >= high - 1
                 if done:
                     return out

@@ -4,7 +4,10 @@ Both topics are keyed by user_id with the same partition count, so partition ``p
 holds the same users; one stage instance sees both and keeps per partition ``p`` (in state
 partition ``p``):
 
-- ``u<user_id>``: recent profile versions (:mod:`stream_processors.users`);
+- ``u<user_id>``: recent profile versions with their record timestamps (:mod:`stream_processors.users`:
+  an order joins the version valid at its event time among those in the log before it);
+- ``j``: the greatest record timestamp of an applied order (with ``p``'s watermark, how far
+  user versions are still needed);
 - ``d<order_id>``: first occurrence ``[partition, offset, lateness, event_time]`` (dedupe);
 - ``p``: the partition's watermark, last applied offset and open window partials
   (:class:`~stream_processors.windows.PartitionWindows`), written last in each batch.
@@ -26,7 +29,7 @@ from kappa.errors import RegistryUnavailable
 from kappa.metrics import CONSUMED, DUPLICATES, LATE_EVENTS, REJECTED
 from schemas.rules import reason_code, validate_order, validate_user
 from schemas.serde import DecodeError, Decoder
-from stream_processors.base import Emitted, Message, State, dumps, loads
+from stream_processors.base import Emitted, Message, State, dumps, loads, record_ms
 from stream_processors.dimensions import fill_gaps
 from stream_processors.users import NULL_USER, as_of, upsert
 from stream_processors.windows import WINDOW_MS, PartitionWindows, window_key
@@ -43,16 +46,26 @@ MAX_PAYLOAD = 900_000
 def rejection(msg: Message, reason: str, now_ms: int) -> dict[str, Any]:
     """RejectedEvent envelope of ``msg`` (stage ``processor``, source ``topic/partition/offset``).
 
-    >>> r = rejection(Message("orders", 1, 7, None, b"x"), "bad_amount: -1", 5)
-    >>> r["source"], r["reason"], r["payload"], r["stage"]
-    ('orders/1/7', 'bad_amount: -1', b'x', 'processor')
+    ``rejected_at`` is the record's own Kafka timestamp when it has one (``now_ms`` otherwise),
+    so a replay rejects it with the same row.
+
+    >>> r = rejection(Message("orders", 1, 7, None, b"x", 2.5), "bad_amount: -1", 5)
+    >>> r["source"], r["reason"], r["payload"], r["stage"], r["rejected_at"]
+    ('orders/1/7', 'bad_amount: -1', b'x', 'processor', 2500)
+    >>> rejection(Message("orders", 1, 7, None, b"x"), "bad_amount: -1", 5)["rejected_at"]
+    5
     """
     payload = msg.value or b""
     if len(payload) > MAX_PAYLOAD:
         reason = f"{reason} (payload of {len(payload)} bytes cut to {MAX_PAYLOAD})"
         payload = payload[:MAX_PAYLOAD]
     return {"source": f"{msg.topic}/{msg.partition}/{msg.offset}", "topic": msg.topic,
-            "reason": reason, "payload": payload, "rejected_at": now_ms, "stage": "processor"}
+            "reason": reason, "payload": payload, "rejected_at": _or(record_ms(msg), now_ms),
+            "stage": "processor"}
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 _MISSING = object()
@@ -192,16 +205,26 @@ class OrderStage:
             decoded = [(m, rec) for m, rec in zip(ms, self.user_decoder.decode_many([m.value or b"" for m in ms]),
                                                    strict=True) if isinstance(rec, dict)]
         for m, rec in decoded:
-            reason = validate_user(rec, now_ms)
+            reason = validate_user(rec, record_ms(m))
             if reason:
                 if reject:
                     self._reject(m, reason, now_ms, out)
             else:
-                good.append(rec)
-        keys = [b"u%d" % rec["user_id"] for rec in good]
+                good.append((m, rec))
+        keys = [b"u%d" % rec["user_id"] for _, rec in good]
         view.prefetch(keys)
-        for key, rec in zip(keys, good, strict=True):
-            view.put(key, upsert(view.get(key) or [], rec))
+        horizon = self._join_horizon(view)
+        for key, (m, rec) in zip(keys, good, strict=True):
+            view.put(key, upsert(view.get(key) or [], rec, record_ms(m), horizon))
+
+    @staticmethod
+    def _join_horizon(view: _View) -> tuple[int, int] | None:
+        """(event time, record time) the orders of this partition have reached: ``b"p"``'s
+        watermark and ``b"j"``, the greatest record timestamp of an applied order (users.upsert)."""
+        prog, logged = view.get(b"p"), view.get(b"j")
+        if not prog or prog.get("wm") is None or logged is None:
+            return None
+        return int(prog["wm"]), int(logged)
 
     def _orders(self, p: int, ms: list[Message], now_ms: int, out: Emitted) -> None:
         view = self._view(p, out)
@@ -213,7 +236,7 @@ class OrderStage:
         valid = []
         reject, category_map = self._reject, self.category_map
         for m, rec in self._decode(self.order_decoder, ms, now_ms, out):
-            reason = validate_order(rec, now_ms)
+            reason = validate_order(rec, record_ms(m))
             if reason:
                 reject(m, reason, now_ms, out)
                 continue
@@ -225,6 +248,8 @@ class OrderStage:
         view.prefetch([b"u%d" % rec["user_id"] for _, rec, _ in valid])
         enriched = out.enriched.append
         topic, version = self.orders_topic, self.version
+        logged_before = get(b"j")
+        max_logged = -1 if logged_before is None else logged_before
         for m, rec, dkey in valid:
             offset = m.offset
             first = get(dkey)
@@ -247,7 +272,11 @@ class OrderStage:
             if first is None:
                 # the JSON of [p, offset, kind, event_time], written without json.dumps
                 view.put(dkey, [p, offset, kind, et], b'[%d,%d,"%s",%d]' % (p, offset, kind.encode(), et))
-            user = as_of(get(b"u%d" % rec["user_id"]) or [], et) or NULL_USER
+            logged = record_ms(m)
+            if logged is not None and logged > max_logged:
+                max_logged = logged
+            # bitemporal: valid at the event time and in the log before this order
+            user = as_of(get(b"u%d" % rec["user_id"]) or [], et, logged) or NULL_USER
             rec.update(user)
             rec["fraud_score"] = None
             rec["late"] = kind == "too_late"
@@ -267,6 +296,8 @@ class OrderStage:
             # batch may come later in the replay and must still be there to be emitted again.
             prog.prune(grace, keep=touched)
         self._sweep(p, prog, writes, get)
+        if max_logged >= 0 and max_logged != logged_before:
+            view.put(b"j", max_logged)
         writes.pop(b"p", None)
         writes[b"p"] = dumps(prog.to_json())  # last: the changelog holds it after its dedupe keys
 
