@@ -50,7 +50,7 @@ from typing import Any
 
 import cramjam
 import orjson
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from kappa import metrics
 from kappa.errors import KappaError
@@ -69,6 +69,14 @@ __all__ = ["FraudConsumer", "Learning", "checkpoint_topic", "fraud_events_topic"
            "register"]
 
 log = logging.getLogger(__name__)
+
+_REJOINING = (KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS,
+              KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+              KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError._WAIT_COORD, KafkaError._TRANSPORT,
+              KafkaError.REQUEST_TIMED_OUT, KafkaError._TIMED_OUT)
+"""Commit errors of a group between generations or a coordinator moving: retried, not fatal
+(after a broker restart the fraud consumer's first commit answered UNKNOWN_MEMBER_ID, and the
+worker died with its revenue batch in flight: make reliability)."""
 _MAX_BYTES = 64 * 1024 * 1024
 
 
@@ -374,6 +382,7 @@ class FraudConsumer(threading.Thread):
         self.owned = False
         self.stopping = threading.Event()
         self.uncommitted: int | None = None  # merge offset to commit once the next checkpoint is written
+        self.checkpointed: int | None = None  # merge offset the last checkpoint covers
         self.checkpointed_at = time.monotonic()
 
     def _mine(self, partitions: list[TopicPartition]) -> bool:
@@ -382,7 +391,7 @@ class FraudConsumer(threading.Thread):
     def _assigned(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         if self._mine(partitions):
             self.lrn.reload_fraud()  # another worker may have advanced it while it was not ours
-            self.owned, self.uncommitted = True, None
+            self.owned, self.uncommitted, self.checkpointed = True, None, None
 
     def _revoked(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         if self._mine(partitions):
@@ -392,6 +401,7 @@ class FraudConsumer(threading.Thread):
     def _lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         if self._mine(partitions):
             self.uncommitted, self.owned = None, False  # no longer ours: the next owner re-applies
+            self.checkpointed = None
 
     def run(self) -> None:
         try:
@@ -424,8 +434,9 @@ class FraudConsumer(threading.Thread):
             ends: dict[int, int] = {}
             for _, p, off, _ in labels:
                 ends[p] = max(ends.get(p, -1), off + 1)
-            self.consumer.commit(offsets=[TopicPartition(self.labels, p, o) for p, o in ends.items()],
-                                 asynchronous=False)
+            # not committed (the group is rejoining): the labels come again, and the learner
+            # drops what its sources already gave (redelivered_upstream)
+            self._commit([TopicPartition(self.labels, p, o) for p, o in ends.items()])
         if rows:
             lrn.learn_fraud(rows)
             self.uncommitted = rows[-1][0] + 1
@@ -445,9 +456,27 @@ class FraudConsumer(threading.Thread):
         """Outputs flushed, then the checkpoint, then the merge offsets it covers committed."""
         if self.uncommitted is None:
             return
-        self.lrn.checkpoint_sync({"fraud": self.lrn.fraud})
-        self.consumer.commit(offsets=[TopicPartition(self.topic, 0, self.uncommitted)], asynchronous=False)
-        self.uncommitted, self.checkpointed_at = None, time.monotonic()
+        if self.checkpointed != self.uncommitted:
+            self.lrn.checkpoint_sync({"fraud": self.lrn.fraud})
+            self.checkpointed = self.uncommitted
+        # A commit the group refuses (after a broker restart the member rejoins under a new id)
+        # is retried at the next checkpoint; the checkpoint already holds the merge offset, so
+        # records read again meanwhile are skipped as redelivered.
+        if self._commit([TopicPartition(self.topic, 0, self.uncommitted)]):
+            self.uncommitted, self.checkpointed_at = None, time.monotonic()
+
+    def _commit(self, offsets: list[TopicPartition]) -> bool:
+        """Commit synchronously; False (logged) when the group is between generations."""
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+            return True
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.fatal() or err.code() not in _REJOINING:
+                raise
+            log.warning("fraud consumer: commit of %s not accepted (%s); retried at the next checkpoint",
+                        ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in offsets), err.str())
+            return False
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish the batch in hand (applied, checkpointed, committed), leave the group."""

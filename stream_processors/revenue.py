@@ -68,15 +68,21 @@ class RevenueStage:
             by_part[m.partition].append(m)
         for p, ms in by_part.items():
             ms.sort(key=lambda m: m.offset)
+            done = loads(self.state.get(p, b"q"))
             if self.partials_source is not None:
-                ms = fill_gaps(ms, loads(self.state.get(p, b"q")), self.partials_source, "partials")
-            self._partition(p, ms, out)
-            if self.partials_source is not None:
-                done = loads(self.state.get(p, b"q"))
-                out.writes.setdefault(p, {})[b"q"] = dumps(max(ms[-1].offset, -1 if done is None else done))
+                ms = fill_gaps(ms, done, self.partials_source, "partials")
+            # Offsets up to ``done`` are in the state already: a worker applied them, wrote the
+            # state (RocksDB first) and may have died before its outputs were acknowledged.
+            again = [m.offset for m in ms if done is not None and m.offset <= done]
+            self._partition(p, ms, out, min(again) if again else None)
+            out.writes.setdefault(p, {})[b"q"] = dumps(max(ms[-1].offset, -1 if done is None else done))
         return out
 
-    def _partition(self, p: int, ms: list[Message], out: Emitted) -> None:
+    def _partition(self, p: int, ms: list[Message], out: Emitted, redelivered_from: int | None = None) -> None:
+        """Apply one partition's batch. ``redelivered_from``: the first offset of the batch the
+        state already holds; every window whose current revision came from there on is emitted
+        again (same revision: update-style, so the sink keeps one row), since the outputs of the
+        batches that made them may be lost."""
         now = self.clock()
         writes = out.writes.setdefault(p, {})
         open_keys = self.open_windows(p)
@@ -112,6 +118,18 @@ class RevenueStage:
                 if not tot.final and tot.end + self.grace_ms <= effective and tot.close():
                     changed.add(key)
             writes[b"g"] = dumps(wm)
+        last = ms[-1].offset if ms else -1
+        for key in changed:
+            totals[key].at = last
+        again: set[str] = set()
+        if redelivered_from is not None:
+            for k, v in self.state.scan(p, b"w"):
+                key = k[1:].decode()
+                if key not in changed and loads(v).get("a", -1) >= redelivered_from:
+                    totals.setdefault(key, WindowTotal.from_json(loads(v)))
+                    again.add(key)
+        for key in sorted(again):
+            out.revenue.append((key, totals[key].record(self.version)))
         for key in sorted(changed):
             tot = totals[key]
             writes[b"w" + key.encode()] = dumps(tot.to_json())

@@ -160,6 +160,10 @@ class WindowTotal:
     parts: dict[str, list[Any]] = field(default_factory=dict)
     revision: int = 0
     final: bool = False
+    at: int = -1
+    """Offset (in the partials partition) of the batch that made the current revision: a batch
+    re-delivered from offset ``o`` re-emits every window with ``at >= o``, whose output may
+    have died with the worker that wrote this state (:class:`~stream_processors.revenue.RevenueStage`)."""
 
     @property
     def end(self) -> int:
@@ -204,8 +208,8 @@ class WindowTotal:
 
     def to_json(self) -> dict[str, Any]:
         return {"s": self.start, "c": self.category, "u": self.currency, "p": self.parts,
-                "r": self.revision, "f": self.final}
+                "r": self.revision, "f": self.final, "a": self.at}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> WindowTotal:
-        return cls(d["s"], d["c"], d["u"], d["p"], d["r"], d["f"])
+        return cls(d["s"], d["c"], d["u"], d["p"], d["r"], d["f"], d.get("a", -1))

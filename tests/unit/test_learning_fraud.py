@@ -376,8 +376,47 @@ def test_the_fraud_consumer_commits_the_last_merge_offsets_only_after_the_quiet_
     fc = FraudConsumer.__new__(FraudConsumer)
     fc.lrn, fc.consumer, fc.topic, fc.labels = Lrn(), Consumer(), "merge", "labels"  # type: ignore[assignment]
     fc.owned, fc.uncommitted, fc.checkpointed_at, fc.batch, fc.poll_s = True, None, clock[0], 10, 0.2
+    fc.checkpointed = None
     monkeypatch.setattr("stream_processors.learning.time.monotonic", lambda: clock[0])
     for dt in (0.0, 0.2, 0.2, 1.0, 1.0):  # two batches, then quiet polls
         clock[0] += dt
         fc.step()
     assert trace == ["learn [0, 1]", "learn [2]", "tail", "flush", "checkpoint", "commit 3"]
+
+
+def test_a_commit_refused_while_the_group_rejoins_is_retried_not_fatal() -> None:
+    """After a broker restart the fraud consumer's commit answered UNKNOWN_MEMBER_ID and the whole
+    worker died with a revenue batch in flight. Now: logged, retried at the next checkpoint, the
+    checkpoint itself not written twice; a fatal error still raises."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from stream_processors.learning import FraudConsumer
+
+    trace: list[str] = []
+    answers = [KafkaError.UNKNOWN_MEMBER_ID, None]
+
+    class Consumer:
+        def commit(self, offsets: list[Any], asynchronous: bool) -> None:
+            code = answers.pop(0)
+            if code is not None:
+                trace.append("refused")
+                raise KafkaException(KafkaError(code, "Commit failed: Broker: Unknown member"))
+            trace.append(f"commit {offsets[0].offset}")
+
+    class Lrn:
+        fraud = None
+
+        def checkpoint_sync(self, _items: Any) -> None:
+            trace.append("checkpoint")
+
+    fc = FraudConsumer.__new__(FraudConsumer)
+    fc.lrn, fc.consumer, fc.topic = Lrn(), Consumer(), "merge"  # type: ignore[assignment]
+    fc.uncommitted, fc.checkpointed, fc.checkpointed_at = 7, None, 0.0
+    fc.checkpoint()
+    assert fc.uncommitted == 7
+    fc.checkpoint()
+    assert trace == ["checkpoint", "refused", "commit 7"] and fc.uncommitted is None
+    answers[:] = [KafkaError._FATAL]
+    fc.uncommitted = 9
+    with pytest.raises(KafkaException):
+        fc.checkpoint()

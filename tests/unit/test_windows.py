@@ -111,5 +111,31 @@ def test_revenue_stage_reads_partials_faust_skipped() -> None:
     out = _apply(stage, state, [log[3]])  # a rebalance lost offsets 1 and 2
     assert reads == [(0, 1, 4)]
     assert [(r["orders"], r["revenue"]) for r in out] == [(4, 37.0)]
-    assert _apply(stage, state, [log[2]]) == []  # re-delivered: nothing changes
+    # re-delivered: nothing changes, the current value is emitted again (same revision)
+    assert [(r["orders"], r["revenue"], r["revision"]) for r in _apply(stage, state, [log[2]])] == [(4, 37.0, 4)]
     assert len(reads) == 1
+
+
+def test_revenue_outputs_lost_with_a_dying_worker_come_back_on_redelivery() -> None:
+    """A worker writes a batch's state, then dies before its outputs are acknowledged (kill -9,
+    or another agent of the worker failing): the re-delivered batch must emit them again —
+    closes decided by an idle tick included — else the windows never reach ClickHouse."""
+    state, clock = MemoryState(), _Clock()
+    stage = RevenueStage("v1", state, GRACE, idle_s=1.0, clock=clock)
+    log = [_partial(0, 0, 0, 2, 20.0, 50_000), _partial(1, 1, 0, 1, 5.0, 55_000),
+           _partial(0, 2, 60_000, 1, 1.0, 90_000)]
+    delivered = _apply(stage, state, log[:2])
+    assert [(r["orders"], r["final"]) for r in delivered] == [(3, False)]
+    lost = _apply(stage, state, log[2:])  # state written, outputs lost with the worker
+    assert {(r["window_start"], r["final"]) for r in lost} == {(0, True), (60_000, False)}
+    clock.now += 100.0
+    lost_tick = _apply(stage, state, [Message("partials", 0, 3, None, TICK)])
+    assert [(r["window_start"], r["final"]) for r in lost_tick] == [(60_000, True)]
+    # the restarted worker's consumer resumes from the last committed offset, 2
+    again = RevenueStage("v1", state, GRACE, idle_s=1.0, clock=clock)
+    out = _apply(again, state, [*log[2:], Message("partials", 0, 3, None, TICK)])
+    def rows(records: list[dict]) -> list[tuple]:
+        return sorted((r["window_start"], r["orders"], r["revenue"], r["revision"], r["final"]) for r in records)
+
+    # every window as the lost outputs had it last: window 0 final, window 60 s closed by the tick
+    assert rows(out) == rows([next(r for r in lost if r["final"]), *lost_tick])
