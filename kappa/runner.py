@@ -74,24 +74,34 @@ class DrainState:
     """The processors' internal partials topic (idle window ticks flow through it)."""
     fraud: GroupLag | None = None
     """The fraud consumer's group alone (its partitions are also in ``processors``)."""
+    internal: frozenset[str] = frozenset()
+    """Topics between two stages (the partials, the fraud merge): consumed, but not inputs."""
+    missing: tuple[str, ...] = ()
+    """Topics some stage reads or writes that the cluster metadata did not list: never drained
+    then (after a broker restart, metadata can come back without them for a while)."""
 
-    @property
-    def drained(self) -> bool:
-        """No data left: inputs and outputs at their ends.
+    def _lags(self) -> tuple[int, int]:
+        """(data lag of every stage's input, uncommitted idle ticks beyond one per partition).
 
         The internal partials topic carries one idle tick per partition and second while
         windows wait out their grace; with commits once a second, up to one uncommitted tick
         per partition is normal there (callers also require the ends to stay put).
         """
-        data_lag = ticks = 0
-        partitions = 0
+        data_lag = ticks = partitions = 0
         for (topic, _), (committed, end) in self.processors.per_partition.items():
             if topic == self.partials:
                 ticks += max(0, end - committed)
                 partitions += 1
             else:
                 data_lag += max(0, end - committed)
-        return data_lag == 0 and ticks <= partitions and self.sink.total == 0
+        return data_lag, max(0, ticks - partitions)
+
+    @property
+    def drained(self) -> bool:
+        """No data left: every stage's input (inputs, partials, the fraud merge) consumed to its
+        end and every output landed, with every topic involved listed by the cluster."""
+        data_lag, ticks = self._lags()
+        return not self.missing and data_lag == 0 and ticks == 0 and self.sink.total == 0
 
     def data(self) -> list[tuple[str, str, int, int, int]]:
         """``(group, topic, partition, committed, end)`` of every data partition (the idle
@@ -112,9 +122,15 @@ class DrainState:
         return "; ".join(text for _, text in rows[:limit]) or "nothing (lag only on idle ticks)"
 
     def line(self, rate: float) -> str:
-        return (f"inputs {self.processors.consumed:,}/{self.processors.end:,} consumed "
-                f"(lag {self.processors.total:,}) | sink lag {self.sink.total:,} "
-                f"| {rate:,.0f} ev/s")
+        """Progress: the inputs (data only: no internal topic, no idle tick), the stages' lag, the sink's."""
+        consumed = end = 0
+        for (topic, _), (c, e) in self.processors.per_partition.items():
+            if topic != self.partials and topic not in self.internal:
+                consumed, end = consumed + c, end + e
+        data_lag, ticks = self._lags()
+        missing = f" | waiting for topics {', '.join(self.missing)}" if self.missing else ""
+        return (f"inputs {consumed:,}/{end:,} consumed (lag {data_lag + ticks:,}) "
+                f"| sink lag {self.sink.total:,} | {rate:,.0f} ev/s{missing}")
 
 
 @dataclass
@@ -229,8 +245,16 @@ class Pipeline:
         if fraud_topics:
             fraud = group_lag(self.admin, fraud_group(self.version), fraud_topics)
             processors = GroupLag(processors.group, processors.per_partition | fraud.per_partition)
+        o = self.outputs
+        fraud_events = o.prefix + "learning.fraud_events"
+        # every topic the stages of this version read or write, named, not discovered: a topic
+        # the metadata does not list is a stage nobody can call drained
+        required = [i.users, i.orders, i.order_labels, o.partials, fraud_events, o.enriched, o.revenue,
+                    o.rejected, o.scores, o.model_quality]
+        listed = set(in_topics) | set(fraud_topics) | set(out_topics)
+        missing = tuple(t for t in required if t not in listed)
         return DrainState(processors, group_lag(self.admin, sink_group(self.version), out_topics),
-                          self.outputs.partials, fraud)
+                          o.partials, fraud, frozenset({o.partials, fraud_events}), missing)
 
     # -- processes --------------------------------------------------------------------
     def _start(self, child: _Child) -> None:

@@ -104,3 +104,25 @@ def test_drain_state_names_the_group_and_partition_a_stalled_run_waits_on() -> N
                               "kappa-v1-processors orders[1] at 7 of 9; "
                               "kappa-v1-sink kappa.v1.orders.enriched[0] at 1 of 2")
     assert DrainState(GroupLag("g", {("orders", 0): (5, 5)}), GroupLag("s", {})).behind().startswith("nothing")
+
+
+def test_not_drained_while_a_stage_topic_is_unlisted_and_the_line_counts_inputs_only() -> None:
+    """After a broker restart the metadata listed the inputs but not yet every internal topic;
+    `--until-drained` must not read "no lag" on topics it did not see as drained. The progress
+    line counts input data only: no internal topic, no idle tick of the partials."""
+    from kappa.lag import GroupLag
+    from kappa.runner import DrainState
+
+    processors = GroupLag("kappa-v1", {("orders", 0): (9, 9), ("kappa-v1-partials", 0): (40, 41),
+                                       ("kappa.v1.learning.fraud_events", 0): (30, 30)})
+    sink = GroupLag("kappa-v1-sink", {("kappa.v1.orders.enriched", 0): (9, 9)})
+    internal = frozenset({"kappa-v1-partials", "kappa.v1.learning.fraud_events"})
+    done = DrainState(processors, sink, "kappa-v1-partials", internal=internal)
+    assert done.drained
+    assert done.line(0).startswith("inputs 9/9 consumed (lag 0) | sink lag 0")
+    unlisted = DrainState(processors, sink, "kappa-v1-partials", internal=internal,
+                          missing=("kappa.v1.revenue_per_minute",))
+    assert not unlisted.drained and "waiting for topics kappa.v1.revenue_per_minute" in unlisted.line(0)
+    ticking = DrainState(GroupLag("kappa-v1", {**processors.per_partition, ("kappa-v1-partials", 0): (40, 43)}),
+                         sink, "kappa-v1-partials", internal=internal)
+    assert not ticking.drained
