@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     """Crash injection (tests): a worker SIGKILLs itself once its order stage has produced and
     flushed the outputs of this many batches, before acking the last one (0: never)."""
 
+    processor_crash_on_close: bool = False
+    """Crash injection (tests): a worker SIGKILLs itself on its first revenue batch that closes a
+    window, once that batch's state is written and before its outputs are queued."""
+
     drift_policy: str = "challenger"
     """What the fraud model does on a drift detection: ``challenger`` (default: a fresh model learns
     beside it and replaces it once better on the labels since the detection), ``reset`` or ``none``."""

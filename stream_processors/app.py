@@ -107,6 +107,7 @@ class Pipeline:
     revenue: RevenueStage | None = None
     state: TableState | None = None
     crash_after_batches: int = 0
+    crash_on_close: bool = False
 
     async def run_batch(self, stage: OrderStage | RevenueStage, events: list[Any], agent: str) -> None:
         """Process one batch end to end; any failure ends the worker hard (nothing acked).
@@ -121,14 +122,14 @@ class Pipeline:
                 assert self.state is not None
                 for partition, items in out.writes.items():
                     self.state.write(partition, items)
+                if self.crash_on_close and agent == "revenue" and any(r["final"] for _, r in out.revenue):
+                    _crash("SIGKILL after the state of a closing revenue batch, before its outputs")
                 self.outputs.emit(out)
                 self.state.persisted(await self.outputs.flush_async())
             if agent == "orders" and self.crash_after_batches:
                 self.crash_after_batches -= 1
                 if not self.crash_after_batches:  # outputs flushed, the batch not acked
-                    log.warning("crash injection: SIGKILL after the outputs of this batch")
-                    logging.shutdown()
-                    os.kill(os.getpid(), signal.SIGKILL)
+                    _crash("SIGKILL after the outputs of this batch")
         except Exception:
             # Exactly-once results rest on re-delivery: dying here is the same as kill -9, which
             # the crash tests prove safe; limping on with a dead agent would not be.
@@ -136,6 +137,13 @@ class Pipeline:
                          agent, exc_info=True)
             logging.shutdown()
             os._exit(70)
+
+
+def _crash(why: str) -> None:
+    """Crash injection: die as kill -9 would (tests of exactly-once results)."""
+    log.warning("crash injection: %s", why)
+    logging.shutdown()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def create_app(settings: Settings, version: str, datadir: Path, *,
@@ -192,7 +200,8 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
     state = TableState(table, out)
     grace_ms = int(settings.window_grace_seconds * 1000)
     pipe = Pipeline(app, settings, version, out, state=state,
-                    crash_after_batches=settings.processor_crash_after_batches)
+                    crash_after_batches=settings.processor_crash_after_batches,
+                    crash_on_close=settings.processor_crash_on_close)
     pipe.orders = OrderStage(version, inputs.users, inputs.orders, Decoder(registry, "users"),
                              Decoder(registry, "orders"), state, grace_ms,
                              category_map=settings.category_mapping)

@@ -248,6 +248,40 @@ def test_records_faust_fetched_and_never_delivered_are_read_again(make_run: Call
     assert f"{run.inputs.orders}[0]: committed at 0" in log and "reading it again from 0" in log
 
 
+def test_a_worker_killed_after_writing_the_state_of_closing_windows_still_lands_them(
+        make_run: Callable[..., Run]) -> None:
+    """kill -9 between a revenue batch's state write (RocksDB first) and its outputs: the
+    restarted worker's re-delivered partials must emit those windows again (before: the closes
+    of that batch were never emitted; after a broker restart, make reliability lost 1,164 of
+    1,168 windows this way)."""
+    run = make_run(partitions=2, grace_s=5.0)
+    version = f"rc{uuid.uuid4().hex[:8]}"
+    expected: dict[str, list[Any]] = {}
+    for i in range(240):  # 8 minutes of event time in order: every window closes on the watermark
+        dt, amount = i * 2_000, float(i % 7 + 1)
+        run.order(f"o{i}", uid=i % 20 + 1, amount=amount, dt=dt)
+        key = f"{T0 + dt - dt % 60_000}|books|EUR"
+        expected.setdefault(key, [0, 0.0])
+        expected[key][0] += 1
+        expected[key][1] += amount
+    run.flush()
+    proc = run.start(version, KAPPA_PROCESSOR_CRASH_ON_CLOSE="true")
+    assert proc.wait(120) == -signal.SIGKILL
+    assert "crash injection: SIGKILL after the state of a closing revenue batch" in (
+        run.home / f"worker-{version}-0.log").read_text()
+    run.start(version)
+
+    def done(enriched: dict, windows: dict) -> bool:
+        return len(enriched) == 240 and len(windows) == len(expected) and all(w["final"] for w in windows.values())
+
+    try:
+        _, windows = run.wait_for(version, done, timeout=90)
+    except AssertionError as exc:
+        raise AssertionError(f"windows lost with the killed worker's outputs: {exc}") from None
+    assert {k: (r["orders"], r["revenue"]) for k, r in windows.items()} == {
+        k: (n, pytest.approx(rev)) for k, (n, rev) in expected.items()}
+
+
 def _stream(run: Run, n: int, seed: int = 7) -> tuple[int, int]:
     """``n`` orders over 40 users and ~15 minutes, with duplicates and disorder; returns (unique, users)."""
     rng = random.Random(seed)
