@@ -201,13 +201,17 @@ def test_changed_transformation_swap_under_query_loop_equals_fresh_run(world: Wo
         threads.append(t)
         time.sleep(1.0)  # the loop is running when the swap starts
 
+    said: list[str] = []
     result = replay(world.settings(category_map=CATEGORY_MAP), world.v(4), parse_start("earliest"), swap_views=True,
-                    echo=lambda _: None, poll=1.0, max_seconds=300, on_caught_up=on_caught_up)
+                    echo=said.append, poll=1.0, max_seconds=300, on_caught_up=on_caught_up)
     time.sleep(1.0)
     stop.set()
     for t in threads:
         t.join(30)
     assert result.swapped and result.swapped_from == world.v(1)
+    assert (f"swapped: the serving views now read {world.v(4)} (was {world.v(1)}); `kappa run` (no --version) "
+            f"now runs {world.v(4)} and keeps them fresh; drop the old one with: kappa replay --cleanup "
+            f"{world.v(1)}") in said
     assert not errors, errors[:3]
     assert result.verification is not None and not result.verification.identical
     assert any("category_map" in e for e in result.verification.explanations)
