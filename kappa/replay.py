@@ -56,7 +56,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from kappa import lineage, topics
+from kappa import lineage, topics, versions
 from kappa.errors import KappaError
 from kappa.kafka import client_config
 from kappa.runner import DrainState, Pipeline, fraud_group, processor_group, sink_group
@@ -453,10 +453,7 @@ def swap(settings: Settings, backend: Any, version: str, service: Any = None) ->
     stale = sorted(set(VIEWS) - {name for name, sql in rows if f"{db}." in sql})
     if stale:
         raise ReplayError(f"views not repointed at {db}: {', '.join(stale)}")
-    state = settings.home / "live_version.json"
-    state.parent.mkdir(parents=True, exist_ok=True)
-    state.write_text(json.dumps({"version": version, "previous": previous,
-                                 "swapped_at": datetime.now(UTC).isoformat()}))
+    versions.record_live(settings, version, previous, datetime.now(UTC).isoformat())
     return previous
 
 
@@ -553,9 +550,11 @@ def replay(settings: Settings, version: str, start: StartPoint, *, swap_views: b
     thread: threading.Thread | None = None
     try:
         live = serving_version(backend)
+        existing = _existing_versions(settings, backend)
         if version == live:
-            raise ReplayError(f"{version} is the live version (the serving views read it): "
-                              "replay into a new version name, e.g. --version v2")
+            raise ReplayError(f"{version} is the live version (the serving views read it): replay into "
+                              f"a new version name, e.g. --version {versions.next_free(version, existing)}")
+        _refuse_existing(settings, backend, version, start, existing)
         ep = endpoints(settings)
         lineage.bind(settings, ep.kafka_bootstrap, version)  # before anything is committed for it
         offsets = start_offsets(settings, ep.kafka_bootstrap, start, echo)
@@ -586,6 +585,7 @@ def replay(settings: Settings, version: str, start: StartPoint, *, swap_views: b
             echo(f"replay of {version} stopped before catching up: nothing swapped "
                  f"(run the same command again to resume)")
             return result
+        _record(settings, version, start, caught_up=True)
         if start.boundary_ms is not None and live is not None:
             result.copied = apply_boundary(backend, live, version, start.boundary_ms, offsets)
             echo(f"rows before {start} copied from {live}: "
@@ -599,8 +599,8 @@ def replay(settings: Settings, version: str, start: StartPoint, *, swap_views: b
             result.swapped_from = swap(settings, backend, version, service)
             result.swapped = True
             echo(f"swapped: the serving views now read {version} (was {live or 'none'}); "
-                 f"drop the old one with: kappa replay --cleanup {live}" if live else
-                 f"swapped: the serving views now read {version}")
+                 f"`kappa run` (no --version) now runs {version} and keeps them fresh"
+                 + (f"; drop the old one with: kappa replay --cleanup {live}" if live else ""))
         result.seconds = time.monotonic() - t0
         echo(f"replay summary: {version} from {start}: {result.events:,} input events in "
              f"{result.catch_up_seconds:.1f}s ({result.events_per_s:,.0f} ev/s), "
@@ -616,16 +616,90 @@ def replay(settings: Settings, version: str, start: StartPoint, *, swap_views: b
             backend.close()
 
 
-def _record(settings: Settings, version: str, start: StartPoint) -> None:
+def _record(settings: Settings, version: str, start: StartPoint, caught_up: bool = False) -> None:
     path = settings.home / "versions" / f"{version}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
+    started = (version_config(settings, version) or {}).get("started_at") if caught_up else None
     path.write_text(json.dumps({"version": version, "from": str(start),
-                                "started_at": datetime.now(UTC).isoformat(),
+                                "started_at": started or datetime.now(UTC).isoformat(),
+                                "caught_up": caught_up,
                                 "settings": {"category_map": settings.category_map}}))
 
 
+def _existing_versions(settings: Settings, backend: Any) -> set[str]:
+    """Version names in use: versioned databases (``kappa_<V>``) and this home's records."""
+    dbs = {r[0] for r in backend.rows("SELECT name FROM system.databases WHERE startsWith(name, 'kappa_')")}
+    return {db.removeprefix("kappa_") for db in dbs} | versions.known_versions(settings)
+
+
+def _refuse_existing(settings: Settings, backend: Any, version: str, start: StartPoint,
+                     existing: set[str]) -> None:
+    """Refuse a replay into a version that exists already, unless it resumes an unfinished
+    replay from the same start (its groups' committed offsets would make it process nothing)."""
+    from sinks.migrate import database
+
+    if not _tables_exist(backend, database(version)):
+        return
+    record = version_config(settings, version)
+    if record is not None and not record.get("caught_up") and record.get("from") == str(start):
+        return  # an interrupted replay: resume it
+    how = ("ran by kappa run" if record is None else
+           f"replayed from {record.get('from')} already" if record.get("caught_up") else
+           f"an unfinished replay from {record.get('from')}")
+    raise ReplayError(f"{version} exists ({how}): `kappa replay --cleanup {version}` first, or replay into "
+                      f"a new version name, e.g. --version {versions.next_free(version, existing)}")
+
+
 # -- cleanup ------------------------------------------------------------------------------------------
-def cleanup(settings: Settings, old: str, echo: Callable[[str], None] = print) -> list[str]:
+SESSION_EXPIRY_S = 15.0
+"""How long cleanup waits for the members of a stopped run to leave its groups: every consumer of
+a version (Faust workers, fraud consumer, sink) has a 10 s session timeout, plus a margin."""
+
+
+def _members(admin: Any, groups: list[str]) -> dict[str, int]:
+    """Members per group that has any (groups Kafka cannot describe count as empty)."""
+    out: dict[str, int] = {}
+    try:
+        described = admin.describe_consumer_groups(groups, request_timeout=10)
+    except KafkaException:
+        return out
+    for g, fut in described.items():
+        try:
+            n = len(fut.result().members)
+        except KafkaException:
+            continue
+        if n:
+            out[g] = n
+    return out
+
+
+def _wait_groups_left(admin: Any, version: str, groups: list[str], echo: Callable[[str], None],
+                      timeout: float) -> None:
+    """Return once no group of ``version`` has members; ReplayError if some still do after ``timeout``.
+
+    A run that stopped a moment ago can still be listed: a consumer that did not leave its
+    group (killed, or closed without a leave request) stays a member until its session
+    expires. So members are first waited out for up to one session timeout.
+    """
+    busy = _members(admin, groups)
+    if not busy:
+        return
+    names = ", ".join(f"{g} ({n})" for g, n in sorted(busy.items()))
+    echo(f"groups of {version} still list members: {names}; a run stopped moments ago stays listed "
+         f"until its session expires: waiting up to {timeout:.0f}s")
+    deadline = time.monotonic() + timeout
+    while busy and time.monotonic() < deadline:
+        time.sleep(1.0)
+        busy = _members(admin, groups)
+    if busy:
+        g, n = sorted(busy.items())[0]
+        raise ReplayError(f"{version} is running (group {g} still has {n} member(s) after {timeout:.0f}s, "
+                          f"longer than a session lasts): stop it before cleaning up")
+    echo(f"groups of {version} have no members any more: cleaning up")
+
+
+def cleanup(settings: Settings, old: str, echo: Callable[[str], None] = print,
+            session_expiry_s: float = SESSION_EXPIRY_S) -> list[str]:
     """Drop ``old``'s tables, topics, consumer groups and local state; never the live version."""
     from confluent_kafka.admin import AdminClient
 
@@ -636,16 +710,11 @@ def cleanup(settings: Settings, old: str, echo: Callable[[str], None] = print) -
     ep = endpoints(settings)
     admin = AdminClient(client_config(settings, ep.kafka_bootstrap))
     groups = [processor_group(old), fraud_group(old), sink_group(old)]
-    try:
-        described = admin.describe_consumer_groups(groups, request_timeout=10)
-        for g, fut in described.items():
-            try:
-                if fut.result().members:
-                    raise ReplayError(f"{old} is running (group {g} has members): stop it before cleaning up")
-            except KafkaException:
-                pass
-    except KafkaException:
-        pass
+    recorded = versions.read_live(settings)
+    if recorded is not None and recorded.version == old:  # refuse before waiting on its groups
+        raise ReplayError(f"refusing to drop {old}: it is the live version (the serving views read "
+                          "it); swap to another version first (kappa replay --version V --swap)")
+    _wait_groups_left(admin, old, groups, echo, session_expiry_s)
     dropped: list[str] = []
     with _open(settings) as backend:
         live = serving_version(backend)

@@ -44,7 +44,9 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: Path | None = None
 
     version: str = "v1"
-    """The live pipeline version: names consumer groups, changelogs, output topics, tables."""
+    """The pipeline version (names consumer groups, changelogs, output topics, tables) that
+    ``kappa run`` runs before any swap. After ``kappa replay --swap`` it runs the swapped version,
+    and setting this to another one is refused without ``--force`` (:mod:`kappa.versions`)."""
     topic_prefix: str = ""
     """Prefix of the input topic names (tests isolate themselves with it; empty in production)."""
     window_grace_seconds: float = 60.0

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from kappa import stack
-from kappa.settings import get_settings
+from kappa.settings import Settings, get_settings
 
 __all__ = ["down", "status", "up"]
 
@@ -46,6 +46,19 @@ def _print_metrics_endpoints(home: Path) -> None:
         click.echo(f"  {component:<12} http://{address}/metrics")
 
 
+def _print_serving_version(settings: Settings) -> None:
+    """The version the serving views read, as recorded by the last swap (read without ClickHouse)."""
+    from kappa.versions import read_live
+
+    live = read_live(settings)
+    if live is None:
+        click.echo(f"serving version: {settings.version} (no swap recorded: the views read the first "
+                   "version that ran)")
+    else:
+        click.echo(f"serving version: {live.version} (swapped at {live.swapped_at}"
+                   + (f", was {live.previous})" if live.previous else ")"))
+
+
 @click.command()
 def down() -> None:
     """Stop every process ``kappa up`` started (cleanly, then forcefully)."""
@@ -63,5 +76,6 @@ def status(as_json: bool) -> None:
         click.echo(json.dumps(stack.manager.as_dict(rows), indent=2))
     else:
         _print(rows)
+        _print_serving_version(settings)
         _print_metrics_endpoints(settings.home)
     sys.exit(0 if rows and all(r.healthy for r in rows) else 1)

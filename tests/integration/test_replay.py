@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,13 +201,17 @@ def test_changed_transformation_swap_under_query_loop_equals_fresh_run(world: Wo
         threads.append(t)
         time.sleep(1.0)  # the loop is running when the swap starts
 
+    said: list[str] = []
     result = replay(world.settings(category_map=CATEGORY_MAP), world.v(4), parse_start("earliest"), swap_views=True,
-                    echo=lambda _: None, poll=1.0, max_seconds=300, on_caught_up=on_caught_up)
+                    echo=said.append, poll=1.0, max_seconds=300, on_caught_up=on_caught_up)
     time.sleep(1.0)
     stop.set()
     for t in threads:
         t.join(30)
     assert result.swapped and result.swapped_from == world.v(1)
+    assert (f"swapped: the serving views now read {world.v(4)} (was {world.v(1)}); `kappa run` (no --version) "
+            f"now runs {world.v(4)} and keeps them fresh; drop the old one with: kappa replay --cleanup "
+            f"{world.v(1)}") in said
     assert not errors, errors[:3]
     assert result.verification is not None and not result.verification.identical
     assert any("category_map" in e for e in result.verification.explanations)
@@ -266,3 +271,99 @@ def test_refuses_a_start_that_is_no_longer_retained(stack: Stack, tmp_path: Path
     warned: list[str] = []
     assert start_offsets(s, stack.kafka_bootstrap, StartPoint(None), echo=warned.append) == {}
     assert warned and "no longer holds the first records" in warned[0]
+
+
+# -- after the swap: which version runs, and the replay/cleanup messages --------------------------
+KAPPA = str(Path(sys.executable).with_name("kappa"))
+
+
+def _kappa(w: World, args: list[str], env: dict[str, str] | None = None,
+           timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The real CLI on this world's home and log (no KAPPA_VERSION unless ``env`` sets it)."""
+    full = {**w.stack.env(w.home), "KAPPA_TOPIC_PREFIX": w.prefix, **(env or {})}
+    return subprocess.run([KAPPA, *args], env=full, capture_output=True, text=True, timeout=timeout)
+
+
+def _members(w: World, group: str) -> int:
+    admin = AdminClient(client_config(w.settings(), w.stack.kafka_bootstrap))
+    return len(admin.describe_consumer_groups([group], request_timeout=10)[group].result().members)
+
+
+def test_replay_refuses_a_version_that_exists(world: World) -> None:
+    v1 = world.v(1)  # ran by `kappa run` (the fixture), not live: a replay into it would process nothing
+    out: list[str] = []
+    with pytest.raises(ReplayError, match=rf"^{v1} exists \(ran by kappa run\): `kappa replay --cleanup {v1}` "
+                                          rf"first, or replay into a new version name, e\.g\. --version "):
+        replay(world.settings(), v1, parse_start("earliest"), echo=out.append, poll=1.0, max_seconds=120)
+    assert not any(line.startswith("replaying from") for line in out), out
+
+
+def test_replay_into_the_live_version_suggests_a_free_name(world: World) -> None:
+    live = world.v(4)  # swapped in by test_changed_transformation_...; v5 was run there too
+    with pytest.raises(ReplayError) as err:
+        replay(world.settings(), live, parse_start("earliest"), echo=lambda _: None)
+    assert f"{live} is the live version" in str(err.value)
+    assert str(err.value).endswith(f"e.g. --version {world.v(6)}"), str(err.value)
+
+
+def test_cleanup_waits_until_a_stopped_runs_session_expires(world: World) -> None:
+    from kappa.runner import sink_group
+
+    v1 = world.v(1)
+    env = {**world.stack.env(world.home), "KAPPA_TOPIC_PREFIX": world.prefix}
+    proc = subprocess.Popen([sys.executable, "-m", "sinks", "serve", "--version", v1], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while _members(world, sink_group(v1)) == 0:
+            assert proc.poll() is None and time.monotonic() < deadline, "the v1 sink did not join its group"
+            time.sleep(0.5)
+    finally:
+        proc.kill()  # gone without leaving its group: listed until its session expires
+        proc.wait(30)
+    assert _members(world, sink_group(v1)) > 0
+    out: list[str] = []
+    dropped = cleanup(world.settings(), v1, echo=out.append)
+    assert any(line.startswith(f"groups of {v1} still list members: {sink_group(v1)} (1)") and "waiting up to"
+               in line for line in out), out
+    assert f"database kappa_{v1}" in dropped
+
+
+def test_plain_run_after_swap_and_cleanup_feeds_the_serving_views(world: World) -> None:
+    from producers.base import Publisher
+
+    live, v1, v5 = world.v(4), world.v(1), world.v(5)
+    s = world.settings()
+    count = "SELECT count() AS n FROM kappa.orders"
+    before = int(query_rows(s, count)[0]["n"])
+    v1_db = f"SELECT name FROM system.databases WHERE name = 'kappa_{v1}'"
+    had_v1 = bool(query_rows(s, v1_db))  # False: dropped by the cleanup test above
+    tag = f"after-swap-{uuid.uuid4().hex[:8]}"
+    ids = [f"{tag}-{i}" for i in range(100)]
+    now = int(time.time() * 1000)
+    with Publisher(s, world.stack.kafka_bootstrap) as pub:
+        for i, oid in enumerate(ids):
+            pub.publish(topics.input_topics(world.prefix).orders,
+                        {"order_id": oid, "user_id": 1 + i % 50, "amount": 10.0 + i, "currency": "EUR",
+                         "category": "toys", "payment_method": "card", "ip_country": "DE",
+                         "event_time": now}, key=str(1 + i % 50))
+        pub.flush()
+    # plain `kappa run`: no --version, no KAPPA_VERSION (v4 was built with CATEGORY_MAP)
+    r = _kappa(world, ["run", "--until-drained"], {"KAPPA_CATEGORY_MAP": CATEGORY_MAP}, timeout=400)
+    assert r.returncode == 0, (r.stdout[-1500:], r.stderr[-1500:])
+    assert f"running version {live}:" in r.stdout
+    assert int(query_rows(s, count)[0]["n"]) == before + 100
+    landed = query_rows(s, "SELECT pipeline_version AS v, category, count() AS n FROM kappa.orders "
+                           f"WHERE startsWith(order_id, '{tag}-') GROUP BY v, category")
+    assert landed == [{"v": live, "category": "kids", "n": 100}]
+    assert bool(query_rows(s, v1_db)) == had_v1  # a cleaned-up v1 is not rebuilt
+    # another version, explicitly: refused in one line naming the serving version
+    for args, env in ((["run", "--version", v5, "--until-drained"], {}),
+                      (["run", "--until-drained"], {"KAPPA_VERSION": v5})):
+        r = _kappa(world, args, env, timeout=60)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"{v5} is not the serving version: the views read {live}" in lines[0], lines
+        assert "--force" in lines[0]
+    status = _kappa(world, ["status"], timeout=60)
+    assert f"serving version: {live} (swapped at " in status.stdout, status.stdout
