@@ -73,6 +73,13 @@ def produce(generator: str | None, events: int, seed: int, users: int | None, st
     if len(chosen) != 1:
         raise click.UsageError("give exactly one of --generator, --file or --river-dataset")
     settings = _settings(topic_prefix)
+    if path:
+        if not topic:
+            raise click.UsageError("--file needs --topic")
+        if schema is None:  # an unknown topic is refused before anything connects
+            from schemas.catalog import schema_for_topic
+
+            schema_for_topic(topic, settings.topic_prefix)
     ep = endpoints(settings)
     from kappa import metrics
 
@@ -115,8 +122,7 @@ def produce(generator: str | None, events: int, seed: int, users: int | None, st
 
     from producers.files import publish_file
 
-    if not topic:
-        raise click.UsageError("--file needs --topic")
+    assert topic is not None
     ensure_topics(settings, ep.kafka_bootstrap, [TopicSpec(topic, settings.partitions),
                                                  TopicSpec(dlq(topic), 1)])
     pub = Publisher(settings, ep.kafka_bootstrap, rate=rate)
