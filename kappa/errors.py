@@ -8,6 +8,7 @@ __all__ = [
     "KafkaAuthFailed",
     "KafkaUnavailable",
     "KappaError",
+    "PipelineRunning",
     "PortInUse",
     "RegistryUnavailable",
     "SchemaIncompatible",
@@ -44,6 +45,10 @@ class FetchError(StackError):
 
 class PortInUse(StackError):
     """A port the local stack wants to bind is taken by another process."""
+
+
+class PipelineRunning(KappaError):
+    """Another ``kappa run`` holds this KAPPA_HOME's run lock."""
 
 
 class KafkaUnavailable(KappaError):

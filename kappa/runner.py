@@ -27,9 +27,10 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from kappa import lineage, metrics, topics
-from kappa.errors import KappaError
+from kappa.errors import KappaError, RegistryUnavailable
 from kappa.kafka import client_config, ensure_topics
 from kappa.lag import GroupLag, group_lag, matching_topics
+from kappa.runlock import RunLock
 from kappa.settings import Settings
 from kappa.stack import endpoints
 
@@ -179,6 +180,7 @@ class Pipeline:
             for i in range(self.workers)
         ]
         self._stop = False
+        self._lock = RunLock(self.settings.home)
 
     # -- topics and lag ---------------------------------------------------------------
     def prepare(self) -> None:
@@ -264,6 +266,7 @@ class Pipeline:
                                       stdin=subprocess.DEVNULL, env=self._env(),
                                       preexec_fn=_die_with_parent)
         out.close()
+        self._lock.child(child.name, child.proc.pid)
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -307,7 +310,26 @@ class Pipeline:
 
     def run(self, until_drained: bool = False, poll: float = 2.0, idle_checks: int = 3,
             max_seconds: float | None = None) -> DrainState:
-        """Run until SIGTERM/SIGINT (or drained); return the last lag state."""
+        """Run until SIGTERM/SIGINT (or drained); return the last lag state.
+
+        A runner with the sink holds KAPPA_HOME's run lock (:mod:`kappa.runlock`): a second
+        one on the same home is refused at once. The registry is checked before any child
+        starts, so an unreachable one is one error, not crashing workers.
+        """
+        from kappa.stack.manager import registry_healthy
+
+        if any(c.name == "sink" for c in self.children):
+            self._lock.acquire(self.version)
+        try:
+            if not registry_healthy(self.ep.schema_registry_url):
+                raise RegistryUnavailable(f"schema registry at {self.ep.schema_registry_url} does not answer: "
+                                          "check KAPPA_SCHEMA_REGISTRY_URL or run `kappa up`")
+            return self._run(until_drained, poll, idle_checks, max_seconds)
+        finally:
+            self._lock.release()
+
+    def _run(self, until_drained: bool, poll: float, idle_checks: int,
+             max_seconds: float | None) -> DrainState:
         self.prepare()
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
 

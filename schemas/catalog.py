@@ -57,7 +57,7 @@ def schema_for_topic(topic: str, prefix: str = "") -> str:
         return "sample"
     raise UnknownTopic(
         f"no schema is declared for topic {topic!r}: use users, orders, order_labels, "
-        f"samples.<name>, <topic>.dlq or a kappa.<version>.* output (schemas/catalog.py)"
+        f"samples.<name>, <topic>.dlq or a kappa.<version>.* output, or give --schema NAME"
     )
 
 

@@ -36,7 +36,7 @@ import fastavro
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from kappa.errors import KappaError, RegistryUnavailable
+from kappa.errors import ConfigError, KappaError, RegistryUnavailable
 from schemas.fastpath import compile_reader, compile_writer
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "Decoder",
     "Encoder",
     "Registry",
+    "check_url",
     "load_schema",
     "schema_names",
     "schema_text",
@@ -121,11 +122,34 @@ def split_frame(data: bytes) -> tuple[int, bytes]:
     return schema_id, data[5:]
 
 
+def check_url(url: str) -> str:
+    """``url`` when it is an http(s) URL with a host and a valid port, else ConfigError.
+
+    >>> check_url("http://127.0.0.1:8081/apis/ccompat/v7")
+    'http://127.0.0.1:8081/apis/ccompat/v7'
+    >>> check_url("127.0.0.1:8081")  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    kappa.errors.ConfigError: not an http(s) URL
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        _ = parts.port  # ValueError when not a number in range
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"schema registry URL {url!r} (KAPPA_SCHEMA_REGISTRY_URL) is not an http(s) "
+                          "URL: use e.g. http://127.0.0.1:8081/apis/ccompat/v7")
+    return url
+
+
 class Registry:
     """Thread-safe cache in front of a Confluent-compatible schema registry."""
 
     def __init__(self, url: str, client: SchemaRegistryClient | None = None) -> None:
-        self.url = url
+        self.url = url if client is not None else check_url(url)
         self.client = client or SchemaRegistryClient({"url": url})
         self._ids: dict[tuple[str, str], int] = {}
         self._by_id: dict[int, Any] = {}

@@ -73,3 +73,13 @@ def main() -> None:
     except KappaError as exc:
         click.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(1)
+    except OSError as exc:  # a file that is missing or unreadable, a path that cannot be created
+        click.secho(f"error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}",
+                    fg="red", err=True)
+        sys.exit(1)
+    except Exception as exc:
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            raise
+        click.secho(f"error: {type(exc).__name__}: {exc} (run `kappa -v ...` for the details)",
+                    fg="red", err=True)
+        sys.exit(1)

@@ -47,12 +47,15 @@ def _start_ms(start: str | None) -> int | None:
 @click.option("--dup-rate", type=float, default=0.01, show_default=True)
 @click.option("--invalid-rate", type=float, default=0.01, show_default=True)
 @click.option("--late-rate", type=float, default=0.005, show_default=True)
-@click.option("--file", "path", type=click.Path(dir_okay=False), help="JSONL or CSV file to publish.")
+@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False),
+              help="JSONL or CSV file to publish.")
 @click.option("--topic", help="File: topic to publish to.")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default=None,
               help="File: force the format (default: from the extension).")
-@click.option("--schema", default=None, help="File: schema name (default: the topic's, schemas/catalog.py).")
-@click.option("--validate", is_flag=True, help="File: also apply the data-quality rules (schemas/rules.py).")
+@click.option("--schema", default=None, help="File: Avro schema to encode rows with, e.g. orders or users "
+              "(default: the one of --topic: users, orders, order_labels, samples.<name>).")
+@click.option("--validate", is_flag=True, help="File: also reject rows that break the topic's data-quality rules "
+              "(e.g. an unknown currency), with the reason, to the topic's DLQ.")
 @click.option("--river-dataset", default=None, help="River bundled dataset, e.g. Phishing.")
 @click.option("--limit", type=int, default=None, help="River dataset: publish at most this many samples.")
 @click.option("--rate", type=float, default=None, help="Events per second (default: as fast as possible).")
@@ -70,6 +73,13 @@ def produce(generator: str | None, events: int, seed: int, users: int | None, st
     if len(chosen) != 1:
         raise click.UsageError("give exactly one of --generator, --file or --river-dataset")
     settings = _settings(topic_prefix)
+    if path:
+        if not topic:
+            raise click.UsageError("--file needs --topic")
+        if schema is None:  # an unknown topic is refused before anything connects
+            from schemas.catalog import schema_for_topic
+
+            schema_for_topic(topic, settings.topic_prefix)
     ep = endpoints(settings)
     from kappa import metrics
 
@@ -112,8 +122,7 @@ def produce(generator: str | None, events: int, seed: int, users: int | None, st
 
     from producers.files import publish_file
 
-    if not topic:
-        raise click.UsageError("--file needs --topic")
+    assert topic is not None
     ensure_topics(settings, ep.kafka_bootstrap, [TopicSpec(topic, settings.partitions),
                                                  TopicSpec(dlq(topic), 1)])
     pub = Publisher(settings, ep.kafka_bootstrap, rate=rate)

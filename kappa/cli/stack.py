@@ -17,6 +17,8 @@ __all__ = ["down", "status", "up"]
 
 def _print(rows: list[stack.ComponentStatus]) -> None:
     for r in rows:
+        if r.kind == "metrics":
+            continue
         mark = click.style("healthy", fg="green") if r.healthy else click.style("DOWN", fg="red")
         who = f"pid {r.pid}, {r.rss_bytes / 2**20:.0f} MiB" if r.pid else ("external" if not r.managed else "-")
         click.echo(f"{r.name:<10} {mark:<18} {r.address:<45} {who:<24} {r.detail}")
@@ -30,7 +32,8 @@ def up(timeout: float, with_prometheus: bool) -> None:
     """Start the local stack (Kafka + schema registry) in the background; no-op when up."""
     settings = get_settings()
     t0 = time.monotonic()
-    rows = stack.up(settings, timeout=timeout, with_prometheus=with_prometheus)
+    rows = stack.up(settings, timeout=timeout, with_prometheus=with_prometheus,
+                    echo=lambda line: click.echo(line, err=True))
     _print(rows)
     click.echo(f"stack up in {time.monotonic() - t0:.1f}s (state in {settings.home})")
 
@@ -69,7 +72,8 @@ def down() -> None:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable status.")
 def status(as_json: bool) -> None:
-    """Print each component with its address; exit 0 only when all are healthy."""
+    """Print each component, the running `kappa run` and the metrics endpoints; exit 0 only when
+    every stack component is healthy (--json: rows of kind stack, pipeline and metrics)."""
     settings = get_settings()
     rows = stack.status(settings)
     if as_json:
@@ -78,4 +82,5 @@ def status(as_json: bool) -> None:
         _print(rows)
         _print_serving_version(settings)
         _print_metrics_endpoints(settings.home)
-    sys.exit(0 if rows and all(r.healthy for r in rows) else 1)
+    components = [r for r in rows if r.kind == "stack"]
+    sys.exit(0 if components and all(r.healthy for r in components) else 1)

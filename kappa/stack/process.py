@@ -12,7 +12,7 @@ from pathlib import Path
 
 from kappa.errors import PortInUse
 
-__all__ = ["alive", "free_port", "is_ours", "port_free", "spawn", "stop"]
+__all__ = ["alive", "free_port", "is_ours", "listens", "port_free", "spawn", "stop"]
 
 
 def free_port() -> int:
@@ -36,10 +36,48 @@ def port_free(port: int) -> bool:
 def require_free(port: int, what: str) -> None:
     """Raise PortInUse naming the component and the port."""
     if not port_free(port):
-        raise PortInUse(
-            f"port 127.0.0.1:{port} for {what} is in use by another process: stop it, "
-            f"or remove the port from the stack file so `kappa up` picks a free one"
-        )
+        raise PortInUse(f"port 127.0.0.1:{port} for {what} is in use by another process")
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Socket inodes listening on TCP ``port`` (IPv4 and IPv6), from /proc/net/tcp*."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            # local_address is HEXIP:HEXPORT, state 0A is LISTEN, inode is column 10
+            if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(cols[9])
+    return inodes
+
+
+def listens(pid: int | None, port: int) -> bool:
+    """True when process ``pid`` itself holds the socket listening on ``port``.
+
+    This is how a command tells its own stack's component from another process that answers
+    on the same port (another ``KAPPA_HOME``'s stack, anything else).
+    """
+    if not pid:
+        return False
+    inodes = _listening_inodes(port)
+    if not inodes:
+        return False
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            return True
+    return False
 
 
 def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None,

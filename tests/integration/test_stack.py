@@ -128,3 +128,69 @@ def test_up_status_down_twice_keeps_data(tmp_path: Path, unique: Callable[[str],
     finally:
         subprocess.run([KAPPA, "down"], env=env, capture_output=True, timeout=120)
     assert _processes_of(home) == []
+
+
+def test_failed_up_stops_what_it_started_and_moves_taken_ports(tmp_path: Path) -> None:
+    """The recorded Kafka port is taken (up moves it); then the registry fails to start (a heap
+    the JVM refuses): up exits non-zero with one line and leaves its Kafka not running."""
+    import json
+    import socket
+
+    home = tmp_path / "home"
+    ports = reserve_ports(home)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAPPA_")}
+    env.update(KAPPA_HOME=str(home), KAPPA_REGISTRY_HEAP="1k")
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", ports["kafka"]))
+    squatter.listen()
+    try:
+        proc = _run(["up", "--timeout", "120"], env, check=False)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 1 and "Traceback" not in out, out
+        assert f"port {ports['kafka']} (kafka) is in use by another process; using" in proc.stderr, out
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1 and "schema registry" in errors[0] and "exited during start" in errors[0], out
+        assert "stopped what this `kappa up` started: kafka" in errors[0], out
+        assert _processes_of(home) == []
+        state = json.loads((home / "stack.json").read_text())
+        assert state["pids"] == {} and state["ports"]["kafka"] != ports["kafka"]
+        down = _run(["produce", "--generator", "ecommerce", "--events", "5"], env, check=False)
+        assert down.returncode == 1 and "run `kappa up`" in down.stderr, down.stderr
+    finally:
+        squatter.close()
+        subprocess.run([KAPPA, "down"], env=env, capture_output=True, timeout=120)
+    assert _processes_of(home) == []
+
+
+def test_second_run_refused_on_a_real_runner(stack: Stack, tmp_path: Path, unique: Callable[[str], str]) -> None:
+    """A real `kappa run` holds KAPPA_HOME: a second one exits 1 at once naming its pid, and
+    `kappa status` lists the runner, its worker and its sink."""
+    import json
+    import time
+
+    from kappa.runlock import running
+    from tests.conftest import stop_group
+
+    home = tmp_path / "home"
+    env = {**stack.env(home), "KAPPA_TOPIC_PREFIX": unique("lock") + ".",
+           "KAPPA_VERSION": unique("v").replace("-", "")}
+    first = subprocess.Popen([KAPPA, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    try:
+        for _ in range(240):
+            info = running(home)
+            if info and {"sink", "worker-0"} <= set(info.children):
+                break
+            assert first.poll() is None, first.communicate()[0]
+            time.sleep(0.5)
+        assert info is not None and info.pid == first.pid
+        second = _run(["run"], env, check=False)
+        assert second.returncode == 1 and "Traceback" not in second.stdout + second.stderr, second.stderr
+        assert f"another `kappa run` (pid {first.pid}" in second.stderr
+        rows = json.loads(_run(["status", "--json"], env, check=False).stdout)
+        pipeline = {r["name"]: r["pid"] for r in rows if r["kind"] == "pipeline"}
+        assert pipeline == {"run": first.pid, "sink": info.children["sink"], "worker-0": info.children["worker-0"]}
+        assert any(r["kind"] == "metrics" and r["name"] == "runner" for r in rows), rows
+    finally:
+        stop_group(first)
+    assert running(home) is None
