@@ -129,7 +129,9 @@ def run_demo(settings: Settings, events: int = 20_000, seed: int = 42,
     echo("1/4 starting the local stack (Kafka + schema registry) ...")
     for row in stack.up(settings):
         echo(f"  {row.name:<9} {row.address}  {row.detail}")
-    version = settings.version
+    from kappa.versions import choose_run_version
+
+    version = choose_run_version(settings, echo=echo)  # after a swap: the version the views serve
     pipeline = Pipeline(settings, version, echo=echo)
     echo("2/4 creating topics ...")
     pipeline.prepare()
