@@ -38,7 +38,7 @@ from schemas.serde import Encoder, Registry, subject
 from stream_processors.orders import MAX_PAYLOAD
 
 __all__ = ["PRODUCER_CONFIG", "RECORD_OVERHEAD", "MessageTooLarge", "PublishFailed", "PublishSummary",
-           "Publisher", "now_ms"]
+           "Publisher", "now_ms", "topic_max_message_bytes"]
 
 PRODUCER_CONFIG: dict[str, Any] = {
     "enable.idempotence": True,
@@ -68,6 +68,22 @@ class PublishFailed(KappaError):
 
 class MessageTooLarge(KappaError):
     """One message is larger than its topic or the producer accepts (``message.max.bytes``)."""
+
+
+def topic_max_message_bytes(settings: Settings, bootstrap: str, topic: str) -> int | None:
+    """The effective ``max.message.bytes`` of ``topic`` (the broker's ``message.max.bytes``
+    unless the topic overrides it), or None when it cannot be read (missing topic, no
+    DescribeConfigs permission)."""
+    from confluent_kafka.admin import ConfigResource
+
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    client = admin(settings, bootstrap)  # held: the future dies with its client
+    try:
+        futures = client.describe_configs([resource], request_timeout=10)
+        entry = futures[resource].result(timeout=15).get("max.message.bytes")
+        return int(entry.value) if entry is not None and entry.value else None
+    except (KafkaException, ValueError, TimeoutError):
+        return None
 
 
 def now_ms() -> int:
@@ -181,16 +197,7 @@ class Publisher:
         return limit
 
     def _topic_max(self, topic: str) -> int | None:
-        from confluent_kafka.admin import ConfigResource
-
-        resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
-        client = admin(self.settings, self.bootstrap)  # held: the future dies with its client
-        try:
-            futures = client.describe_configs([resource], request_timeout=10)
-            entry = futures[resource].result(timeout=15).get("max.message.bytes")
-            return int(entry.value) if entry is not None and entry.value else None
-        except (KafkaException, ValueError, TimeoutError):
-            return None
+        return topic_max_message_bytes(self.settings, self.bootstrap, topic)
 
     def _pace(self) -> None:
         if self._paced == 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
 
 import click
 
@@ -33,6 +34,20 @@ def _start_ms(start: str | None, option: str = "--start") -> int | None:
         return _timestamp(start, from_text=True)
     except ValueError:
         raise ConfigError(f"{option} {start!r} is not ISO-8601 (e.g. 2024-05-01T00:00:00Z) or epoch ms") from None
+
+
+def _batch_config(settings: Settings, bootstrap: str, topics: list[str]) -> dict[str, Any]:
+    """``batch.size`` no larger than the smallest ``max.message.bytes`` of ``topics``.
+
+    librdkafka fills a batch up to ``batch.size`` whatever the topic's limit, and the broker
+    refuses a whole batch above it; rows larger than the limit are rejected one by one
+    (``too_large``), so batches of the others must fit too.
+    """
+    from producers.base import PRODUCER_CONFIG, topic_max_message_bytes
+
+    limits = [n for n in (topic_max_message_bytes(settings, bootstrap, t) for t in topics) if n]
+    batch = int(PRODUCER_CONFIG["batch.size"])
+    return {"batch.size": min(limits)} if limits and min(limits) < batch else {}
 
 
 @click.command()
@@ -119,7 +134,8 @@ def produce(generator: str | None, events: int, seed: int, users: int | None, st
     min_time_ms = _start_ms(min_time, "--min-time")
     ensure_topics(settings, ep.kafka_bootstrap, [TopicSpec(topic, settings.partitions),
                                                  TopicSpec(dlq(topic), 1)])
-    pub = Publisher(settings, ep.kafka_bootstrap, rate=rate)
+    pub = Publisher(settings, ep.kafka_bootstrap, rate=rate, **_batch_config(settings, ep.kafka_bootstrap,
+                                                                             [topic, dlq(topic)]))
     with pub:
         report = publish_file(pub, path, topic, fmt, validate=validate, schema=schema,  # type: ignore[arg-type]
                               min_time_ms=min_time_ms, report=lambda line: click.echo(line, err=True))

@@ -385,3 +385,25 @@ def test_timestamps_that_cannot_be_meant_are_rejected_naming_the_unit(
     assert dead[3]["reason"].startswith("bad_type: updated_at: 1709290800 is before 2020-01-01")
     assert "epoch seconds?" in dead[3]["reason"]
     assert dead[4]["reason"].startswith("bad_type: signup_time: ") and "2020-01-01" in dead[4]["reason"]
+
+
+def test_many_small_rows_fit_a_topic_with_a_small_max_message_bytes(
+        stack: Stack, unique: Callable[[str], str], tmp_path: Path) -> None:
+    import random
+
+    from kappa.kafka import TopicSpec, ensure_topics
+
+    prefix = unique("tsmall") + "."
+    topic = prefix + "orders"
+    ensure_topics(stack.settings(), stack.kafka_bootstrap,
+                  [TopicSpec(topic, 1, {"max.message.bytes": "50000"})])
+    rng = random.Random(5)
+    path = tmp_path / "orders.jsonl"
+    path.write_text("\n".join(json.dumps({
+        **GOOD, "order_id": f"o-{i}", "category": "".join(rng.choices("abcdefghijklmnopqrstuvwxyz0123456789", k=200))})
+        for i in range(3000)) + "\n")  # ~700 kB that lz4 cannot shrink much: many batches
+    proc = _kappa(["produce", "--file", str(path), "--topic", topic, "--topic-prefix", prefix],
+                  stack.env(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _summary(proc) == (3000, 3000, 0)
+    assert len(_consume(stack, topic)) == 3000
