@@ -28,15 +28,17 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from kappa import metrics
 from kappa.errors import ConfigError, KappaError
-from kappa.kafka import client_config
+from kappa.kafka import admin, client_config
 from kappa.settings import Settings
 from kappa.stack.manager import endpoints
 from kappa.topics import dlq
 from schemas.catalog import schema_for_topic
 from schemas.rules import reason_code
 from schemas.serde import Encoder, Registry, subject
+from stream_processors.orders import MAX_PAYLOAD
 
-__all__ = ["PRODUCER_CONFIG", "PublishFailed", "PublishSummary", "Publisher", "now_ms"]
+__all__ = ["PRODUCER_CONFIG", "RECORD_OVERHEAD", "MessageTooLarge", "PublishFailed", "PublishSummary",
+           "Publisher", "now_ms", "topic_max_message_bytes"]
 
 PRODUCER_CONFIG: dict[str, Any] = {
     "enable.idempotence": True,
@@ -53,8 +55,35 @@ PRODUCER_CONFIG: dict[str, Any] = {
 """librdkafka settings of every Kappa producer (see the module docstring for why)."""
 
 
+RECORD_OVERHEAD = 128
+"""Bytes a one-record batch adds to key + value on the wire (v2 batch header 61, record <= ~30)."""
+
+_MAX_REASON = 1000
+"""Reasons are cut to this many characters (a reason may quote a value of any size)."""
+
+
 class PublishFailed(KappaError):
     """Kafka did not acknowledge some messages before the flush timeout."""
+
+
+class MessageTooLarge(KappaError):
+    """One message is larger than its topic or the producer accepts (``message.max.bytes``)."""
+
+
+def topic_max_message_bytes(settings: Settings, bootstrap: str, topic: str) -> int | None:
+    """The effective ``max.message.bytes`` of ``topic`` (the broker's ``message.max.bytes``
+    unless the topic overrides it), or None when it cannot be read (missing topic, no
+    DescribeConfigs permission)."""
+    from confluent_kafka.admin import ConfigResource
+
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    client = admin(settings, bootstrap)  # held: the future dies with its client
+    try:
+        futures = client.describe_configs([resource], request_timeout=10)
+        entry = futures[resource].result(timeout=15).get("max.message.bytes")
+        return int(entry.value) if entry is not None and entry.value else None
+    except (KafkaException, ValueError, TimeoutError):
+        return None
 
 
 def now_ms() -> int:
@@ -104,9 +133,12 @@ class Publisher:
         self.bootstrap = bootstrap
         self.registry = registry
         self.rate = rate
+        config = {**PRODUCER_CONFIG, **producer_config}
+        self._producer_max = int(config.get("message.max.bytes", 1_000_000))  # librdkafka default
         self._producer = Producer(client_config(
-            settings, bootstrap, **{**PRODUCER_CONFIG, "error_cb": self._on_error,
-                                    "on_delivery": self._on_delivery, **producer_config}))
+            settings, bootstrap, **{**config, "error_cb": self._on_error,
+                                    "on_delivery": self._on_delivery}))
+        self._max_bytes: dict[str, int] = {}
         self._encoders: dict[str, Encoder] = {}
         self._sent: Tally[str] = Tally()
         self._failed: Tally[str] = Tally()
@@ -148,6 +180,25 @@ class Publisher:
             enc = self._encoders[topic] = Encoder(self.registry, subject(topic), name)
         return enc
 
+    def max_message_bytes(self, topic: str) -> int:
+        """Largest ``len(key) + len(value)`` (before compression) one message to ``topic`` may have.
+
+        The smaller of the producer's ``message.max.bytes`` and the topic's effective
+        ``max.message.bytes`` (the broker's ``message.max.bytes`` unless the topic overrides it),
+        less :data:`RECORD_OVERHEAD`. Read once per topic; when the topic's config cannot be read
+        (missing topic, no DescribeConfigs permission) the producer's limit alone applies.
+        The size is checked uncompressed, as librdkafka itself does, so a verdict does not
+        depend on how well a batch compresses.
+        """
+        limit = self._max_bytes.get(topic)
+        if limit is None:
+            limit = min(self._producer_max, self._topic_max(topic) or self._producer_max)
+            self._max_bytes[topic] = limit = limit - RECORD_OVERHEAD
+        return limit
+
+    def _topic_max(self, topic: str) -> int | None:
+        return topic_max_message_bytes(self.settings, self.bootstrap, topic)
+
     def _pace(self) -> None:
         if self._paced == 0:
             self._pace_start = time.perf_counter()
@@ -158,7 +209,10 @@ class Publisher:
             time.sleep(ahead)
 
     def produce_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
-        """Produce already-encoded ``value`` (the hot path: retries on a full local queue)."""
+        """Produce already-encoded ``value`` (the hot path: retries on a full local queue).
+
+        Raises MessageTooLarge (nothing sent, nothing counted) when librdkafka refuses the size.
+        """
         if self.rate is not None:
             self._pace()
         while True:
@@ -167,6 +221,12 @@ class Publisher:
                 break
             except BufferError:
                 self._producer.poll(0.05)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise
+                raise MessageTooLarge(
+                    f"{len(value) + len(key or b'')} bytes, more than the producer's "
+                    f"message.max.bytes ({self._producer_max})") from exc
         self._sent[topic] += 1
         self._since_poll += 1
         chunk = 5000 if self.rate is None else max(1, min(5000, int(self.rate / 4)))
@@ -232,8 +292,17 @@ class Publisher:
     def publish_dlq(self, topic: str, source: str, reason: str, raw: bytes) -> None:
         """Send a rejected input to ``dlq(topic)`` as a RejectedEvent (stage ``producer``).
 
-        Counted as *rejected*, not as sent; ``source`` is ``path:line`` for file rows.
+        Counted as *rejected*, not as sent; ``source`` is ``path:line`` for file rows. A payload
+        larger than :data:`~stream_processors.orders.MAX_PAYLOAD` (or than the DLQ topic takes)
+        is cut, and the reason says so, as the processors do; a long reason is cut too.
         """
+        if len(reason) > _MAX_REASON:
+            reason = reason[:_MAX_REASON] + "..."
+        room = self.max_message_bytes(dlq(topic)) - 2 * (len(source) + len(topic)) - 4 * len(reason) - 64
+        cut = max(min(MAX_PAYLOAD, room), 0)
+        if len(raw) > cut:
+            reason = f"{reason} (payload of {len(raw)} bytes cut to {cut})"
+            raw = raw[:cut]
         envelope = {"source": source, "topic": topic, "reason": reason, "payload": raw,
                     "rejected_at": now_ms(), "stage": "producer"}
         value = self.encoder(dlq(topic)).encode(envelope)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
 
 import click
 
@@ -23,7 +24,7 @@ def _settings(topic_prefix: str | None) -> Settings:
     return base.model_copy(update={"topic_prefix": topic_prefix})
 
 
-def _start_ms(start: str | None) -> int | None:
+def _start_ms(start: str | None, option: str = "--start") -> int | None:
     """``--start`` as epoch ms: the same ISO-8601 / epoch-ms rules as timestamps in files."""
     if start is None:
         return None
@@ -32,7 +33,21 @@ def _start_ms(start: str | None) -> int | None:
     try:
         return _timestamp(start, from_text=True)
     except ValueError:
-        raise ConfigError(f"--start {start!r} is not ISO-8601 (e.g. 2024-05-01T00:00:00Z) or epoch ms") from None
+        raise ConfigError(f"{option} {start!r} is not ISO-8601 (e.g. 2024-05-01T00:00:00Z) or epoch ms") from None
+
+
+def _batch_config(settings: Settings, bootstrap: str, topics: list[str]) -> dict[str, Any]:
+    """``batch.size`` no larger than the smallest ``max.message.bytes`` of ``topics``.
+
+    librdkafka fills a batch up to ``batch.size`` whatever the topic's limit, and the broker
+    refuses a whole batch above it; rows larger than the limit are rejected one by one
+    (``too_large``), so batches of the others must fit too.
+    """
+    from producers.base import PRODUCER_CONFIG, topic_max_message_bytes
+
+    limits = [n for n in (topic_max_message_bytes(settings, bootstrap, t) for t in topics) if n]
+    batch = int(PRODUCER_CONFIG["batch.size"])
+    return {"batch.size": min(limits)} if limits and min(limits) < batch else {}
 
 
 @click.command()
@@ -56,6 +71,8 @@ def _start_ms(start: str | None) -> int | None:
               "(default: the one of --topic: users, orders, order_labels, samples.<name>).")
 @click.option("--validate", is_flag=True, help="File: also reject rows that break the topic's data-quality rules "
               "(e.g. an unknown currency), with the reason, to the topic's DLQ.")
+@click.option("--min-time", default=None,
+              help="File: earliest timestamp a row may hold, ISO-8601 or epoch ms (default 2000-01-01).")
 @click.option("--river-dataset", default=None, help="River bundled dataset, e.g. Phishing.")
 @click.option("--limit", type=int, default=None, help="River dataset: publish at most this many samples.")
 @click.option("--rate", type=float, default=None, help="Events per second (default: as fast as possible).")
@@ -63,7 +80,7 @@ def _start_ms(start: str | None) -> int | None:
 def produce(generator: str | None, events: int, seed: int, users: int | None, start: str | None,
             drift_at: int | None, dup_rate: float, invalid_rate: float, late_rate: float,
             path: str | None, topic: str | None, fmt: str | None, schema: str | None,
-            validate: bool, river_dataset: str | None, limit: int | None, rate: float | None,
+            validate: bool, min_time: str | None, river_dataset: str | None, limit: int | None, rate: float | None,
             topic_prefix: str | None) -> None:
     """Publish events: --generator ecommerce, --file PATH --topic T, or --river-dataset NAME."""
     from kappa.stack.manager import endpoints
@@ -123,16 +140,18 @@ def produce(generator: str | None, events: int, seed: int, users: int | None, st
     from producers.files import publish_file
 
     assert topic is not None
+    min_time_ms = _start_ms(min_time, "--min-time")
     ensure_topics(settings, ep.kafka_bootstrap, [TopicSpec(topic, settings.partitions),
                                                  TopicSpec(dlq(topic), 1)])
-    pub = Publisher(settings, ep.kafka_bootstrap, rate=rate)
+    pub = Publisher(settings, ep.kafka_bootstrap, rate=rate, **_batch_config(settings, ep.kafka_bootstrap,
+                                                                             [topic, dlq(topic)]))
     with pub:
         report = publish_file(pub, path, topic, fmt, validate=validate, schema=schema,  # type: ignore[arg-type]
-                              report=lambda line: click.echo(line, err=True))
+                              min_time_ms=min_time_ms, report=lambda line: click.echo(line, err=True))
         summary = pub.flush()
     click.echo(f"{report.path}: {report.rows} rows, {report.published} published to {topic}, "
                f"{report.rejected} rejected to {dlq(topic)}")
     click.echo(str(summary))
     if report.rejected:
         click.secho(f"{report.rejected} row(s) rejected (see above)", fg="red", err=True)
-        sys.exit(2)
+        sys.exit(1)

@@ -81,7 +81,7 @@ def test_jsonl_bad_rows_are_reported_dead_lettered_and_fail_the_command(
     topic = prefix + "orders"
     proc = _kappa(["produce", "--file", str(path), "--topic", topic, "--topic-prefix", prefix],
                   stack.env(tmp_path))
-    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr
     reported = re.findall(rf"^{re.escape(str(path))}:(\d+): (\w+)", proc.stderr, re.M)
     assert reported == [("2", "bad_json"), ("3", "missing_field"), ("4", "bad_type"),
                         ("7", "bad_type"), ("8", "bad_json")], proc.stderr
@@ -113,7 +113,7 @@ def test_csv_rows_are_coerced_per_field_type(stack: Stack, unique: Callable[[str
     topic = prefix + "users"
     proc = _kappa(["produce", "--file", str(path), "--format", "csv", "--topic", topic,
                    "--topic-prefix", prefix], stack.env(tmp_path))
-    assert proc.returncode != 0
+    assert proc.returncode == 1, proc.stdout + proc.stderr
     assert [int(n) for n in re.findall(rf"{re.escape(str(path))}:(\d+):", proc.stderr)] == [3, 4, 6]
     users = _decode(stack, _consume(stack, topic), "users")
     assert sorted((u["user_id"], u["signup_time"]) for u in users) == [
@@ -216,3 +216,194 @@ def test_river_dataset_in_order_on_one_partition(stack: Stack, unique: Callable[
 
     x0, y0 = next(iter(Phishing()))
     assert samples[0]["x"] == {k: float(v) for k, v in x0.items()} and samples[0]["y"] == y0
+
+
+def _summary(proc: subprocess.CompletedProcess[str]) -> tuple[int, int, int]:
+    """``(rows, published, rejected)`` of the file summary line."""
+    m = re.search(r": (\d+) rows, (\d+) published to \S+, (\d+) rejected to ", proc.stdout)
+    assert m, proc.stdout + proc.stderr
+    rows, published, rejected = (int(g) for g in m.groups())
+    assert published + rejected == rows, proc.stdout
+    return rows, published, rejected
+
+
+def _dead_by_line(stack: Stack, topic: str) -> dict[int, dict[str, Any]]:
+    dead = _decode(stack, _consume(stack, topic + ".dlq"), "rejected_event")
+    by_line = {int(d["source"].rsplit(":", 1)[1]): d for d in dead}
+    assert len(by_line) == len(dead), "a row was dead-lettered twice"
+    return by_line
+
+
+def test_oversized_rows_are_rejected_too_large_and_the_file_goes_on(
+        stack: Stack, unique: Callable[[str], str], tmp_path: Path) -> None:
+    prefix = unique("big") + "."
+    topic = prefix + "orders"
+    path = tmp_path / "orders.jsonl"
+    huge = "x" * 5_000_000
+    rows = [
+        json.dumps(GOOD),                                                # 1 good
+        json.dumps({**GOOD, "order_id": "o-2", "category": huge}),       # 2 valid, 5 MB: too large
+        json.dumps({**GOOD, "order_id": "o-3"}),                         # 3 good
+        '{"order_id": "' + huge,                                          # 4 invalid JSON, 5 MB
+        json.dumps({**GOOD, "order_id": "o-5", "amount": huge}),         # 5 bad type, 5 MB value
+        json.dumps({**GOOD, "order_id": "o-6"}),                         # 6 good
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    proc = _kappa(["produce", "--file", str(path), "--topic", topic, "--topic-prefix", prefix],
+                  stack.env(tmp_path))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert _summary(proc) == (6, 3, 3)
+    assert max(len(line) for line in proc.stderr.splitlines()) < 1000, "a 5 MB value was echoed"
+    published = _decode(stack, _consume(stack, topic), "orders")
+    assert sorted(o["order_id"] for o in published) == ["o-1", "o-3", "o-6"]
+    dead = _dead_by_line(stack, topic)
+    assert sorted(dead) == [2, 4, 5]
+    assert dead[2]["reason"].startswith("too_large: ") and "cut to" in dead[2]["reason"]
+    assert dead[4]["reason"].startswith("bad_json: ") and "cut to" in dead[4]["reason"]
+    assert dead[5]["reason"].startswith("bad_type: amount: ") and len(dead[5]["reason"]) < 1000
+    for line in (2, 4, 5):
+        assert 0 < len(dead[line]["payload"]) < 1_000_000
+        assert rows[line - 1].encode().startswith(dead[line]["payload"])
+
+
+def test_too_large_follows_the_topic_max_message_bytes(
+        stack: Stack, unique: Callable[[str], str], tmp_path: Path) -> None:
+    from kappa.kafka import TopicSpec, ensure_topics
+
+    prefix = unique("tmax") + "."
+    topic = prefix + "orders"
+    ensure_topics(stack.settings(), stack.kafka_bootstrap,
+                  [TopicSpec(topic, 1, {"max.message.bytes": "200000"})])
+    path = tmp_path / "orders.jsonl"
+    path.write_text("\n".join([
+        json.dumps({**GOOD, "order_id": "o-1", "category": "y" * 100_000}),  # fits 200 kB
+        json.dumps({**GOOD, "order_id": "o-2", "category": "y" * 300_000}),  # does not
+        json.dumps({**GOOD, "order_id": "o-3"}),
+    ]) + "\n")
+    proc = _kappa(["produce", "--file", str(path), "--topic", topic, "--topic-prefix", prefix],
+                  stack.env(tmp_path))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert _summary(proc) == (3, 2, 1)
+    assert sorted(o["order_id"] for o in _decode(stack, _consume(stack, topic), "orders")) == [
+        "o-1", "o-3"]
+    dead = _dead_by_line(stack, topic)
+    assert list(dead) == [2] and dead[2]["reason"].startswith("too_large: ")
+    assert "200000" in dead[2]["reason"], dead[2]["reason"]
+
+
+def test_csv_and_jsonl_with_a_utf8_bom_are_read(stack: Stack, unique: Callable[[str], str],
+                                                 tmp_path: Path) -> None:
+    prefix = unique("bom") + "."
+    topic = prefix + "orders"
+    csv_path = tmp_path / "orders.csv"
+    csv_path.write_bytes(b"\xef\xbb\xbforder_id,user_id,amount,currency,category,payment_method,"
+                         b"ip_country,event_time\r\n"
+                         b"c-1,7,12.5,EUR,books,card,DE,2024-03-01T10:00:00Z\r\n"
+                         b"c-2,8,3.0,USD,games,card,US,1709290800000\r\n")
+    jsonl_path = tmp_path / "orders.jsonl"
+    jsonl_path.write_bytes(b"\xef\xbb\xbf" + json.dumps({**GOOD, "order_id": "j-1"}).encode() + b"\n")
+    for path in (csv_path, jsonl_path):
+        proc = _kappa(["produce", "--file", str(path), "--topic", topic, "--topic-prefix", prefix],
+                      stack.env(tmp_path))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    published = _decode(stack, _consume(stack, topic), "orders")
+    assert sorted(o["order_id"] for o in published) == ["c-1", "c-2", "j-1"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_invalid_utf8_is_rejected_bad_encoding_with_the_raw_bytes(
+        stack: Stack, unique: Callable[[str], str], tmp_path: Path, fmt: str) -> None:
+    prefix = unique("enc") + "."
+    topic = prefix + "orders"
+    path = tmp_path / f"orders.{fmt}"
+    if fmt == "csv":
+        lines = [b"order_id,user_id,amount,currency,category,payment_method,ip_country,event_time",
+                 b"e-1,7,12.5,EUR,books,card,DE,2024-03-01T10:00:00Z",
+                 b"e-2,7,12.5,EUR,b\xffoks,card,DE,2024-03-01T10:00:00Z",
+                 b"e-3,7,12.5,EUR,b\xc3\xb6oks,card,DE,2024-03-01T10:00:00Z"]
+        bad_line = 3
+    else:
+        lines = [json.dumps({**GOOD, "order_id": "e-1"}).encode(),
+                 json.dumps({**GOOD, "order_id": "e-2"}).encode().replace(b"books", b"b\xffoks"),
+                 json.dumps({**GOOD, "order_id": "e-3", "category": "b\u00f6oks"}).encode()]
+        bad_line = 2
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    proc = _kappa(["produce", "--file", str(path), "--topic", topic, "--topic-prefix", prefix],
+                  stack.env(tmp_path))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert re.search(rf"^{re.escape(str(path))}:{bad_line}: bad_encoding: ", proc.stderr, re.M), proc.stderr
+    assert _summary(proc) == (3, 2, 1)
+    published = _decode(stack, _consume(stack, topic), "orders")
+    assert sorted((o["order_id"], o["category"]) for o in published) == [
+        ("e-1", "books"), ("e-3", "b\u00f6oks")]
+    dead = _dead_by_line(stack, topic)
+    assert list(dead) == [bad_line] and dead[bad_line]["reason"].startswith("bad_encoding: ")
+    assert dead[bad_line]["payload"] == lines[bad_line - 1]
+
+
+def test_timestamps_that_cannot_be_meant_are_rejected_naming_the_unit(
+        stack: Stack, unique: Callable[[str], str], tmp_path: Path) -> None:
+    prefix = unique("ts") + "."
+    topic = prefix + "orders"
+    path = tmp_path / "orders.jsonl"
+    path.write_text("\n".join(json.dumps({**GOOD, "order_id": f"t-{i}", "event_time": t}) for i, t in enumerate([
+        1796611179,                   # 1 epoch seconds
+        0,                            # 2
+        -5,                           # 3
+        "1970-01-21T00:00:00Z",       # 4 ISO, before 2000
+        "1796611179",                 # 5 seconds as a string
+        1796611179000,                # 6 good (ms)
+        "2024-03-01T10:00:00Z",       # 7 good
+    ], 1)) + "\n")
+    proc = _kappa(["produce", "--file", str(path), "--topic", topic, "--topic-prefix", prefix],
+                  stack.env(tmp_path))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert _summary(proc) == (7, 2, 5)
+    dead = _dead_by_line(stack, topic)
+    assert sorted(dead) == [1, 2, 3, 4, 5]
+    assert dead[1]["reason"] == ("bad_type: event_time: 1796611179 is before 2000-01-01 as epoch ms; "
+                                 "epoch seconds? use ms or ISO-8601")
+    assert dead[5]["reason"] == dead[1]["reason"]
+    assert all(dead[n]["reason"].startswith("bad_type: event_time: ") for n in dead)
+    assert "before 2000-01-01" in dead[4]["reason"]
+    assert {o["event_time"] for o in _decode(stack, _consume(stack, topic), "orders")} == {
+        1796611179000, 1709287200000}
+
+    users = tmp_path / "users.csv"  # every timestamp-millis field, and a declared minimum
+    users.write_text("user_id,country,segment,signup_time,updated_at\n"
+                     "1,DE,new,2024-01-01T00:00:00Z,1709290800000\n"
+                     "2,DE,new,2024-01-01T00:00:00Z,1709290800\n"
+                     "3,DE,new,2019-06-01T00:00:00Z,1709290800000\n")
+    proc = _kappa(["produce", "--file", str(users), "--topic", prefix + "users", "--topic-prefix",
+                   prefix, "--min-time", "2020-01-01T00:00:00Z"], stack.env(tmp_path))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert _summary(proc) == (3, 1, 2)
+    dead = _dead_by_line(stack, prefix + "users")
+    assert sorted(dead) == [3, 4]  # the header is line 1
+    assert dead[3]["reason"].startswith("bad_type: updated_at: 1709290800 is before 2020-01-01")
+    assert "epoch seconds?" in dead[3]["reason"]
+    assert dead[4]["reason"].startswith("bad_type: signup_time: ") and "2020-01-01" in dead[4]["reason"]
+
+
+def test_many_small_rows_fit_a_topic_with_a_small_max_message_bytes(
+        stack: Stack, unique: Callable[[str], str], tmp_path: Path) -> None:
+    import random
+
+    from kappa.kafka import TopicSpec, ensure_topics
+
+    prefix = unique("tsmall") + "."
+    topic = prefix + "orders"
+    ensure_topics(stack.settings(), stack.kafka_bootstrap,
+                  [TopicSpec(topic, 1, {"max.message.bytes": "50000"})])
+    rng = random.Random(5)
+    path = tmp_path / "orders.jsonl"
+    path.write_text("\n".join(json.dumps({
+        **GOOD, "order_id": f"o-{i}", "category": "".join(rng.choices("abcdefghijklmnopqrstuvwxyz0123456789", k=200))})
+        for i in range(3000)) + "\n")  # ~700 kB that lz4 cannot shrink much: many batches
+    proc = _kappa(["produce", "--file", str(path), "--topic", topic, "--topic-prefix", prefix],
+                  stack.env(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _summary(proc) == (3000, 3000, 0)
+    assert len(_consume(stack, topic)) == 3000
