@@ -12,7 +12,6 @@ import requests
 
 from sinks.backends import endpoint_file
 from sinks.embedded import EmbeddedBackend
-from sinks.endpoint import TOKEN_HEADER, QueryEndpoint
 
 REPO = Path(__file__).resolve().parents[2]
 KAPPA = str(REPO / ".venv" / "bin" / "kappa")
@@ -97,6 +96,7 @@ def test_large_results_stream_one_header(home: Path, fmt: str) -> None:
 
 def test_endpoint_requires_the_token_from_a_0600_file(tmp_path: Path, home: Path) -> None:
     from kappa.settings import Settings
+    from sinks.endpoint import TOKEN_HEADER, QueryEndpoint
     from sinks.query import query
 
     backend = EmbeddedBackend(home / "clickhouse", readonly=True)
