@@ -11,8 +11,6 @@ as the JSON text ``\\\\xNN``), so a raw Avro payload never breaks the output or 
 
 >>> FORMATS["csv"]
 'CSVWithNames'
->>> "".join(text_chunks(iter([b'{"s":"a\\xff', b'\\xc3'], [b'\\xa9"}\\n']), "json"))
-'[{"s":"a\\\\\\\\xff\\xe9"}]\\n'
 """
 
 from __future__ import annotations
