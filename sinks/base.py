@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -104,7 +104,7 @@ class Backend(ABC):
     def query(self, sql: str, fmt: str = "TabSeparated") -> bytes:
         """Run one read statement and return its output in ClickHouse format ``fmt``."""
 
-    def stream(self, sql: str, fmt: str = "TabSeparated") -> Iterator[bytes]:
+    def stream(self, sql: str, fmt: str = "TabSeparated") -> Generator[bytes, None, None]:
         """Output of one read statement in ``fmt``, block by block (memory stays bounded).
 
         The default runs :meth:`query` and yields its output at once; backends that can

@@ -7,7 +7,7 @@ Same SQL and DDL as the embedded engine; the password comes from
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 import pyarrow as pa
@@ -67,7 +67,7 @@ class ServerBackend(Backend):
             except Exception as exc:
                 raise SinkError(f"ClickHouse server refused: {str(exc).strip()[:500]}") from exc
 
-    def stream(self, sql: str, fmt: str = "TabSeparated") -> Iterator[bytes]:
+    def stream(self, sql: str, fmt: str = "TabSeparated") -> Generator[bytes, None, None]:
         """Output as the server sends it (clickhouse-connect's raw stream)."""
         with self._lock:
             try:

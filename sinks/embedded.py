@@ -8,7 +8,7 @@ the same directory is allowed (chdb shares one engine per process and path).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 
 import pyarrow as pa
@@ -70,7 +70,7 @@ class EmbeddedBackend(Backend):
     def query(self, sql: str, fmt: str = "TabSeparated") -> bytes:
         return self._run(sql, fmt)
 
-    def stream(self, sql: str, fmt: str = "TabSeparated") -> Iterator[bytes]:
+    def stream(self, sql: str, fmt: str = "TabSeparated") -> Generator[bytes, None, None]:
         """Output block by block from chdb's streaming query, for row-per-line formats.
 
         chdb formats each block on its own, so a ``...WithNames`` header would repeat: it is
