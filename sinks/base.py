@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Generator
 from typing import Any
 
 import pyarrow as pa
@@ -28,8 +29,11 @@ class ReadOnlyViolation(SinkError):
     """A statement sent through the read-only query path would write or change something."""
 
 
-def check_read_only(sql: str) -> str:
+def check_read_only(sql: str, verbs: bool = True) -> str:
     """Return ``sql`` stripped when it is one read-only statement, else raise ReadOnlyViolation.
+
+    ``verbs=False`` checks only that it is one statement (before the engine parses it: a
+    misspelt verb is a syntax error, see :func:`sinks.guard.check_query`).
 
     Why a check of our own on top of ClickHouse's ``readonly=1``: the user gets a clear
     message before anything reaches the engine, and ``INTO OUTFILE`` (which readonly allows)
@@ -53,6 +57,8 @@ def check_read_only(sql: str) -> str:
         raise ReadOnlyViolation("kappa query got an empty statement; pass one SELECT")
     if ";" in _strip_literals(text):
         raise ReadOnlyViolation("kappa query is read-only and runs exactly one statement; remove the ';' in the middle")
+    if not verbs:
+        return text
     verb = re.match(r"[(\s]*([A-Za-z]+)", text)
     word = verb.group(1).upper() if verb else text.split()[0]
     if word not in READ_ONLY_VERBS:
@@ -97,6 +103,14 @@ class Backend(ABC):
     @abstractmethod
     def query(self, sql: str, fmt: str = "TabSeparated") -> bytes:
         """Run one read statement and return its output in ClickHouse format ``fmt``."""
+
+    def stream(self, sql: str, fmt: str = "TabSeparated") -> Generator[bytes, None, None]:
+        """Output of one read statement in ``fmt``, block by block (memory stays bounded).
+
+        The default runs :meth:`query` and yields its output at once; backends that can
+        stream override it.
+        """
+        yield self.query(sql, fmt)
 
     @abstractmethod
     def insert_arrow(self, table: str, data: pa.Table, token: str) -> None:

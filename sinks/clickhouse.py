@@ -7,6 +7,7 @@ Same SQL and DDL as the embedded engine; the password comes from
 from __future__ import annotations
 
 import threading
+from collections.abc import Generator
 from typing import Any
 
 import pyarrow as pa
@@ -65,6 +66,21 @@ class ServerBackend(Backend):
                 return bytes(self._client.raw_query(sql, fmt=fmt, settings=self._settings()))
             except Exception as exc:
                 raise SinkError(f"ClickHouse server refused: {str(exc).strip()[:500]}") from exc
+
+    def stream(self, sql: str, fmt: str = "TabSeparated") -> Generator[bytes, None, None]:
+        """Output as the server sends it (clickhouse-connect's raw stream)."""
+        with self._lock:
+            try:
+                result = self._client.raw_stream(sql, fmt=fmt, settings=self._settings())
+            except Exception as exc:
+                raise SinkError(f"ClickHouse server refused: {str(exc).strip()[:500]}") from exc
+            with result as chunks:
+                try:
+                    for chunk in chunks:
+                        if chunk:
+                            yield bytes(chunk)
+                except Exception as exc:
+                    raise SinkError(f"ClickHouse server failed mid-result: {str(exc).strip()[:500]}") from exc
 
     def insert_arrow(self, table: str, data: pa.Table, token: str) -> None:
         if self.readonly:

@@ -8,6 +8,7 @@ the same directory is allowed (chdb shares one engine per process and path).
 from __future__ import annotations
 
 import threading
+from collections.abc import Generator
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,6 +17,11 @@ from kappa.errors import SinkError
 from sinks.base import Backend, quote
 
 __all__ = ["EmbeddedBackend", "InjectedFailure", "LockedByAnotherProcess"]
+
+
+# Formats with one row per line, which chdb can stream block by block.
+_LINE_FORMATS = ("CSV", "TSV", "TabSeparated", "JSONEachRow", "JSONCompactEachRow", "JSONLines",
+                 "NDJSON")
 
 
 class InjectedFailure(SinkError):
@@ -28,6 +34,9 @@ class LockedByAnotherProcess(SinkError):
 
 class EmbeddedBackend(Backend):
     """chdb on ``path``; ``readonly`` opens it with ClickHouse ``readonly=1``.
+
+    ``readonly=1``, not chdb's ``mode=ro`` (``readonly=2``): level 1 also forbids changing
+    settings and every table function that reaches files, URLs or processes.
 
     ``fail_inserts`` makes the next N :meth:`insert_arrow` calls raise InjectedFailure
     before touching the engine (the outage test of the embedded engine).
@@ -44,7 +53,7 @@ class EmbeddedBackend(Backend):
         self._lock = threading.Lock()
         self.path.mkdir(parents=True, exist_ok=True)
         conn_str = f"{self.path.resolve()}" + (
-            "?mode=ro&output_format_pretty_single_large_number_tip_threshold=0" if readonly else "")
+            "?output_format_pretty_single_large_number_tip_threshold=0&readonly=1" if readonly else "")
         try:
             self._conn = chdb.connect(conn_str)
         except Exception as exc:
@@ -60,6 +69,43 @@ class EmbeddedBackend(Backend):
 
     def query(self, sql: str, fmt: str = "TabSeparated") -> bytes:
         return self._run(sql, fmt)
+
+    def stream(self, sql: str, fmt: str = "TabSeparated") -> Generator[bytes, None, None]:
+        """Output block by block from chdb's streaming query, for row-per-line formats.
+
+        chdb formats each block on its own, so a ``...WithNames`` header would repeat: it is
+        kept once. Other formats (``Pretty*``, which stops at ``output_format_pretty_max_rows``
+        anyway) come in one piece. The lock is held to the end: chdb answers nothing else on
+        a connection while one of its streams is open.
+        """
+        if not fmt.startswith(_LINE_FORMATS):
+            yield self._run(sql, fmt)
+            return
+        header = 2 if fmt.endswith("WithNamesAndTypes") else 1 if fmt.endswith("WithNames") else 0
+        with self._lock:
+            if self._conn is None:
+                raise SinkError(f"embedded ClickHouse at {self.path} is closed")
+            try:
+                result = self._conn.send_query(sql, fmt)
+            except Exception as exc:
+                raise SinkError(f"embedded ClickHouse refused: {str(exc).strip()[:500]}") from exc
+            try:
+                first = True
+                while True:
+                    try:
+                        chunk = result.fetch()
+                    except Exception as exc:
+                        raise SinkError(f"embedded ClickHouse refused: {str(exc).strip()[:500]}") from exc
+                    if chunk is None:
+                        return
+                    data = chunk.bytes() if hasattr(chunk, "bytes") else bytes(chunk)
+                    if header and not first:
+                        data = data.split(b"\n", header)[-1]
+                    first = False
+                    if data:
+                        yield data
+            finally:
+                result.close()
 
     def arrow(self, sql: str) -> pa.Table:
         """Result of a read statement as an Arrow table (no text round trip)."""

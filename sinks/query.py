@@ -1,9 +1,13 @@
 """Read-only queries, wherever the data is: the path behind ``kappa query``.
 
 Order: a ClickHouse server when ``KAPPA_CLICKHOUSE_URL`` is set (sent with ``readonly=1``);
-else the running sink's endpoint (address file under KAPPA_HOME); else the embedded
-directory opened directly with ``readonly=1``. Every statement first passes
-:func:`sinks.base.check_read_only`.
+else the running sink's endpoint (address and token in a 0600 file under KAPPA_HOME); else
+the embedded directory opened directly with ``readonly=1``. Every statement passes
+:func:`sinks.guard.check_query` on the engine that runs it.
+
+Results stream block by block, so memory stays bounded whatever their size. Output is text:
+UTF-8 prints as it is, any other byte as a ``\\xNN`` escape (in ``json``, inside the string,
+as the JSON text ``\\\\xNN``), so a raw Avro payload never breaks the output or its format.
 
 >>> FORMATS["csv"]
 'CSVWithNames'
@@ -11,8 +15,10 @@ directory opened directly with ``readonly=1``. Every statement first passes
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import requests
@@ -21,61 +27,135 @@ from kappa.errors import SinkError
 from kappa.settings import Settings
 from sinks.backends import embedded_path, endpoint_file, open_backend
 from sinks.base import ReadOnlyViolation, check_read_only
+from sinks.endpoint import TOKEN_HEADER
+from sinks.guard import QuerySyntaxError, check_query
 
-__all__ = ["FORMATS", "endpoint_url", "query", "query_rows"]
+__all__ = ["FORMATS", "endpoint_url", "query", "query_rows", "query_stream", "text_chunks"]
 
 FORMATS = {"table": "PrettyCompactMonoBlock", "csv": "CSVWithNames", "json": "JSONEachRow",
            "tsv": "TabSeparatedWithNames"}
 
+_CHUNK = 1 << 16
 
-def endpoint_url(settings: Settings) -> str | None:
-    """URL of the running sink's query endpoint, or None when no live sink advertises one."""
+
+def _json_escape(exc: UnicodeError) -> tuple[str, int]:
+    """Decode error handler: each invalid byte as the JSON text ``\\\\xNN`` (a literal ``\\xNN``)."""
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    bad = exc.object[exc.start:exc.end]
+    return "".join(f"\\\\x{b:02x}" for b in bad), exc.end
+
+
+codecs.register_error("kappa-json-escape", _json_escape)
+
+
+def endpoint_info(settings: Settings) -> tuple[str, str] | None:
+    """(URL, token) of the running sink's query endpoint, or None when no live sink offers one."""
     path = endpoint_file(settings)
     try:
         info = json.loads(path.read_text())
         os.kill(int(info["pid"]), 0)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return str(info["url"])
+    return str(info["url"]), str(info.get("token", ""))
 
 
-def _raw(settings: Settings, sql: str, ch_format: str) -> bytes:
-    sql = check_read_only(sql)
+def endpoint_url(settings: Settings) -> str | None:
+    """URL of the running sink's query endpoint, or None when no live sink advertises one."""
+    info = endpoint_info(settings)
+    return info[0] if info else None
+
+
+def _from_endpoint(settings: Settings, sql: str, ch_format: str) -> requests.Response | None:
+    """The endpoint's streaming response, or None when no endpoint answers (use the directory)."""
+    info = endpoint_info(settings)
+    if info is None:
+        return None
+    url, token = info
+    try:
+        resp = requests.post(f"{url}/query", params={"format": ch_format}, data=sql.encode(),
+                             headers={TOKEN_HEADER: token}, timeout=(10, 300), stream=True)
+    except requests.RequestException:
+        return None  # the sink just exited: fall through to the directory
+    if resp.status_code != 200:
+        text = resp.text.strip()
+        resp.close()
+        if resp.status_code == 403:
+            raise ReadOnlyViolation(text)
+        if resp.status_code == 422:
+            raise QuerySyntaxError(text)
+        raise SinkError(text)
+    return resp
+
+
+def _endpoint_chunks(resp: requests.Response) -> Iterator[bytes]:
+    with resp:
+        try:
+            yield from resp.iter_content(_CHUNK)
+        except requests.RequestException as exc:
+            raise SinkError(f"the sink's query endpoint stopped mid-result ({type(exc).__name__}); "
+                            "the output above is incomplete") from exc
+
+
+def raw_stream(settings: Settings, sql: str, ch_format: str) -> Iterator[bytes]:
+    """Output of read-only ``sql`` in ClickHouse format ``ch_format``, block by block."""
+    check_read_only(sql, verbs=False)
     if not settings.clickhouse_url:
-        url = endpoint_url(settings)
-        if url is not None:
-            try:
-                resp = requests.post(f"{url}/query", params={"format": ch_format},
-                                     data=sql.encode(), timeout=300)
-            except requests.RequestException:
-                resp = None  # the sink just exited: fall through to the directory
-            if resp is not None:
-                if resp.status_code == 403:
-                    raise ReadOnlyViolation(resp.text)
-                if resp.status_code != 200:
-                    raise SinkError(resp.text)
-                return resp.content
+        resp = _from_endpoint(settings, sql, ch_format)
+        if resp is not None:
+            yield from _endpoint_chunks(resp)
+            return
         if not (embedded_path(settings) / "metadata").exists():
             raise SinkError(f"no ClickHouse data in {embedded_path(settings)} yet: run `kappa run` "
                             "(or set KAPPA_HOME / KAPPA_CLICKHOUSE_URL)")
     with open_backend(settings, readonly=True) as backend:
-        return backend.query(sql, ch_format)
+        yield from backend.stream(check_query(backend, sql), ch_format)
+
+
+def text_chunks(chunks: Iterable[bytes], fmt: str) -> Iterator[str]:
+    """Engine output as text in ``fmt``; ``json`` becomes one JSON array and a newline.
+
+    Bytes that are not UTF-8 become ``\\xNN`` escapes (JSON-escaped in ``json``).
+    """
+    errors = "kappa-json-escape" if fmt.startswith("json") else "backslashreplace"
+    decoder = codecs.getincrementaldecoder("utf-8")(errors)
+    if fmt != "json":
+        for chunk in chunks:
+            text = decoder.decode(chunk)
+            if text:
+                yield text
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield tail
+        return
+    sep, rest = "[", ""
+    for chunk in chunks:
+        lines = (rest + decoder.decode(chunk)).split("\n")
+        rest = lines.pop()
+        rows = [line for line in lines if line.strip()]
+        if rows:
+            yield sep + ",".join(rows)
+            sep = ","
+    rest += decoder.decode(b"", final=True)
+    if rest.strip():
+        yield sep + rest.strip()
+        sep = ","
+    yield ("[]" if sep == "[" else "]") + "\n"
+
+
+def query_stream(settings: Settings, sql: str, fmt: str = "table") -> Iterator[str]:
+    """Result of read-only ``sql`` as text in ``fmt`` (table, csv, json, tsv), chunk by chunk."""
+    if fmt not in FORMATS:
+        raise SinkError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    return text_chunks(raw_stream(settings, sql, FORMATS[fmt]), fmt)
 
 
 def query(settings: Settings, sql: str, fmt: str = "table") -> str:
-    """Result of read-only ``sql`` as text in ``fmt`` (table, csv, json, tsv).
-
-    ``json`` is one JSON array of row objects.
-    """
-    if fmt not in FORMATS:
-        raise SinkError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    out = _raw(settings, sql, FORMATS[fmt]).decode()
-    if fmt == "json":
-        return "[" + ",".join(line for line in out.splitlines() if line.strip()) + "]"
-    return out
+    """Result of read-only ``sql`` as one string in ``fmt``; ``json`` is one JSON array of rows."""
+    return "".join(query_stream(settings, sql, fmt))
 
 
 def query_rows(settings: Settings, sql: str) -> list[dict[str, Any]]:
     """Rows of read-only ``sql`` as dicts: the Python API for reports (e.g. ``kappa demo``)."""
-    out = _raw(settings, sql, "JSONEachRow").decode()
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
+    out = "".join(text_chunks(raw_stream(settings, sql, "JSONEachRow"), "jsonl"))
+    return [json.loads(line) for line in out.split("\n") if line.strip()]
