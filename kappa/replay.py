@@ -253,9 +253,9 @@ def _open(settings: Settings) -> Any:
     if not settings.clickhouse_url and endpoint_url(settings) is not None:
         raise SinkBusy(busy)
     try:
-        return open_backend(settings)
+        return open_backend(settings)  # waits while a `kappa query` holds the directory a moment
     except LockedByAnotherProcess as exc:
-        raise SinkBusy(busy) from exc
+        raise SinkBusy(str(exc) if endpoint_url(settings) is None else busy) from exc
 
 
 def _count(backend: Any, sql: str) -> int:

@@ -21,12 +21,17 @@ def endpoint_file(settings: Settings) -> Path:
     return settings.home / "clickhouse-query.json"
 
 
-def open_backend(settings: Settings, readonly: bool = False, fail_inserts: int = 0) -> Backend:
-    """The configured backend; ``fail_inserts`` only applies to the embedded one (tests)."""
+def open_backend(settings: Settings, readonly: bool = False, fail_inserts: int = 0,
+                 wait_s: float | None = None) -> Backend:
+    """The configured backend; ``fail_inserts`` only applies to the embedded one (tests), and so
+    does ``wait_s``: how long to wait for another process to let go of its directory."""
     if settings.clickhouse_url:
         from sinks.clickhouse import ServerBackend
 
         return ServerBackend.from_settings(settings, readonly=readonly)
     from sinks.embedded import EmbeddedBackend
 
-    return EmbeddedBackend(embedded_path(settings), readonly=readonly, fail_inserts=fail_inserts)
+    if wait_s is None:
+        return EmbeddedBackend(embedded_path(settings), readonly=readonly, fail_inserts=fail_inserts)
+    return EmbeddedBackend(embedded_path(settings), readonly=readonly, fail_inserts=fail_inserts,
+                           wait_s=wait_s)

@@ -7,9 +7,12 @@ the same directory is allowed (chdb shares one engine per process and path).
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -32,6 +35,38 @@ class LockedByAnotherProcess(SinkError):
     """The embedded ClickHouse directory is held by another process."""
 
 
+LOCK_WAIT_S = 30.0
+"""How long opening the embedded directory waits for another process to let go of it: a
+``kappa query`` holds it for the length of one query, so a sink or a replay starting meanwhile
+waits instead of failing (a running sink holds it for good: callers check its endpoint first)."""
+
+
+def lock_holder(path: Path) -> str | None:
+    """``pid N (command)`` of a process that has ``path``'s lock file (``status``) open, if any.
+
+    >>> lock_holder(Path("/nonexistent")) is None
+    True
+    """
+    target = str((Path(path) / "status").resolve())
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if int(pid) == os.getpid():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") != target:
+                    continue
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    cmd = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue
+            return f"pid {pid} ({cmd[:120]})"
+    return None
+
+
 class EmbeddedBackend(Backend):
     """chdb on ``path``; ``readonly`` opens it with ClickHouse ``readonly=1``.
 
@@ -44,9 +79,8 @@ class EmbeddedBackend(Backend):
 
     name = "embedded"
 
-    def __init__(self, path: Path, readonly: bool = False, fail_inserts: int = 0) -> None:
-        import chdb
-
+    def __init__(self, path: Path, readonly: bool = False, fail_inserts: int = 0,
+                 wait_s: float = LOCK_WAIT_S) -> None:
         self.path = Path(path)
         self.readonly = readonly
         self.fail_inserts = fail_inserts
@@ -54,15 +88,27 @@ class EmbeddedBackend(Backend):
         self.path.mkdir(parents=True, exist_ok=True)
         conn_str = f"{self.path.resolve()}" + (
             "?output_format_pretty_single_large_number_tip_threshold=0&readonly=1" if readonly else "")
-        try:
-            self._conn = chdb.connect(conn_str)
-        except Exception as exc:
-            if "lock" in str(exc).lower() or "EmbeddedServer" in str(exc):
-                raise LockedByAnotherProcess(
-                    f"the embedded ClickHouse directory {self.path} is in use by another process "
-                    "(a running sink service); query it through `kappa query`, or stop that process"
-                ) from exc
-            raise SinkError(f"cannot open embedded ClickHouse at {self.path}: {exc}") from exc
+        self._conn = self._connect(conn_str, wait_s)
+
+    def _connect(self, conn_str: str, wait_s: float) -> Any:
+        """chdb's connection; while another process holds the directory, retried for ``wait_s``."""
+        import chdb
+
+        deadline, pause = time.monotonic() + wait_s, 0.05
+        while True:
+            try:
+                return chdb.connect(conn_str)
+            except Exception as exc:
+                if not ("lock" in str(exc).lower() or "EmbeddedServer" in str(exc)):
+                    raise SinkError(f"cannot open embedded ClickHouse at {self.path}: {exc}") from exc
+                if time.monotonic() >= deadline:
+                    holder = lock_holder(self.path) or "another process (gone by now)"
+                    raise LockedByAnotherProcess(
+                        f"the embedded ClickHouse directory {self.path} is held by {holder} "
+                        f"(waited {wait_s:.0f}s); query a running pipeline through `kappa query`, "
+                        "or stop that process") from exc
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
 
     def execute(self, sql: str) -> None:
         self._run(sql, "CSV")

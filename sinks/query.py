@@ -18,6 +18,7 @@ from __future__ import annotations
 import codecs
 import json
 import os
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -100,7 +101,17 @@ def _endpoint_chunks(resp: requests.Response) -> Iterator[bytes]:
 def raw_stream(settings: Settings, sql: str, ch_format: str) -> Iterator[bytes]:
     """Output of read-only ``sql`` in ClickHouse format ``ch_format``, block by block."""
     check_read_only(sql, verbs=False)
-    if not settings.clickhouse_url:
+    if settings.clickhouse_url:
+        with open_backend(settings, readonly=True) as backend:
+            yield from backend.stream(check_query(backend, sql), ch_format)
+        return
+    from sinks.embedded import LOCK_WAIT_S, LockedByAnotherProcess
+
+    # The sink may be starting or stopping (directory locked, no endpoint yet or any more), or a
+    # replay may hold the directory for a moment: ask the endpoint again, then the directory,
+    # until one answers.
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
         resp = _from_endpoint(settings, sql, ch_format)
         if resp is not None:
             yield from _endpoint_chunks(resp)
@@ -108,8 +119,15 @@ def raw_stream(settings: Settings, sql: str, ch_format: str) -> Iterator[bytes]:
         if not (embedded_path(settings) / "metadata").exists():
             raise SinkError(f"no ClickHouse data in {embedded_path(settings)} yet: run `kappa run` "
                             "(or set KAPPA_HOME / KAPPA_CLICKHOUSE_URL)")
-    with open_backend(settings, readonly=True) as backend:
-        yield from backend.stream(check_query(backend, sql), ch_format)
+        try:
+            backend = open_backend(settings, readonly=True, wait_s=1.0)
+        except LockedByAnotherProcess:
+            if time.monotonic() >= deadline:
+                raise
+            continue
+        with backend:
+            yield from backend.stream(check_query(backend, sql), ch_format)
+        return
 
 
 def text_chunks(chunks: Iterable[bytes], fmt: str) -> Iterator[str]:
