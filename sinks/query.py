@@ -18,6 +18,7 @@ from __future__ import annotations
 import codecs
 import json
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -33,8 +34,14 @@ from sinks.guard import QuerySyntaxError, check_query
 
 __all__ = ["FORMATS", "endpoint_url", "query", "query_rows", "query_stream", "text_chunks"]
 
-FORMATS = {"table": "PrettyCompactMonoBlock", "csv": "CSVWithNames", "json": "JSONEachRow",
+FORMATS = {"table": "TabSeparatedWithNames", "csv": "CSVWithNames", "json": "JSONEachRow",
            "tsv": "TabSeparatedWithNames"}
+"""Engine format per ``--format``; ``table`` is drawn here from the TSV stream (:func:`table_lines`):
+the engine's Pretty formats either hold the whole result (MonoBlock) or draw each block apart."""
+TABLE_MAX_ROWS = 10_000
+"""``--format table`` draws at most this many rows and counts the rest, as ClickHouse's Pretty
+formats do (``output_format_pretty_max_rows``): its memory is bounded by them, not the result."""
+_NUMBER = re.compile(r"-?(\d+(\.\d*)?([eE][-+]?\d+)?|inf|nan)")
 
 _CHUNK = 1 << 16
 
@@ -165,7 +172,56 @@ def query_stream(settings: Settings, sql: str, fmt: str = "table") -> Iterator[s
     """Result of read-only ``sql`` as text in ``fmt`` (table, csv, json, tsv), chunk by chunk."""
     if fmt not in FORMATS:
         raise SinkError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    return text_chunks(raw_stream(settings, sql, FORMATS[fmt]), fmt)
+    chunks = text_chunks(raw_stream(settings, sql, FORMATS[fmt]), "tsv" if fmt == "table" else fmt)
+    return table_lines(chunks) if fmt == "table" else chunks
+
+
+def _lines(chunks: Iterable[str]) -> Iterator[str]:
+    rest = ""
+    for chunk in chunks:
+        parts = (rest + chunk).split("\n")
+        rest = parts.pop()
+        yield from parts
+    if rest:
+        yield rest
+
+
+def table_lines(tsv: Iterable[str], max_rows: int = TABLE_MAX_ROWS) -> Iterator[str]:
+    r"""A TSV-with-names stream drawn as a box table: the first ``max_rows`` rows, then a count.
+
+    >>> print("".join(table_lines(["n\ts\n1\ta\n", "22\tbb\n3\tc\n"], max_rows=2)), end="")
+    ┌──n─┬─s──┐
+    │  1 │ a  │
+    │ 22 │ bb │
+    └────┴────┘
+    Showed 2 out of 3 rows.
+    """
+    lines = _lines(tsv)
+    header = next(lines, None)
+    if header is None:
+        return
+    names = header.split("\t")
+    rows: list[list[str]] = []
+    total = 0
+    for line in lines:
+        total += 1
+        if len(rows) < max_rows:
+            rows.append(line.split("\t"))
+    widths = [max([len(n), *(len(r[i]) if i < len(r) else 0 for r in rows)]) for i, n in enumerate(names)]
+    numeric = [bool(rows) and all(_NUMBER.fullmatch(r[i]) for r in rows if i < len(r) and r[i] != "\\N")
+               for i in range(len(names))]
+
+    def cell(text: str, i: int) -> str:
+        return text.rjust(widths[i]) if numeric[i] else text.ljust(widths[i])
+
+    top = "┬".join(("─" + (n.rjust(w) if num else n.ljust(w)) + "─").replace(" ", "─")
+                   for n, w, num in zip(names, widths, numeric, strict=True))
+    yield f"┌{top}┐\n"
+    for r in rows:
+        yield "│ " + " │ ".join(cell(r[i] if i < len(r) else "", i) for i in range(len(names))) + " │\n"
+    yield "└" + "┴".join("─" * (w + 2) for w in widths) + "┘\n"
+    if total > len(rows):
+        yield f"Showed {len(rows):,} out of {total:,} rows.\n"
 
 
 def query(settings: Settings, sql: str, fmt: str = "table") -> str:
