@@ -67,6 +67,11 @@ def lock_holder(path: Path) -> str | None:
     return None
 
 
+def _refused(exc: Exception) -> SinkError:
+    """An engine error as the SinkError callers handle (its text, cut to 500 characters)."""
+    return SinkError(f"embedded ClickHouse refused: {str(exc).strip()[:500]}")
+
+
 class EmbeddedBackend(Backend):
     """chdb on ``path``; ``readonly`` opens it with ClickHouse ``readonly=1``.
 
@@ -129,19 +134,18 @@ class EmbeddedBackend(Backend):
             return
         header = 2 if fmt.endswith("WithNamesAndTypes") else 1 if fmt.endswith("WithNames") else 0
         with self._lock:
-            if self._conn is None:
-                raise SinkError(f"embedded ClickHouse at {self.path} is closed")
+            conn = self._connection()
             try:
-                result = self._conn.send_query(sql, fmt)
+                result = conn.send_query(sql, fmt)
             except Exception as exc:
-                raise SinkError(f"embedded ClickHouse refused: {str(exc).strip()[:500]}") from exc
+                raise _refused(exc) from exc
             try:
                 first = True
                 while True:
                     try:
                         chunk = result.fetch()
                     except Exception as exc:
-                        raise SinkError(f"embedded ClickHouse refused: {str(exc).strip()[:500]}") from exc
+                        raise _refused(exc) from exc
                     if chunk is None:
                         return
                     data = chunk.bytes() if hasattr(chunk, "bytes") else bytes(chunk)
@@ -156,12 +160,11 @@ class EmbeddedBackend(Backend):
     def arrow(self, sql: str) -> pa.Table:
         """Result of a read statement as an Arrow table (no text round trip)."""
         with self._lock:
-            if self._conn is None:
-                raise SinkError(f"embedded ClickHouse at {self.path} is closed")
+            conn = self._connection()
             try:
-                return self._conn.query(sql, "ArrowTable")
+                return conn.query(sql, "ArrowTable")
             except Exception as exc:
-                raise SinkError(f"embedded ClickHouse refused: {str(exc).strip()[:500]}") from exc
+                raise _refused(exc) from exc
 
     def insert_arrow(self, table: str, data: pa.Table, token: str) -> None:
         if self.fail_inserts > 0:
@@ -185,15 +188,20 @@ class EmbeddedBackend(Backend):
         self._run(f"INSERT INTO {table} ({cols}) SETTINGS insert_deduplication_token = {quote(token)}, "
                   f"optimize_on_insert = 0 {select}", "CSV")
 
+    def _connection(self) -> Any:
+        """The open chdb connection (the caller holds ``_lock``); SinkError once closed."""
+        if self._conn is None:
+            raise SinkError(f"embedded ClickHouse at {self.path} is closed")
+        return self._conn
+
     def _run(self, sql: str, fmt: str) -> bytes:
         with self._lock:
-            if self._conn is None:
-                raise SinkError(f"embedded ClickHouse at {self.path} is closed")
+            conn = self._connection()
             try:
                 # Python(name) resolves ``name`` by walking up the calling frames.
-                res = self._conn.query(sql, fmt)
+                res = conn.query(sql, fmt)
             except Exception as exc:
-                raise SinkError(f"embedded ClickHouse refused: {str(exc).strip()[:500]}") from exc
+                raise _refused(exc) from exc
         return res.bytes() if hasattr(res, "bytes") else bytes(res)
 
     def close(self) -> None:
