@@ -39,9 +39,20 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kappa.errors import ConfigError
-from schemas.rules import ORDER_REASONS, reason_code, validate_order
+from kappa.pipeline import DEFAULT, load
+from schemas.rules import for_input, reason_code
 
 __all__ = ["Event", "GeneratorConfig", "Manifest", "generate", "manifest_of", "publish_events"]
+
+ORDER_REASONS = ("empty_order_id", "bad_user_id", "bad_amount", "bad_currency", "future_event_time")
+"""The order rules of examples/ecommerce/pipeline.toml, in their order: the generator breaks
+each in turn (:meth:`Generator.invalid`; a unit test checks they are the declared ones)."""
+
+
+def pipeline() -> Any:
+    """The e-commerce pipeline definition this generator writes for."""
+    return load(DEFAULT)
+
 
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000
@@ -365,6 +376,7 @@ def manifest_of(events: list[Event], cfg: GeneratorConfig, start_ms: int) -> Man
     totals: dict[str, dict[str, float]] = {}
     windows: dict[tuple[int, str, str], list[float]] = {}
     far_future = start_ms + FUTURE_OFFSET_MS // 2
+    validate_order = for_input("orders", pipeline())
     for e in events:
         v = e.value
         if e.kind == "label":

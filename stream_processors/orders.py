@@ -27,7 +27,7 @@ from typing import Any
 
 from kappa.errors import RegistryUnavailable
 from kappa.metrics import CONSUMED, DUPLICATES, LATE_EVENTS, REJECTED
-from schemas.rules import reason_code, validate_order, validate_user
+from schemas.rules import Validator, for_input, reason_code
 from schemas.serde import DecodeError, Decoder
 from stream_processors.base import Emitted, Message, State, dumps, loads, record_ms
 from stream_processors.dimensions import fill_gaps
@@ -116,7 +116,8 @@ class OrderStage:
     def __init__(self, version: str, users_topic: str, orders_topic: str, user_decoder: Decoder,
                  order_decoder: Decoder, state: State, grace_ms: int,
                  clock: Callable[[], float] = time.time, registry_retry_s: float = 2.0,
-                 category_map: dict[str, str] | None = None) -> None:
+                 category_map: dict[str, str] | None = None, validate_user: Validator | None = None,
+                 validate_order: Validator | None = None) -> None:
         self.version = version
         self.users_topic = users_topic
         self.orders_topic = orders_topic
@@ -127,6 +128,8 @@ class OrderStage:
         self.clock = clock
         self.registry_retry_s = registry_retry_s
         self.category_map = category_map or {}
+        self.validate_user = validate_user or for_input("users")
+        self.validate_order = validate_order or for_input("orders")
         self.users_source: Callable[..., list[Message]] | None = None
         """Reads ``users`` partition p from an offset to its end (stream_processors.dimensions)."""
         self.orders_source: Callable[..., list[Message]] | None = None
@@ -205,7 +208,7 @@ class OrderStage:
             decoded = [(m, rec) for m, rec in zip(ms, self.user_decoder.decode_many([m.value or b"" for m in ms]),
                                                    strict=True) if isinstance(rec, dict)]
         for m, rec in decoded:
-            reason = validate_user(rec, record_ms(m))
+            reason = self.validate_user(rec, record_ms(m))
             if reason:
                 if reject:
                     self._reject(m, reason, now_ms, out)
@@ -234,7 +237,7 @@ class OrderStage:
         grace = self.grace_ms
         start_offset = prog.offset
         valid = []
-        reject, category_map = self._reject, self.category_map
+        reject, category_map, validate_order = self._reject, self.category_map, self.validate_order
         for m, rec in self._decode(self.order_decoder, ms, now_ms, out):
             reason = validate_order(rec, record_ms(m))
             if reason:

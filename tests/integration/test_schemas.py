@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from schemas.serde import AVRO_DIR, Decoder, Encoder, Registry, schema_names, schema_text, subject
+from kappa.pipeline import current
+from schemas.serde import Decoder, Encoder, Registry, schema_names, schema_text, subject
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.integration
@@ -107,7 +108,7 @@ def test_check_refuses_an_incompatible_change_naming_the_field(
     assert "INCOMPATIBLE" not in ok.stdout
 
     candidate = tmp_path / "avro"
-    shutil.copytree(AVRO_DIR, candidate)
+    shutil.copytree(current().schema_dir, candidate)
     orders = json.loads((candidate / "orders.avsc").read_text())
     for f in orders["fields"]:
         if f["name"] == "amount":

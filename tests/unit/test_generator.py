@@ -7,15 +7,21 @@ import json
 import pytest
 
 from kappa.errors import ConfigError
-from producers.ecommerce import Event, GeneratorConfig, Manifest, generate, manifest_of
+from kappa.pipeline import current
+from producers.ecommerce import ORDER_REASONS, Event, GeneratorConfig, Manifest, generate, manifest_of
 from schemas.fastpath import compile_writer
-from schemas.rules import ORDER_REASONS, validate_label, validate_order, validate_user
+from schemas.rules import for_input
 from schemas.serde import schema_text
 
 START = 1_700_000_000_000
 CFG = GeneratorConfig(events=6000, seed=11, start_ms=START, dup_rate=0.02, invalid_rate=0.02,
                       late_rate=0.01)
 MIN = 60_000
+validate_order, validate_user, validate_label = (for_input(n) for n in ("orders", "users", "order_labels"))
+
+
+def test_the_generator_breaks_every_declared_order_rule() -> None:
+    assert current().input("orders").reasons == ORDER_REASONS
 
 
 @pytest.fixture(scope="module")
