@@ -71,10 +71,13 @@ def test_a_good_definition_loads(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("change", "entry", "why"), [
-    (('field = "value"', 'field = "valeu"'), "[inputs.events.rules[0]]", "'valeu' is not a field of schema events"),
+    (('field = "value"', 'field = "valeu"'), "[inputs.events.rules[0]]",
+     "'valeu' is not a field of schema events"),
     (('on = "device"', 'on = "site"'), "[enrich.events]", "join key (on) 'site' is not a field of schema events"),
-    (('mean = "avg(value)"', 'mean = "avg(label)"'), "[windows.per_site]", "avg(label) needs a number, label is string"),
-    (('mean = "avg(value)"', 'mean = "median(value)"'), "[windows.per_site]", "use count, sum(f), min(f), max(f) or avg(f)"),
+    (('mean = "avg(value)"', 'mean = "avg(label)"'), "[windows.per_site]",
+     "avg(label) needs a number, label is string"),
+    (('mean = "avg(value)"', 'mean = "median(value)"'), "[windows.per_site]",
+     "use count, sum(f), min(f), max(f) or avg(f)"),
     (('hop = "1m"', 'hop = "2m"'), "[windows.per_site]", "must divide size"),
     (('table = true\n', 'table = true\npartitions = 3\n'), "[enrich.events]", "different partition counts (None and 3)"),
     (('[windows.per_site]', '[windows.events]'), "[windows.events]", "clashes with the one of [inputs.events]"),
