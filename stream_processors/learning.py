@@ -289,7 +289,7 @@ class Learning:
 
     def _reject(self, topic: str, partition: int, offset: int, value: bytes | None, why: str) -> None:
         """Bad input never disappears: to the version's DLQ (kappa.<V>.rejected), counted."""
-        from stream_processors.orders import rejection
+        from stream_processors.stream import rejection
 
         metrics.REJECTED.labels("processor", topic, "undecodable").inc()
         log.warning("rejecting %s/%d/%d: %s", topic, partition, offset, why)
