@@ -94,8 +94,12 @@ class OutputTopics:
 
     @property
     def partials(self) -> str:
-        """Internal repartition topic of the window partials (consumed by group ``kappa-<version>``)."""
-        return f"kappa-{self.version}-revenue-partials"
+        """Internal repartition topic of the window partials (consumed by group ``kappa-<version>``),
+        as the pipeline derives it (:meth:`kappa.pipeline.derive.Names.partials`)."""
+        from kappa.pipeline.derive import Names
+
+        pipe = current()
+        return Names(pipe, self.version).partials(next(iter(pipe.windows)))
 
     def specs(self, partitions: int) -> list[TopicSpec]:
         """Output topics: keyed ones compacted-and-kept (update-style values), others kept."""

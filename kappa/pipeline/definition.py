@@ -125,6 +125,8 @@ class Input:
     dedupe_retention_ms: int = 86_400_000
     rules: tuple[Rule, ...] = ()
     partitions: int | None = None
+    low_cardinality: tuple[str, ...] = ()
+    """String fields with few distinct values: ``LowCardinality(String)`` columns in ClickHouse."""
 
     @property
     def reasons(self) -> tuple[str, ...]:
@@ -163,6 +165,8 @@ class Window:
     schema: str | None = None
     grace_ms: int | None = None
     """None: the settings' ``window_grace_seconds``."""
+    table: str = ""
+    """ClickHouse table of the window's revisions (default: the window's name; the view is the name)."""
 
 
 @dataclass(frozen=True)
@@ -316,7 +320,7 @@ class _Loader:
         if not _NAME.match(name):
             raise self.fail(entry, "input names are lowercase letters, digits and _ (they are topic names)")
         v = self.table(entry, value, {"schema", "key", "time", "table", "id", "dedupe_retention", "rules",
-                                      "partitions"}, {"key"})
+                                      "partitions", "low_cardinality"}, {"key"})
         schema = self.schema(entry, v.get("schema", name))
         self.need_field(entry, schema, v["key"], "key")
         time = v.get("time")
@@ -331,8 +335,13 @@ class _Loader:
         if partitions is not None and (not isinstance(partitions, int) or partitions < 1):
             raise self.fail(entry, f"partitions {partitions!r} must be a positive integer")
         rules = tuple(self.rule(f"{entry}.rules[{i}]", r, schema) for i, r in enumerate(v.get("rules", [])))
+        low = v.get("low_cardinality", [])
+        for f in low:
+            if self.need_field(entry, schema, f, "low_cardinality field").type != "string":
+                raise self.fail(entry, f"low_cardinality field {f!r} is not a string")
         return Input(name, schema, v["key"], time, bool(v.get("table", False)), v.get("id"),
-                     self.duration(entry, "dedupe_retention", v.get("dedupe_retention", "24h")), rules, partitions)
+                     self.duration(entry, "dedupe_retention", v.get("dedupe_retention", "24h")), rules, partitions,
+                     tuple(low))
 
     _CHECKS: dict[str, set[str]] = {  # noqa: RUF012 - class constant
         "non_empty": set(),
@@ -432,7 +441,7 @@ class _Loader:
 
     def window(self, name: str, value: Any, inputs: Mapping[str, Input], enrich: Mapping[str, Enrich]) -> Window:
         entry = f"windows.{name}"
-        v = self.table(entry, value, {"stream", "size", "hop", "keys", "aggregations", "schema", "grace"},
+        v = self.table(entry, value, {"stream", "size", "hop", "keys", "aggregations", "schema", "grace", "table"},
                        {"stream", "size", "keys", "aggregations"})
         stream = v["stream"]
         if stream not in inputs:
@@ -475,7 +484,10 @@ class _Loader:
         if v.get("schema") is not None:
             self.schema(entry, v["schema"])
         grace = None if v.get("grace") is None else self.duration(entry, "grace", v["grace"])
-        return Window(name, stream, size, hop, tuple(keys), dict(aggs), v.get("schema"), grace)
+        table = v.get("table", name)
+        if not isinstance(table, str) or not _NAME.match(table):
+            raise self.fail(entry, f"table {table!r}: use lowercase letters, digits and _")
+        return Window(name, stream, size, hop, tuple(keys), dict(aggs), v.get("schema"), grace, table)
 
     def model(self, name: str, value: Any, inputs: Mapping[str, Input]) -> Model:
         entry = f"models.{name}"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,3 +109,33 @@ def test_not_a_project(tmp_path: Path) -> None:
     (tmp_path / "pipeline.toml").write_text("[pipeline\n")
     with pytest.raises(PipelineError, match="not valid TOML"):
         load(tmp_path)
+
+
+def _kappa(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    kappa = str(Path(sys.executable).with_name("kappa"))
+    return subprocess.run([kappa, *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def test_pipeline_show_prints_what_a_definition_derives(tmp_path: Path) -> None:
+    path = project(tmp_path, GOOD)
+    shown = _kappa("pipeline", "show", "--json", "--pipeline", str(path), env={"KAPPA_VERSION": "v3"})
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    assert [i["topic"] for i in data["inputs"]] == ["devices", "events"]
+    assert [o["topic"] for o in data["outputs"]] == ["t.v3.events.enriched", "t.v3.per_site", "t.v3.rejected"]
+    assert data["outputs"][1]["order_by"] == ["window_start", "site"]
+    assert [g["group"] for g in data["groups"]] == ["t-v3", "t-v3-sink"]
+    assert set(data["views"]) == {"t.events", "t.per_site", "t.rejected_events"}
+    # KAPPA_PIPELINE selects it the same way
+    assert json.loads(_kappa("pipeline", "show", "--json", env={"KAPPA_PIPELINE": str(path),
+                                                                 "KAPPA_VERSION": "v3"}).stdout) == data
+
+
+def test_a_bad_definition_is_one_line_before_anything_starts(tmp_path: Path) -> None:
+    path = project(tmp_path, GOOD.replace('field = "value"', 'field = "valeu"'))
+    for args in (["pipeline", "show"], ["status"], ["produce", "--file", "x.jsonl", "--topic", "events"]):
+        done = _kappa(*args, "--pipeline", str(path))
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+        assert "[inputs.events.rules[0]] field 'valeu' is not a field of schema events" in done.stderr
