@@ -9,7 +9,6 @@ from river import datasets, evaluate, metrics
 
 from stream_processors.samples import SampleLearner, default_model, model_name
 
-
 T0 = 1_700_000_000_123
 
 
