@@ -417,8 +417,9 @@ def manifest_of(events: list[Event], cfg: GeneratorConfig, start_ms: int) -> Man
 def generate(cfg: GeneratorConfig, now_ms: int | None = None) -> tuple[list[Event], Manifest]:
     """Records in publish order and their manifest; deterministic for (seed, start_ms).
 
-    Without ``start_ms`` the run is placed so its last timestamp is one minute before
-    ``now_ms`` (default: the wall clock): nothing valid is in the future when processed.
+    Without ``start_ms`` the run starts at a midnight (UTC) and ends at least one minute before
+    ``now_ms`` (default: the wall clock), within a day of it: nothing valid is in the future when
+    processed, and the same seed gives the same records up to a whole number of days.
     """
     _validate(cfg)
     if cfg.start_ms is not None:
@@ -429,9 +430,10 @@ def generate(cfg: GeneratorConfig, now_ms: int | None = None) -> tuple[list[Even
 
         now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
         span_guess = int(cfg.events / cfg.orders_per_second * 1000)
-        start = now - span_guess
+        # whole days only: a seed gives the same times of day (windows, diurnal features) whenever it runs
+        start = (now - span_guess) // DAY_MS * DAY_MS
         events = _run(cfg, start)
-        delta = (now - MINUTE_MS) - _last_time(events, start)
+        delta = ((now - MINUTE_MS) - _last_time(events, start)) // DAY_MS * DAY_MS
         events = _shift(events, delta)
         start += delta
     return events, manifest_of(events, cfg, start)
