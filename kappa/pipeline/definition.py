@@ -204,6 +204,8 @@ class Pipeline:
     models: Mapping[str, Model] = dc_field(default_factory=dict)
     views: Mapping[str, View] = dc_field(default_factory=dict)
     description: str = ""
+    generator: str | None = None
+    """``module:function`` generating sample events (:mod:`producers.generators`), if any."""
 
     @property
     def root(self) -> Path:
@@ -291,7 +293,7 @@ class _Loader:
     def pipeline(self) -> Pipeline:
         top = self.table("", self.doc, {"pipeline", "inputs", "enrich", "windows", "models", "views"},
                          {"pipeline", "inputs"})
-        meta = self.table("pipeline", top["pipeline"], {"name", "database", "schemas", "description"},
+        meta = self.table("pipeline", top["pipeline"], {"name", "database", "schemas", "description", "generator"},
                           {"name"})
         name = meta["name"]
         if not isinstance(name, str) or not _NAME.match(name):
@@ -310,9 +312,11 @@ class _Loader:
         models = {n: self.model(n, v, inputs) for n, v in top.get("models", {}).items()}
         views = {n: self.view(n, v) for n, v in top.get("views", {}).items()}
         pipe = Pipeline(name, database, self.file, self.schema_dir, inputs, enrich, windows, models, views,
-                        meta.get("description", ""))
+                        meta.get("description", ""), meta.get("generator"))
         self.check_names(pipe)
         self.check_functions(pipe)
+        if pipe.generator is not None and not callable(_resolve_checked(self, "pipeline", pipe, pipe.generator)):
+            raise self.fail("pipeline", f"generator {pipe.generator} is not a function")
         return pipe
 
     def input(self, name: str, value: Any) -> Input:
