@@ -210,9 +210,6 @@ def serve(component: str, port: int = 0) -> int:
     return chosen
 
 
-_SINK_TABLES = ("orders", "scores", "revenue_windows", "model_quality", "drift_events", "rejected_events")
-
-
 def _precreate(component: str) -> None:
     """Export 0-valued series for counters that may stay at zero (failures, drift detections).
 
@@ -220,7 +217,9 @@ def _precreate(component: str) -> None:
     failure, and the first increment is invisible to ``increase()``.
     """
     if component == "sink":
-        for table in _SINK_TABLES:
+        from sinks.rows import TABLES  # the selected pipeline's tables
+
+        for table in (t for t in TABLES if t != "sink_offsets"):
             SINK_INSERT_FAILURES.labels(table)
             SINK_ROWS.labels(table)
     elif component == "processor":

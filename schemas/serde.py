@@ -102,7 +102,13 @@ def schema_path(name: str) -> Path:
 
 
 def schema_text(name: str) -> str:
-    """The ``.avsc`` text of schema ``name`` (e.g. ``"orders"``)."""
+    """The ``.avsc`` text of schema ``name`` (e.g. ``"orders"``), or of a schema the pipeline
+    derives (``derived:stream:<stream>``, ``derived:window:<window>``: :mod:`kappa.pipeline.derive`)."""
+    if name.startswith("derived:"):
+        from kappa.pipeline import current
+        from kappa.pipeline.derive import derived_schema_text
+
+        return derived_schema_text(current(), name)
     return _text(schema_path(name))
 
 

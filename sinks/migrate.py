@@ -28,14 +28,18 @@ from pathlib import Path
 
 from sinks.base import Backend, quote
 
-__all__ = ["MIGRATIONS_DIR", "Migration", "apply", "database", "guard", "migrations", "split_statements"]
+__all__ = ["MIGRATIONS_DIR", "Migration", "apply", "database", "derived_statements", "guard", "migrations",
+           "split_statements"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 def database(version: str) -> str:
-    """The database holding the tables of pipeline ``version``."""
-    return "kappa_" + re.sub(r"[^A-Za-z0-9_]", "_", version)
+    """The database holding the tables of version ``version`` of the selected pipeline
+    (``<its database>_<version>``)."""
+    from kappa.pipeline import current
+
+    return f"{current().database}_" + re.sub(r"[^A-Za-z0-9_]", "_", version)
 
 
 def split_statements(sql: str) -> list[str]:
@@ -97,4 +101,14 @@ def apply(backend: Backend, version: str) -> list[str]:
                 backend.execute(stmt)
         backend.execute(f"INSERT INTO {db}.schema_migrations (name) VALUES ({quote(mig.name)})")
         applied.append(mig.name)
+    for stmt in derived_statements(version):  # IF NOT EXISTS: a no-op once they are there
+        backend.execute(stmt)
     return applied
+
+
+def derived_statements(version: str) -> list[str]:
+    """``CREATE TABLE IF NOT EXISTS`` of the selected pipeline's stream and window tables."""
+    from kappa.pipeline import current
+    from sinks.ddl import create_statements
+
+    return create_statements(current(), database(version))

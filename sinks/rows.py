@@ -31,9 +31,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from kappa.pipeline import Pipeline, current
 from kappa.topics import OutputTopics
 
-__all__ = ["LINEAGE", "TABLES", "TS", "Table", "poison_row", "route"]
+__all__ = ["KAPPA_TABLES", "LINEAGE", "TABLES", "TS", "Table", "poison_row", "route", "tables_of"]
 
 TS = pa.timestamp("ms", tz="UTC")
 LINEAGE: tuple[tuple[str, pa.DataType], ...] = (
@@ -93,35 +94,46 @@ class Table:
         return pa.Table.from_pylist(list(records), schema=_SCHEMAS[self.name])
 
 
-TABLES: dict[str, Table] = {
-    t.name: t
-    for t in (
-        Table("orders", "enriched_order", (
-            ("order_id", _S), ("user_id", _I), ("amount", _F), ("currency", _S), ("category", _S),
-            ("payment_method", _S), ("ip_country", _S), ("event_time", TS), ("user_country", _S),
-            ("user_segment", _S), ("user_signup_time", TS), ("fraud_score", _F), ("late", _B),
-            ("source_topic", _S), ("source_partition", _I32), ("source_offset", _I),
-            ("pipeline_version", _S), *LINEAGE), "event_time"),
-        Table("scores", "fraud_score", (
-            ("order_id", _S), ("fraud_score", _F), ("model", _S), ("labelled_before", _I),
-            ("event_time", TS), ("pipeline_version", _S), *LINEAGE), "event_time"),
-        Table("revenue_windows", "revenue_window", (
-            ("window_start", TS), ("category", _S), ("currency", _S), ("orders", _I),
-            ("revenue", _F), ("revision", _I), ("final", _B), ("pipeline_version", _S), *LINEAGE)),
-        Table("model_quality", "model_quality", (
-            ("model", _S), ("bucket", TS), ("labelled", _I), ("accuracy", _F), ("roc_auc", _F),
-            ("log_loss", _F), ("drift_detections", _I), ("pipeline_version", _S), ("bucket_index", _I),
-            *LINEAGE)),
-        Table("drift_events", "drift_event", (
-            ("model", _S), ("detector", _S), ("labelled", _I), ("event_time", TS), ("action", _S),
-            ("pipeline_version", _S), *LINEAGE), "event_time"),
-        Table("rejected_events", "rejected_event", (
-            ("source", _S), ("topic", _S), ("reason", _S), ("payload", pa.binary()),
-            ("rejected_at", TS), ("stage", _S), ("pipeline_version", _S), *LINEAGE)),
-        Table("sink_offsets", None, (
-            ("topic", _S), ("partition", _I32), ("next_offset", _I), ("updated_at", TS))),
-    )
-}
+KAPPA_TABLES: tuple[Table, ...] = (
+    Table("scores", "fraud_score", (
+        ("order_id", _S), ("fraud_score", _F), ("model", _S), ("labelled_before", _I),
+        ("event_time", TS), ("pipeline_version", _S), *LINEAGE), "event_time"),
+    Table("model_quality", "model_quality", (
+        ("model", _S), ("bucket", TS), ("labelled", _I), ("accuracy", _F), ("roc_auc", _F),
+        ("log_loss", _F), ("drift_detections", _I), ("pipeline_version", _S), ("bucket_index", _I),
+        *LINEAGE)),
+    Table("drift_events", "drift_event", (
+        ("model", _S), ("detector", _S), ("labelled", _I), ("event_time", TS), ("action", _S),
+        ("pipeline_version", _S), *LINEAGE), "event_time"),
+    Table("rejected_events", "rejected_event", (
+        ("source", _S), ("topic", _S), ("reason", _S), ("payload", pa.binary()),
+        ("rejected_at", TS), ("stage", _S), ("pipeline_version", _S), *LINEAGE)),
+    Table("sink_offsets", None, (
+        ("topic", _S), ("partition", _I32), ("next_offset", _I), ("updated_at", TS))),
+)
+"""Tables every pipeline's version database has (``sinks/migrations``)."""
+
+
+def tables_of(pipeline: Pipeline) -> dict[str, Table]:
+    """Every table of a version of ``pipeline``: its streams' and windows' (derived from the
+    definition, :mod:`sinks.ddl`), then :data:`KAPPA_TABLES`."""
+    from kappa.pipeline.derive import Names
+    from sinks.ddl import arrow_type, tables
+
+    outputs = {o.table: o for o in Names(pipeline, "v").outputs()}
+    out: dict[str, Table] = {}
+    for name, derived in tables(pipeline).items():
+        o = outputs[name]
+        time = pipeline.input(o.name).time if o.kind == "stream" else None
+        cols = tuple((c, arrow_type(ct)) for c, ct in derived.columns)
+        out[name] = Table(name, o.schema, cols, time)
+    for own in KAPPA_TABLES:
+        out.setdefault(own.name, own)
+    return out
+
+
+TABLES: dict[str, Table] = tables_of(current())
+"""The tables of the selected pipeline (``--pipeline`` / ``KAPPA_PIPELINE``), by name."""
 
 _SCHEMAS = {name: t.arrow_schema for name, t in TABLES.items()}
 
@@ -134,20 +146,19 @@ def route(outputs: OutputTopics, topic: str) -> Table:
     >>> route(o, o.revenue).name, route(o, "t1.orders.dlq").name, route(o, o.rejected).name
     ('revenue_windows', 'rejected_events', 'rejected_events')
     """
-    by_topic = {
-        outputs.enriched: "orders",
-        outputs.scores: "scores",
-        outputs.revenue: "revenue_windows",
-        outputs.model_quality: "model_quality",
-        outputs.drift: "drift_events",
-        outputs.rejected: "rejected_events",
-    }
-    name = by_topic.get(topic)
+    name = _routes(outputs.version).get(topic)
     if name is None:
         if topic.endswith(".dlq"):
             return TABLES["rejected_events"]
         raise KeyError(f"topic {topic} is not an output of pipeline version {outputs.version}")
     return TABLES[name]
+
+
+@functools.cache
+def _routes(version: str) -> dict[str, str]:
+    from kappa.pipeline.derive import Names
+
+    return {o.topic: o.table for o in Names(current(), version).outputs()}
 
 
 def poison_row(topic: str, partition: int, offset: int, value: bytes | None, reason: str,

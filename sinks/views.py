@@ -1,4 +1,4 @@
-"""The serving views: stable names in database ``kappa`` over one version's tables.
+"""The serving views: stable names in the pipeline's database (``kappa``) over one version's tables.
 
 Why views: users and dashboards query ``kappa.orders`` etc. forever, while the storage
 behind them is versioned; a replay builds ``kappa_<V2>`` next to ``kappa_<V1>`` and
@@ -10,30 +10,13 @@ however many times a row was delivered.
 from __future__ import annotations
 
 from kappa.errors import SinkError
+from kappa.pipeline import Pipeline, current
 from sinks.base import Backend, quote
 from sinks.migrate import database
 
-__all__ = ["SERVING_DB", "VIEWS", "ensure_views", "serving_version", "swap_views"]
+__all__ = ["KAPPA_VIEWS", "SERVING_DB", "VIEWS", "ensure_views", "serving_version", "swap_views", "views_of"]
 
-SERVING_DB = "kappa"
-
-VIEWS: dict[str, str] = {
-    "orders": """
-        SELECT o.order_id AS order_id, o.user_id AS user_id, o.amount AS amount,
-               o.currency AS currency, o.category AS category,
-               o.payment_method AS payment_method, o.ip_country AS ip_country,
-               o.event_time AS event_time, o.user_country AS user_country,
-               o.user_segment AS user_segment, o.user_signup_time AS user_signup_time,
-               coalesce(s.fraud_score, o.fraud_score) AS fraud_score, o.late AS late,
-               o.source_topic AS source_topic, o.source_partition AS source_partition,
-               o.source_offset AS source_offset, o.pipeline_version AS pipeline_version,
-               o.ingested_at AS ingested_at
-        FROM {db}.orders AS o FINAL
-        LEFT JOIN (SELECT order_id, toNullable(fraud_score) AS fraud_score
-                   FROM {db}.scores FINAL) AS s ON o.order_id = s.order_id""",
-    "revenue_per_minute": """
-        SELECT window_start, category, currency, orders, revenue, revision, final, pipeline_version
-        FROM {db}.revenue_windows FINAL""",
+KAPPA_VIEWS: dict[str, str] = {
     "model_quality": """
         SELECT model, bucket, labelled, accuracy, roc_auc, log_loss, drift_detections,
                pipeline_version,
@@ -47,6 +30,39 @@ VIEWS: dict[str, str] = {
         SELECT model, detector, labelled, event_time, action, pipeline_version
         FROM {db}.drift_events FINAL""",
 }
+"""Views every pipeline's serving database has."""
+
+_SINK_LINEAGE = ("kafka_topic", "kafka_partition", "kafka_offset", "ingested_at")
+
+
+def views_of(pipeline: Pipeline) -> dict[str, str]:
+    """Serving view -> its SELECT over version database ``{db}``: a view per stream (one row per
+    valid event, its columns and ``ingested_at``) and per window (its values), Kappa's own
+    (:data:`KAPPA_VIEWS`), and the declared ``[views.<name>]`` (which replace a derived one of
+    the same name)."""
+    from kappa.pipeline.derive import Names
+    from sinks.ddl import tables
+
+    derived = tables(pipeline)
+    out: dict[str, str] = {}
+    for o in Names(pipeline, "v").outputs():
+        t = derived.get(o.table)
+        if t is None:
+            continue
+        names = [c for c, _ in t.columns if c not in _SINK_LINEAGE]
+        if o.kind == "stream":
+            names.append("ingested_at")
+        out[o.name] = f"SELECT {', '.join(names)} FROM {{db}}.{o.table} FINAL"
+    out.update(KAPPA_VIEWS)
+    out.update({name: v.sql for name, v in pipeline.views.items()})
+    return out
+
+
+SERVING_DB = current().database
+"""The selected pipeline's serving database (``kappa`` for the e-commerce example)."""
+
+VIEWS: dict[str, str] = views_of(current())
+"""The selected pipeline's serving views."""
 
 
 def _ensure_serving_db(backend: Backend) -> None:

@@ -517,9 +517,10 @@ class _Loader:
 
     def check_names(self, pipe: Pipeline) -> None:
         """Names in the serving database (a view per stream input and per window, declared views,
-        Kappa's own tables) must not clash."""
+        Kappa's own views) must not clash; a declared view named as a stream replaces its view."""
         seen: dict[str, str] = {}
-        names = ([(f"inputs.{n}", n) for n, i in pipe.inputs.items() if not i.table]
+        # a declared view may replace the derived view of a stream (e.g. to add a model's score)
+        names = ([(f"inputs.{n}", n) for n, i in pipe.inputs.items() if not i.table and n not in pipe.views]
                  + [(f"windows.{n}", n) for n in pipe.windows]
                  + [(f"views.{n}", n) for n in pipe.views])
         reserved = {"rejected_events", "model_quality", "drift_events", "lineage"}

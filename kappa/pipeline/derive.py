@@ -28,7 +28,7 @@ from typing import Any
 
 from kappa.pipeline.definition import Field, Input, Pipeline, Window
 
-__all__ = ["LINEAGE_FIELDS", "Names", "Output", "schema_json", "stream_schema", "window_schema"]
+__all__ = ["LINEAGE_FIELDS", "Names", "Output", "derived_schema_text", "schema_json", "stream_schema", "window_schema"]
 
 LINEAGE_FIELDS: tuple[dict[str, Any], ...] = (
     {"name": "late", "type": "boolean", "default": False,
@@ -241,12 +241,20 @@ def window_schema(pipeline: Pipeline, window: str) -> dict[str, Any]:
             "doc": f"Update-style value of one {window} window of pipeline {pipeline.name}.", "fields": out}
 
 
+def derived_schema_text(pipeline: Pipeline, name: str) -> str:
+    """Text of a derived schema ``derived:stream:<stream>`` or ``derived:window:<window>``."""
+    _, kind, of = name.split(":", 2)
+    if kind == "stream":
+        return json.dumps(stream_schema(pipeline, of))
+    if kind == "window" and of in pipeline.windows:
+        return json.dumps(window_schema(pipeline, of))
+    raise KeyError(f"no derived schema {name!r} in pipeline {pipeline.name}")
+
+
 def schema_json(pipeline: Pipeline, output: Output) -> str:
     """The Avro schema text of ``output``'s values (a file's text, or the derived one)."""
     from schemas.serde import schema_text
 
-    if output.schema.startswith("derived:stream:"):
-        return json.dumps(stream_schema(pipeline, output.name))
-    if output.schema.startswith("derived:window:"):
-        return json.dumps(window_schema(pipeline, output.name))
+    if output.schema.startswith("derived:"):
+        return derived_schema_text(pipeline, output.schema)
     return schema_text(output.schema)

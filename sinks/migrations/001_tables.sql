@@ -1,36 +1,12 @@
--- Storage of pipeline version ${version} in database ${db}: one table per output, keyed so
--- that a re-delivered row replaces its earlier copy (exactly-once results), with lineage
--- (kafka_topic/partition/offset, pipeline_version, ingested_at) on every row.
+-- Storage of pipeline version ${version} in database ${db}: the tables every pipeline has, keyed
+-- so that a re-delivered row replaces its earlier copy (exactly-once results), with lineage
+-- (kafka_topic/partition/offset, pipeline_version, ingested_at) on every row. The tables of a
+-- pipeline's streams and windows are derived from its definition (sinks/ddl.py; the e-commerce
+-- orders and revenue_windows were created here before, with the same DDL).
 -- Every table takes inserts, so every table keeps a deduplication window for
 -- insert_deduplication_token (re-sent batches are dropped by the engine).
 
 CREATE DATABASE IF NOT EXISTS ${db};
-
-CREATE TABLE IF NOT EXISTS ${db}.orders (
-    order_id String,
-    user_id Int64,
-    amount Float64,
-    currency LowCardinality(String),
-    category LowCardinality(String),
-    payment_method LowCardinality(String),
-    ip_country LowCardinality(String),
-    event_time DateTime64(3, 'UTC'),
-    user_country Nullable(String),
-    user_segment Nullable(String),
-    user_signup_time Nullable(DateTime64(3, 'UTC')),
-    fraud_score Nullable(Float64),
-    late Bool,
-    source_topic String,
-    source_partition Int32,
-    source_offset Int64,
-    pipeline_version LowCardinality(String),
-    kafka_topic LowCardinality(String),
-    kafka_partition Int32,
-    kafka_offset Int64,
-    ingested_at DateTime64(3, 'UTC')
-) ENGINE = ReplacingMergeTree(kafka_offset)
-ORDER BY order_id
-SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE TABLE IF NOT EXISTS ${db}.scores (
     order_id String,
@@ -45,23 +21,6 @@ CREATE TABLE IF NOT EXISTS ${db}.scores (
     ingested_at DateTime64(3, 'UTC')
 ) ENGINE = ReplacingMergeTree(kafka_offset)
 ORDER BY order_id
-SETTINGS non_replicated_deduplication_window = 1000;
-
-CREATE TABLE IF NOT EXISTS ${db}.revenue_windows (
-    window_start DateTime64(3, 'UTC'),
-    category LowCardinality(String),
-    currency LowCardinality(String),
-    orders Int64,
-    revenue Float64,
-    revision Int64,
-    final Bool,
-    pipeline_version LowCardinality(String),
-    kafka_topic LowCardinality(String),
-    kafka_partition Int32,
-    kafka_offset Int64,
-    ingested_at DateTime64(3, 'UTC')
-) ENGINE = ReplacingMergeTree(revision)
-ORDER BY (window_start, category, currency)
 SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE TABLE IF NOT EXISTS ${db}.model_quality (

@@ -9,7 +9,7 @@ import pytest
 
 from kappa.topics import output_topics
 from sinks.base import ReadOnlyViolation, check_read_only
-from sinks.migrate import database, migrations
+from sinks.migrate import database, derived_statements, migrations
 from sinks.rows import TABLES, TS, poison_row, route
 from sinks.service import dlq_pattern, sink_group
 from sinks.views import VIEWS
@@ -41,7 +41,7 @@ def _final_ddl(version: str) -> dict[str, str]:
     creates the table a migration rebuilt it as (``EXCHANGE TABLES t AND staging``)."""
     db = re.escape(database(version))
     out: dict[str, str] = {}
-    for stmt in (s for m in migrations() for s in m.statements(version)):
+    for stmt in [*(s for m in migrations() for s in m.statements(version)), *derived_statements(version)]:
         code = "\n".join(line for line in stmt.splitlines() if not line.strip().startswith("--"))
         if created := re.search(rf"CREATE TABLE IF NOT EXISTS {db}\.(\w+) \(", code):
             out[created.group(1)] = code
