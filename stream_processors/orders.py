@@ -10,7 +10,8 @@ partition ``p``):
   user versions are still needed);
 - ``d<order_id>``: first occurrence ``[partition, offset, lateness, event_time]`` (dedupe);
 - ``p``: the partition's watermark, last applied offset and open window partials
-  (:class:`~stream_processors.windows.PartitionWindows`), written last in each batch.
+  (:class:`~stream_processors.operators.windows.PartitionWindows` of the revenue windows,
+  :mod:`stream_processors.windows`), written last in each batch.
 
 Re-delivery after a crash is recognised, not mistaken for a duplicate: the same
 (partition, offset) as the stored first occurrence is the same event, so it is emitted again
@@ -31,8 +32,9 @@ from schemas.rules import reason_code, validate_order, validate_user
 from schemas.serde import DecodeError, Decoder
 from stream_processors.base import Emitted, Message, State, dumps, loads, record_ms
 from stream_processors.dimensions import fill_gaps
+from stream_processors.operators.windows import PartitionWindows
 from stream_processors.users import NULL_USER, as_of, upsert
-from stream_processors.windows import WINDOW_MS, PartitionWindows, window_key
+from stream_processors.windows import revenue_spec
 
 __all__ = ["DEDUPE_RETENTION_MS", "MAX_PAYLOAD", "OrderStage", "rejection"]
 
@@ -124,6 +126,7 @@ class OrderStage:
         self.order_decoder = order_decoder
         self.state = state
         self.grace_ms = grace_ms
+        self.windows = revenue_spec(grace_ms)
         self.clock = clock
         self.registry_retry_s = registry_retry_s
         self.category_map = category_map or {}
@@ -156,7 +159,7 @@ class OrderStage:
                     self._users(p, missing, now_ms, out, reject=False)
             ms.sort(key=lambda m: m.offset)
             if self.orders_source is not None:
-                applied = PartitionWindows.from_json(self._view(p, out).get(b"p")).offset
+                applied = PartitionWindows.from_json(self._view(p, out).get(b"p"), self.windows).offset
                 ms = fill_gaps(ms, applied, self.orders_source, self.orders_topic)
             CONSUMED.labels(self.orders_topic).inc(len(ms))
             self._orders(p, ms, now_ms, out)
@@ -229,10 +232,7 @@ class OrderStage:
     def _orders(self, p: int, ms: list[Message], now_ms: int, out: Emitted) -> None:
         view = self._view(p, out)
         writes, get = view.writes, view.get
-        prog = PartitionWindows.from_json(get(b"p"))
-        touched: set[str] = set()
-        grace = self.grace_ms
-        start_offset = prog.offset
+        prog = PartitionWindows.from_json(get(b"p"), self.windows)
         valid = []
         reject, category_map = self._reject, self.category_map
         for m, rec in self._decode(self.order_decoder, ms, now_ms, out):
@@ -260,15 +260,9 @@ class OrderStage:
                     continue
                 kind = first[2]  # the same event again (re-delivery): keep its verdict
             et = rec["event_time"]
-            if not prog.applied(offset):
-                kind = prog.add(offset, rec["category"], rec["currency"], rec["amount"], et,
-                                grace, kind)
-                if kind != "on_time":
-                    LATE_EVENTS.labels(kind).inc()
-            kind = kind or "on_time"
-            wkey = window_key(et - et % WINDOW_MS, rec["category"], rec["currency"])
-            if wkey in prog.windows:
-                touched.add(wkey)
+            kind, fresh = prog.observe(offset, rec, et, kind)
+            if fresh and kind != "on_time":
+                LATE_EVENTS.labels(kind).inc()
             if first is None:
                 # the JSON of [p, offset, kind, event_time], written without json.dumps
                 view.put(dkey, [p, offset, kind, et], b'[%d,%d,"%s",%d]' % (p, offset, kind.encode(), et))
@@ -285,16 +279,7 @@ class OrderStage:
             rec["source_offset"] = offset
             rec["pipeline_version"] = version
             enriched((rec["order_id"], rec))
-        if ms:
-            prog.offset = max(prog.offset, ms[-1].offset)
-        for wkey in sorted(touched):
-            start, cat, cur, n, revenue = prog.windows[wkey]
-            out.partials.append((wkey, dumps({"s": start, "c": cat, "u": cur, "p": p, "n": n,
-                                               "r": revenue, "o": prog.offset, "wm": prog.watermark})))
-        if ms and ms[-1].offset > start_offset:
-            # Not while only re-delivered events come back: windows they touched in the lost
-            # batch may come later in the replay and must still be there to be emitted again.
-            prog.prune(grace, keep=touched)
+        out.partials.extend(prog.end_batch(p, ms[-1].offset if ms else None))
         self._sweep(p, prog, writes, get)
         if max_logged >= 0 and max_logged != logged_before:
             view.put(b"j", max_logged)
