@@ -10,8 +10,11 @@ COPY producers ./producers
 COPY stream_processors ./stream_processors
 COPY sinks ./sinks
 COPY deploy ./deploy
+COPY examples ./examples
 RUN pip install --no-cache-dir .
 ENV KAPPA_HOME=/data
+# the pipeline every command runs; mount another project directory and point this at it
+ENV KAPPA_PIPELINE=/app/examples/ecommerce
 VOLUME /data
 ENTRYPOINT ["kappa"]
 CMD ["status"]

@@ -59,7 +59,7 @@ def run(repeat: int = 3, fraud_orders: int = 20_000,
         def run() -> int:
             lrn = SampleLearner("phishing")
             for s in range(0, len(phishing), b):
-                lrn.learn_batch([(i, x, y, i) for i, (x, y) in enumerate(phishing[s:s + b], start=s)])
+                lrn.learn_batch([(i, x, y, i, i) for i, (x, y) in enumerate(phishing[s:s + b], start=s)])
             return len(phishing)
         return run
 

@@ -29,8 +29,10 @@ from typing import Any
 from confluent_kafka.schema_registry import Schema
 
 from kappa import metrics
-from schemas.rules import reason_code, validate_order
+from schemas.rules import for_input, reason_code
 from schemas.serde import Decoder, Encoder, Registry, schema_text
+
+validate_order = for_input("orders")
 
 NOW_MS = 1_700_000_000_000
 TOPIC = "orders"

@@ -31,7 +31,7 @@ import fastavro
 from quixstreams import Application
 from quixstreams.models.serializers import Deserializer
 
-AVRO = Path(__file__).resolve().parents[1] / "schemas" / "avro"
+AVRO = Path(__file__).resolve().parents[1] / "examples" / "ecommerce" / "schemas"
 CURRENCIES = {"EUR", "USD", "GBP", "JPY", "CHF"}
 
 

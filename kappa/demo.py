@@ -109,9 +109,10 @@ def reconcile(settings: Settings, manifest: dict[str, Any]) -> DemoReport:
     lines.append("top categories by revenue: " + ", ".join(f"{r['category']} {float(r['revenue']):,.0f}"
                                                           for r in top))
     drift_ms = int(manifest.get("drift_time_ms", 0))
-    fraud = q("SELECT bucket, labelled, roc_auc FROM kappa.model_quality WHERE model = 'fraud' ORDER BY bucket")
+    fraud = q("SELECT toUnixTimestamp64Milli(bucket) AS bucket_ms, labelled, roc_auc FROM kappa.model_quality "
+              "WHERE model = 'fraud' ORDER BY bucket")
     if fraud:
-        before = [r for r in fraud if int(r["bucket"]) < drift_ms] or fraud[:1]
+        before = [r for r in fraud if int(r["bucket_ms"]) < drift_ms] or fraud[:1]
         lines.append(f"fraud model ROC AUC (cumulative): at the drift {float(before[-1]['roc_auc']):.3f} "
                      f"after {int(before[-1]['labelled']):,} labels; at the end {float(fraud[-1]['roc_auc']):.3f} "
                      f"after {int(fraud[-1]['labelled']):,} labels")

@@ -282,7 +282,7 @@ def apply_boundary(backend: Any, live: str, version: str, boundary_ms: int,
     old, new = database(live), database(version)
     at = f"fromUnixTimestamp64Milli(toInt64({boundary_ms}), 'UTC')"
     scopes = {t: f"{col} < {at}" for t, col in _BOUNDED.items()}
-    scopes["model_quality"] = f"model = 'fraud' AND bucket < {boundary_ms}"
+    scopes["model_quality"] = f"model = 'fraud' AND bucket < {at}"
     if offsets:
         before = " OR ".join(
             f"(topic = '{t}' AND toInt32OrZero(splitByChar('/', source)[-2]) = {p} "
@@ -311,7 +311,7 @@ _BREAKDOWNS = {  # view -> (dimension, measure) shown when a view differs
     "orders": ("category", "count()"),
     "revenue_per_minute": ("category", "sum(orders)"),
     "rejected_events": ("splitByChar(':', reason)[1]", "count()"),
-    "model_quality": ("model", "argMax(roc_auc, bucket)"),
+    "model_quality": ("model", "argMax(roc_auc, bucket_index)"),
 }
 
 
@@ -561,6 +561,8 @@ def replay(settings: Settings, version: str, start: StartPoint, *, swap_views: b
         if start.boundary_ms is not None and live is None:
             raise ReplayError(f"--from {start} replaces a range of the live version's results, but no "
                               "version is live yet: use --from earliest")
+        if live is not None:  # its rows are copied and compared in the current table shapes
+            migrate.apply(backend, live)
         migrate.apply(backend, version)
         fresh = commit_start(settings, ep.kafka_bootstrap, version, offsets)
         if not fresh:

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 from kappa.kafka import TopicSpec
+from kappa.pipeline import Input, Pipeline, current
 
 __all__ = [
     "ORDERS",
@@ -26,6 +27,7 @@ __all__ = [
     "InputTopics",
     "OutputTopics",
     "dlq",
+    "input_for_topic",
     "input_specs",
     "input_topics",
     "output_topics",
@@ -92,8 +94,12 @@ class OutputTopics:
 
     @property
     def partials(self) -> str:
-        """Internal repartition topic of the window partials (consumed by group ``kappa-<version>``)."""
-        return f"kappa-{self.version}-revenue-partials"
+        """Internal repartition topic of the window partials (consumed by group ``kappa-<version>``),
+        as the pipeline derives it (:meth:`kappa.pipeline.derive.Names.partials`)."""
+        from kappa.pipeline.derive import Names
+
+        pipe = current()
+        return Names(pipe, self.version).partials(next(iter(pipe.windows)))
 
     def specs(self, partitions: int) -> list[TopicSpec]:
         """Output topics: keyed ones compacted-and-kept (update-style values), others kept."""
@@ -152,14 +158,28 @@ def input_topics(prefix: str = "") -> InputTopics:
     return InputTopics(prefix)
 
 
-def input_specs(partitions: int, prefix: str = "") -> list[TopicSpec]:
-    """Input topics with replay-friendly retention; ``users`` is compacted (latest per key)."""
-    t = InputTopics(prefix)
-    return [
-        TopicSpec(t.users, partitions, {**_COMPACT}),
-        TopicSpec(t.orders, partitions, dict(_KEEP)),
-        TopicSpec(t.order_labels, partitions, dict(_KEEP)),
-        TopicSpec(dlq(t.users), 1, dict(_KEEP)),
-        TopicSpec(dlq(t.orders), 1, dict(_KEEP)),
-        TopicSpec(dlq(t.order_labels), 1, dict(_KEEP)),
-    ]
+def input_specs(partitions: int, prefix: str = "", pipeline: Pipeline | None = None) -> list[TopicSpec]:
+    """Input topics of ``pipeline`` (default: the selected one) with replay-friendly retention;
+    table-like inputs (``table = true``) compacted (latest per key), then each input's DLQ.
+
+    An input's declared ``partitions`` wins over ``partitions`` (``KAPPA_PARTITIONS``).
+
+    >>> [(t.name, t.partitions, t.config.get("cleanup.policy")) for t in input_specs(4)][:3]
+    [('users', 4, 'compact'), ('orders', 4, None), ('order_labels', 4, None)]
+    """
+    pipe = pipeline or current()
+    specs = [TopicSpec(prefix + name, inp.partitions or partitions, dict(_COMPACT if inp.table else _KEEP))
+             for name, inp in pipe.inputs.items()]
+    specs += [TopicSpec(dlq(prefix + name), 1, dict(_KEEP)) for name in pipe.inputs]
+    return specs
+
+
+def input_for_topic(topic: str, prefix: str = "", pipeline: Pipeline | None = None) -> Input | None:
+    """The input of ``pipeline`` that topic ``topic`` (with input ``prefix``) carries, or None.
+
+    >>> input_for_topic("t.orders", "t.").key, input_for_topic("orders.dlq")
+    ('user_id', None)
+    """
+    pipe = pipeline or current()
+    bare = topic[len(prefix):] if prefix and topic.startswith(prefix) else topic
+    return pipe.inputs.get(bare)

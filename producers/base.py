@@ -35,7 +35,7 @@ from kappa.topics import dlq
 from schemas.catalog import schema_for_topic
 from schemas.rules import reason_code
 from schemas.serde import Encoder, Registry, subject
-from stream_processors.orders import MAX_PAYLOAD
+from stream_processors.stream import MAX_PAYLOAD
 
 __all__ = ["PRODUCER_CONFIG", "RECORD_OVERHEAD", "MessageTooLarge", "PublishFailed", "PublishSummary",
            "Publisher", "now_ms", "topic_max_message_bytes"]
@@ -293,7 +293,7 @@ class Publisher:
         """Send a rejected input to ``dlq(topic)`` as a RejectedEvent (stage ``producer``).
 
         Counted as *rejected*, not as sent; ``source`` is ``path:line`` for file rows. A payload
-        larger than :data:`~stream_processors.orders.MAX_PAYLOAD` (or than the DLQ topic takes)
+        larger than :data:`~stream_processors.stream.MAX_PAYLOAD` (or than the DLQ topic takes)
         is cut, and the reason says so, as the processors do; a long reason is cut too.
         """
         if len(reason) > _MAX_REASON:

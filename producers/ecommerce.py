@@ -39,9 +39,20 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kappa.errors import ConfigError
-from schemas.rules import ORDER_REASONS, reason_code, validate_order
+from kappa.pipeline import DEFAULT, load
+from schemas.rules import for_input, reason_code
 
 __all__ = ["Event", "GeneratorConfig", "Manifest", "generate", "manifest_of", "publish_events"]
+
+ORDER_REASONS = ("empty_order_id", "bad_user_id", "bad_amount", "bad_currency", "future_event_time")
+"""The order rules of examples/ecommerce/pipeline.toml, in their order: the generator breaks
+each in turn (:meth:`Generator.invalid`; a unit test checks they are the declared ones)."""
+
+
+def pipeline() -> Any:
+    """The e-commerce pipeline definition this generator writes for."""
+    return load(DEFAULT)
+
 
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000
@@ -365,6 +376,7 @@ def manifest_of(events: list[Event], cfg: GeneratorConfig, start_ms: int) -> Man
     totals: dict[str, dict[str, float]] = {}
     windows: dict[tuple[int, str, str], list[float]] = {}
     far_future = start_ms + FUTURE_OFFSET_MS // 2
+    validate_order = for_input("orders", pipeline())
     for e in events:
         v = e.value
         if e.kind == "label":
@@ -405,8 +417,9 @@ def manifest_of(events: list[Event], cfg: GeneratorConfig, start_ms: int) -> Man
 def generate(cfg: GeneratorConfig, now_ms: int | None = None) -> tuple[list[Event], Manifest]:
     """Records in publish order and their manifest; deterministic for (seed, start_ms).
 
-    Without ``start_ms`` the run is placed so its last timestamp is one minute before
-    ``now_ms`` (default: the wall clock): nothing valid is in the future when processed.
+    Without ``start_ms`` the run starts at a midnight (UTC) and ends at least one minute before
+    ``now_ms`` (default: the wall clock), within a day of it: nothing valid is in the future when
+    processed, and the same seed gives the same records up to a whole number of days.
     """
     _validate(cfg)
     if cfg.start_ms is not None:
@@ -417,9 +430,10 @@ def generate(cfg: GeneratorConfig, now_ms: int | None = None) -> tuple[list[Even
 
         now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
         span_guess = int(cfg.events / cfg.orders_per_second * 1000)
-        start = now - span_guess
+        # whole days only: a seed gives the same times of day (windows, diurnal features) whenever it runs
+        start = (now - span_guess) // DAY_MS * DAY_MS
         events = _run(cfg, start)
-        delta = (now - MINUTE_MS) - _last_time(events, start)
+        delta = ((now - MINUTE_MS) - _last_time(events, start)) // DAY_MS * DAY_MS
         events = _shift(events, delta)
         start += delta
     return events, manifest_of(events, cfg, start)

@@ -46,8 +46,9 @@ from pathlib import Path
 from typing import Any
 
 from kappa.errors import ConfigError, KappaError
+from kappa.topics import input_for_topic
 from producers.base import RECORD_OVERHEAD, MessageTooLarge, Publisher
-from schemas.rules import VALIDATORS
+from schemas.rules import for_input
 from schemas.serde import schema_text
 
 __all__ = ["MAX_TIME_MS", "MIN_TIME_MS", "FileReport", "RowError", "coerce_row", "field_types",
@@ -343,10 +344,10 @@ def publish_file(publisher: Publisher, path: Path, topic: str, fmt: str | None =
         raise ConfigError(f"cannot tell the format of {path}: use --format jsonl or --format csv")
     encoder = publisher.encoder(topic, schema)
     fields = field_types(encoder.name)
-    if key_field is None:
-        key_field = {"users": "user_id", "orders": "user_id", "order_labels": "order_id"}.get(
-            encoder.name)
-    validator = VALIDATORS.get(encoder.name) if validate else None
+    inp = input_for_topic(topic, publisher.settings.topic_prefix)
+    if key_field is None and inp is not None:
+        key_field = inp.key
+    validator = for_input(inp.name) if validate and inp is not None else None
     if validator is not None and now_ms is None:
         from producers.base import now_ms as wall
 

@@ -16,12 +16,20 @@ from __future__ import annotations
 import re
 
 from kappa.errors import KappaError
-from kappa.topics import ORDER_LABELS, ORDERS, SAMPLES_PREFIX, USERS, InputTopics, output_topics
+from kappa.pipeline import current
+from kappa.topics import SAMPLES_PREFIX, InputTopics, output_topics
 
-__all__ = ["INPUT_SCHEMAS", "OUTPUT_SCHEMAS", "UnknownTopic", "schema_for_topic", "topic_schemas"]
+__all__ = ["OUTPUT_SCHEMAS", "UnknownTopic", "input_schemas", "schema_for_topic", "topic_schemas"]
 
-INPUT_SCHEMAS = {USERS: "users", ORDERS: "orders", ORDER_LABELS: "order_labels"}
-"""Unprefixed input topic -> schema name."""
+
+def input_schemas() -> dict[str, str]:
+    """Unprefixed input topic -> schema name, as the selected pipeline declares them.
+
+    >>> input_schemas()["orders"]
+    'orders'
+    """
+    return {name: inp.schema.name for name, inp in current().inputs.items()}
+
 
 OUTPUT_SCHEMAS = {
     "enriched": "enriched_order",
@@ -51,13 +59,17 @@ def schema_for_topic(topic: str, prefix: str = "") -> str:
             if getattr(outputs, attr) == topic:
                 return name
     bare = topic[len(prefix):] if prefix and topic.startswith(prefix) else topic
-    if bare in INPUT_SCHEMAS:
-        return INPUT_SCHEMAS[bare]
+    inputs = input_schemas()
+    if bare in inputs:
+        return inputs[bare]
     if bare.startswith(SAMPLES_PREFIX) and len(bare) > len(SAMPLES_PREFIX):
         return "sample"
+    pipe = current()
     raise UnknownTopic(
-        f"no schema is declared for topic {topic!r}: use users, orders, order_labels, "
-        f"samples.<name>, <topic>.dlq or a kappa.<version>.* output, or give --schema NAME"
+        f"no schema is declared for topic {topic!r}: it is not an input of pipeline {pipe.name!r} "
+        f"({pipe.path}); its inputs are "
+        f"{', '.join(inputs)} (also samples.<name> and <input>.dlq); declare it under [inputs] "
+        "or give --schema NAME"
     )
 
 
@@ -71,7 +83,7 @@ def topic_schemas(version: str, prefix: str = "") -> dict[str, str]:
     """
     inputs = InputTopics(prefix)
     out: dict[str, str] = {}
-    for bare, name in INPUT_SCHEMAS.items():
+    for bare, name in input_schemas().items():
         out[inputs.prefix + bare] = name
         out[inputs.dlq(inputs.prefix + bare)] = "rejected_event"
     outputs = output_topics(version)

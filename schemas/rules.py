@@ -1,64 +1,49 @@
 """Data-quality rules that travel with the schemas, written once for every stage.
 
-The producer edge (``kappa produce --validate``) and the stream processors call the same
-functions, so an event is judged identically wherever it is checked. Each validator returns
+A pipeline declares its rules per input (``[inputs.<name>] rules = [...]`` in its project
+file: field conditions and Python rule functions); :func:`compile_rules` turns them into one
+validator. The producer edge (``kappa produce --validate``) and the stream processors call the
+same validator, so an event is judged identically wherever it is checked. A validator returns
 ``None`` for a valid record, else a short reason ``"<code>: <detail>"``; the code (the part
-before ``:``) is stable and used as a metric label and in ``kappa.rejected_events``.
+before ``:``) is stable and used as a metric label and in ``<database>.rejected_events``.
 
 Validators take plain dicts as :class:`schemas.serde.Decoder` returns them (timestamps as
-epoch milliseconds) and never raise, whatever the record holds.
+epoch milliseconds) and never raise, whatever the record holds. Time checks compare with
+``now_ms``, the Kafka timestamp of the record that carries the event (never the wall clock),
+so a replay on another day gives every record the verdict the live run gave it.
 
 >>> now = 1_700_000_000_000
+>>> validate_order = for_input("orders")  # of the selected pipeline (here the e-commerce example)
 >>> validate_order({"order_id": "o1", "user_id": 7, "amount": 12.5, "currency": "EUR",
 ...                 "event_time": now}, now) is None
 True
->>> reason_code(validate_order({"order_id": "o1", "user_id": 7, "amount": 12.5,
-...                             "currency": "XXX", "event_time": now}, now))
-'bad_currency'
+>>> validate_order({"order_id": "o1", "user_id": 7, "amount": 12.5, "currency": "XXX",
+...                 "event_time": now}, now)
+'bad_currency: XXX'
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeGuard
 
+from kappa.pipeline.definition import Input, Rule
+
 __all__ = [
-    "ACCEPTED_CURRENCIES",
-    "LABEL_REASONS",
-    "MAX_AMOUNT",
-    "MAX_FUTURE_MS",
-    "ORDER_REASONS",
-    "USER_REASONS",
-    "VALIDATORS",
+    "Validator",
+    "compile_rule",
+    "compile_rules",
+    "for_input",
     "reason_code",
-    "validate_label",
-    "validate_order",
-    "validate_user",
+    "validators",
 ]
 
-ACCEPTED_CURRENCIES: frozenset[str] = frozenset(
-    {"EUR", "USD", "GBP", "JPY", "CHF", "CAD", "AUD", "SEK", "NOK", "DKK", "PLN", "CZK"}
-)
-"""ISO-4217 codes the shop settles in; anything else is rejected as ``bad_currency``."""
-
-MAX_AMOUNT = 1_000_000.0
-"""Largest accepted order amount (inclusive), in the order's currency."""
-
-MAX_FUTURE_MS = 5 * 60 * 1000
-"""How far an event time may lie ahead of the Kafka record's own timestamp (clock skew allowance), in ms.
-
-The record timestamp is part of the log, the processing time is not: judged against it, a
-replay on another day gives every record the verdict the live run gave it."""
-
-ORDER_REASONS = ("empty_order_id", "bad_user_id", "bad_amount", "bad_currency", "future_event_time")
-"""Every reason code :func:`validate_order` can return (the generator produces each one)."""
-USER_REASONS = (
-    "bad_user_id", "bad_country", "empty_segment", "bad_signup_time", "future_updated_at",
-)
-"""Every reason code :func:`validate_user` can return."""
-LABEL_REASONS = ("empty_order_id", "bad_is_fraud", "future_label_time")
-"""Every reason code :func:`validate_label` can return."""
+Validator = Callable[[Mapping[str, Any], int | None], str | None]
+_Check = Callable[[Mapping[str, Any], int | None], str | None]
 
 
 def reason_code(reason: str) -> str:
@@ -76,144 +61,144 @@ def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_id(rec: Mapping[str, Any], field: str) -> str | None:
-    value = rec.get(field)
-    if not isinstance(value, str) or not value.strip():
-        return f"empty_{field}"
-    return None
+def _is_number(value: Any) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_positive_id(rec: Mapping[str, Any], field: str) -> str | None:
-    value = rec.get(field)
-    if not _is_int(value) or value <= 0:
-        return f"bad_{field}: {value!r}"
-    return None
-
-
-def _check_not_future(rec: Mapping[str, Any], field: str, now_ms: int | None) -> str | None:
-    value = rec.get(field)
-    if not _is_int(value):
-        return f"future_{field}: not an epoch-ms timestamp: {value!r}"
-    if now_ms is not None and value - now_ms > MAX_FUTURE_MS:
-        # The reason names the record's own value, not "Ns ahead": a re-delivery after a crash
-        # must give the same reason, else the rejected row is not recognised as the same one.
-        return f"future_{field}: {value} is more than {MAX_FUTURE_MS // 1000}s ahead"
-    return None
-
-
-def validate_order(rec: Mapping[str, Any], now_ms: int | None) -> str | None:
-    """Why order ``rec`` is invalid as of ``now_ms`` (epoch ms), or None.
-
-    ``now_ms`` is the Kafka timestamp of the record that carries ``rec`` (the stream processors
-    pass it; the producer edge passes its clock, which becomes that timestamp); None: unknown,
-    so the event time is not judged.
-
-    Rules (ARCHITECTURE.md): non-empty order_id; user_id > 0; 0 < amount <= 1,000,000 and
-    finite; currency in :data:`ACCEPTED_CURRENCIES`; event_time at most 5 minutes ahead.
-
-    >>> now = 1_700_000_000_000
-    >>> ok = {"order_id": "o1", "user_id": 7, "amount": 12.5, "currency": "EUR",
-    ...       "category": "books", "payment_method": "card", "ip_country": "DE",
-    ...       "event_time": now - 1000}
-    >>> validate_order(ok, now) is None
-    True
-    >>> validate_order({**ok, "order_id": ""}, now)
-    'empty_order_id'
-    >>> validate_order({**ok, "user_id": -3}, now)
-    'bad_user_id: -3'
-    >>> validate_order({**ok, "amount": 0.0}, now)
-    'bad_amount: 0.0'
-    >>> validate_order({**ok, "amount": float("nan")}, now)
-    'bad_amount: nan'
-    >>> validate_order({**ok, "amount": 1_000_000.0}, now) is None
-    True
-    >>> validate_order({**ok, "amount": 1_000_000.01}, now)
-    'bad_amount: 1000000.01'
-    >>> validate_order({**ok, "currency": "XXX"}, now)
-    'bad_currency: XXX'
-    >>> validate_order({**ok, "event_time": now + 420_000}, now)
-    'future_event_time: 1700000420000 is more than 300s ahead'
-    >>> validate_order({**ok, "event_time": now + 300_000}, now) is None
-    True
-    """
-    reason = _check_id(rec, "order_id") or _check_positive_id(rec, "user_id")
-    if reason:
-        return reason
-    amount = rec.get("amount")
-    if (not isinstance(amount, int | float) or isinstance(amount, bool)
-            or not math.isfinite(amount) or not 0 < amount <= MAX_AMOUNT):
-        return f"bad_amount: {amount!r}"
-    currency = rec.get("currency")
-    if currency not in ACCEPTED_CURRENCIES:
-        return f"bad_currency: {currency}"
-    return _check_not_future(rec, "event_time", now_ms)
-
-
-def validate_user(rec: Mapping[str, Any], now_ms: int | None) -> str | None:
-    """Why user profile ``rec`` is invalid as of ``now_ms`` (its record timestamp), or None.
-
-    Rules: user_id > 0; country is 2 uppercase letters (ISO-3166 alpha-2); non-empty segment;
-    signup_time not after updated_at; updated_at at most 5 minutes ahead.
-
-    >>> now = 1_700_000_000_000
-    >>> ok = {"user_id": 1, "country": "DE", "segment": "new",
-    ...       "signup_time": now - 10, "updated_at": now}
-    >>> validate_user(ok, now) is None
-    True
-    >>> validate_user({**ok, "user_id": 0}, now)
-    'bad_user_id: 0'
-    >>> validate_user({**ok, "country": "de"}, now)
-    "bad_country: 'de'"
-    >>> validate_user({**ok, "segment": " "}, now)
-    'empty_segment'
-    >>> validate_user({**ok, "signup_time": now + 1}, now)
-    'bad_signup_time: after updated_at'
-    >>> validate_user({**ok, "updated_at": now + 600_000, "signup_time": now}, now)
-    'future_updated_at: 1700000600000 is more than 300s ahead'
-    """
-    reason = _check_positive_id(rec, "user_id")
-    if reason:
-        return reason
-    country = rec.get("country")
-    if not (isinstance(country, str) and len(country) == 2 and country.isascii()
-            and country.isalpha() and country.isupper()):
-        return f"bad_country: {country!r}"
-    if _check_id(rec, "segment"):
-        return "empty_segment"
-    signup, updated = rec.get("signup_time"), rec.get("updated_at")
-    if not _is_int(signup):
-        return f"bad_signup_time: {signup!r}"
-    if _is_int(updated) and signup > updated:
-        return "bad_signup_time: after updated_at"
-    return _check_not_future(rec, "updated_at", now_ms)
-
-
-def validate_label(rec: Mapping[str, Any], now_ms: int | None) -> str | None:
-    """Why order label ``rec`` is invalid as of ``now_ms`` (its record timestamp), or None.
-
-    Rules: non-empty order_id; is_fraud is a boolean; label_time at most 5 minutes ahead.
-
-    >>> now = 1_700_000_000_000
-    >>> validate_label({"order_id": "o1", "is_fraud": False, "label_time": now}, now) is None
-    True
-    >>> validate_label({"order_id": "", "is_fraud": False, "label_time": now}, now)
-    'empty_order_id'
-    >>> validate_label({"order_id": "o1", "is_fraud": 1, "label_time": now}, now)
-    'bad_is_fraud: 1'
-    >>> validate_label({"order_id": "o1", "is_fraud": True, "label_time": now + 301_000}, now)
-    'future_label_time: 1700000301000 is more than 300s ahead'
-    """
-    reason = _check_id(rec, "order_id")
-    if reason:
-        return reason
-    if not isinstance(rec.get("is_fraud"), bool):
-        return f"bad_is_fraud: {rec.get('is_fraud')!r}"
-    return _check_not_future(rec, "label_time", now_ms)
-
-
-VALIDATORS: dict[str, Callable[[Mapping[str, Any], int | None], str | None]] = {
-    "users": validate_user,
-    "orders": validate_order,
-    "order_labels": validate_label,
+_TYPES: dict[str, Callable[[Any], bool]] = {
+    "boolean": lambda v: isinstance(v, bool),
+    "string": lambda v: isinstance(v, str),
+    "int": _is_int,
+    "long": _is_int,
+    "float": _is_number,
+    "double": _is_number,
 }
-"""Validator per input schema name (``schemas/avro/<name>.avsc``)."""
+_BOUNDS = {"gt": operator.gt, "ge": operator.ge, "lt": operator.lt, "le": operator.le}
+
+
+def compile_rule(rule: Rule, field_type: str, resolve: Callable[[str], Any]) -> _Check:
+    """One rule as a check ``(record, now_ms) -> reason | None``.
+
+    Reasons: ``"<code>: <detail>"``; the detail template (``detail = "..."``) sees ``value``
+    (and ``max_s`` for ``max_ahead``); ``detail = ""`` gives the bare code. Defaults:
+    ``{value!r}``, and ``{value} is more than {max_s}s ahead`` for ``max_ahead``.
+
+    >>> r = Rule("bad_amount", "amount", "range", {"gt": 0, "le": 10})
+    >>> check = compile_rule(r, "double", lambda ref: None)
+    >>> check({"amount": 5.0}, None), check({"amount": 0.0}, None), check({"amount": "x"}, None)
+    (None, 'bad_amount: 0.0', "bad_amount: 'x'")
+    """
+    if rule.function:
+        fn = resolve(rule.function)
+        return lambda rec, now_ms: fn(rec, now_ms)
+    code, name, p = rule.code, rule.field, rule.params
+    assert name is not None
+
+    def reason(template: str, **values: Any) -> str:
+        return f"{code}: {template.format(**values)}" if template else code
+
+    detail = "{value!r}" if rule.detail is None else rule.detail
+    if rule.check == "non_empty":  # a string with a non-blank character; bytes, arrays, maps: any item
+        kinds: Any = str if field_type == "string" else {"bytes": bytes, "array": list, "map": dict}.get(
+            field_type, str)
+
+        def check(rec: Mapping[str, Any], now_ms: int | None) -> str | None:
+            value = rec.get(name)
+            if isinstance(value, kinds) and (value.strip() if isinstance(value, str) else value):
+                return None
+            return reason(detail, value=value)
+    elif rule.check == "range":
+        bounds = [(_BOUNDS[k], v) for k, v in p.items()]
+        typed: Callable[[Any], bool] = _is_int if field_type in ("int", "long") else _is_number
+
+        def check(rec: Mapping[str, Any], now_ms: int | None) -> str | None:
+            value = rec.get(name)
+            if typed(value) and all(op(value, bound) for op, bound in bounds):  # type: ignore[arg-type]
+                return None
+            return reason(detail, value=value)
+    elif rule.check == "in":
+        allowed = frozenset(p["values"])
+
+        def check(rec: Mapping[str, Any], now_ms: int | None) -> str | None:
+            value = rec.get(name)
+            try:
+                if value in allowed:
+                    return None
+            except TypeError:  # unhashable
+                pass
+            return reason(detail, value=value)
+    elif rule.check == "regex":
+        pattern = re.compile(p["pattern"])
+
+        def check(rec: Mapping[str, Any], now_ms: int | None) -> str | None:
+            value = rec.get(name)
+            if isinstance(value, str) and pattern.fullmatch(value):
+                return None
+            return reason(detail, value=value)
+    elif rule.check == "max_ahead":
+        limit = int(p["max"])
+        template = "{value} is more than {max_s}s ahead" if rule.detail is None else rule.detail
+
+        def check(rec: Mapping[str, Any], now_ms: int | None) -> str | None:
+            value = rec.get(name)
+            if not _is_int(value):
+                return f"{code}: not an epoch-ms timestamp: {value!r}"
+            if now_ms is not None and value - now_ms > limit:
+                # names the record's own value, not "Ns ahead": a re-delivery after a crash
+                # must give the same reason, else the rejected row is not the same one
+                return reason(template, value=value, max_s=limit // 1000)
+            return None
+    elif rule.check == "type":
+        ok = _TYPES[p["type"]]
+
+        def check(rec: Mapping[str, Any], now_ms: int | None) -> str | None:
+            value = rec.get(name)
+            return None if ok(value) else reason(detail, value=value)
+    else:  # the loader refuses other checks
+        raise ValueError(f"unknown check {rule.check!r}")
+    return check
+
+
+def compile_rules(inp: Input, resolve: Callable[[str], Any]) -> Validator:
+    """The validator of input ``inp``: its rules in declared order, the first failing one wins.
+
+    A rule function that raises gives ``rule_error: <function>: <exception>`` (the record is
+    rejected with the reason, never lost, and the worker keeps running).
+    """
+    checks = []
+    for rule in inp.rules:
+        ftype = inp.schema.field(rule.field).type if rule.field else ""  # type: ignore[union-attr]
+        checks.append((rule, compile_rule(rule, ftype, resolve)))
+
+    def validate(rec: Mapping[str, Any], now_ms: int | None) -> str | None:
+        for rule, check in checks:
+            try:
+                reason = check(rec, now_ms)
+            except Exception as exc:
+                return f"rule_error: {rule.function or rule.code}: {type(exc).__name__}: {exc}"
+            if reason:
+                return reason
+        return None
+
+    return validate
+
+
+def validators(pipeline: Any) -> dict[str, Validator]:
+    """Validator per input of ``pipeline`` (a :class:`kappa.pipeline.Pipeline`)."""
+    return {name: compile_rules(inp, pipeline.resolve) for name, inp in pipeline.inputs.items()}
+
+
+@functools.cache
+def _validators(path: Any) -> dict[str, Validator]:
+    from kappa.pipeline import load
+
+    return validators(load(path))
+
+
+def for_input(name: str, pipeline: Any = None) -> Validator:
+    """Validator of input ``name`` of ``pipeline`` (default: the selected one, compiled once)."""
+    from kappa.pipeline import current
+
+    pipe = pipeline or current()
+    pipe.input(name)  # a clear error for an unknown input
+    return _validators(pipe.path)[name]

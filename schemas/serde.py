@@ -46,7 +46,9 @@ __all__ = [
     "Registry",
     "check_url",
     "load_schema",
+    "schema_dirs",
     "schema_names",
+    "schema_path",
     "schema_text",
     "split_frame",
     "subject",
@@ -77,24 +79,47 @@ def subject(topic: str, part: str = "value") -> str:
     return f"{topic}-{part}"
 
 
+def schema_dirs() -> tuple[Path, ...]:
+    """Where schemas are found: the selected pipeline's directory, then Kappa's own (``schemas/avro``)."""
+    from kappa.pipeline import current
+
+    return (current().schema_dir, AVRO_DIR)
+
+
 def schema_names() -> list[str]:
-    """Names of the schemas in ``schemas/avro`` (file stems)."""
-    return sorted(p.stem for p in AVRO_DIR.glob("*.avsc"))
+    """Names of the known schemas (file stems of :func:`schema_dirs`)."""
+    return sorted({p.stem for d in schema_dirs() for p in d.glob("*.avsc")})
+
+
+def schema_path(name: str) -> Path:
+    """The ``.avsc`` file of schema ``name``: the first of :func:`schema_dirs` that has it."""
+    for folder in schema_dirs():
+        path = folder / f"{name}.avsc"
+        if path.exists():
+            return path
+    raise KappaError(f"no schema {name!r} in {', '.join(map(str, schema_dirs()))}; known: "
+                     f"{', '.join(schema_names())}")
+
+
+def schema_text(name: str) -> str:
+    """The ``.avsc`` text of schema ``name`` (e.g. ``"orders"``)."""
+    return _text(schema_path(name))
 
 
 @functools.cache
-def schema_text(name: str) -> str:
-    """The ``.avsc`` text of schema ``name`` (e.g. ``"orders"``)."""
-    path = AVRO_DIR / f"{name}.avsc"
-    if not path.exists():
-        raise KappaError(f"no schema {name!r} in {AVRO_DIR}; known: {', '.join(schema_names())}")
+def _text(path: Path) -> str:
     return path.read_text()
 
 
-@functools.cache
 def load_schema(name: str) -> Any:
     """Parsed (fastavro) schema ``name``."""
-    return fastavro.parse_schema(json.loads(schema_text(name)))
+    return _parsed(schema_text(name), False)
+
+
+@functools.cache
+def _parsed(text: str, plain: bool) -> Any:
+    raw = json.loads(text)
+    return fastavro.parse_schema(_plain(raw) if plain else raw)
 
 
 def _plain(schema: Any) -> Any:
@@ -106,10 +131,9 @@ def _plain(schema: Any) -> Any:
     return schema
 
 
-@functools.cache
 def reader_schema(name: str) -> Any:
     """Parsed reader schema ``name`` with timestamps as epoch-ms ints."""
-    return fastavro.parse_schema(_plain(json.loads(schema_text(name))))
+    return _parsed(schema_text(name), True)
 
 
 def split_frame(data: bytes) -> tuple[int, bytes]:

@@ -6,10 +6,17 @@ at one of them. Files run in name order; applied ones are recorded in
 ``<db>.schema_migrations`` and every statement is ``IF NOT EXISTS`` anyway, so applying
 twice (or from two processes racing) is harmless.
 
+A statement that is not idempotent by itself (a table rebuilt to change a key column's type)
+carries a guard: a comment line ``-- only if: <SELECT>`` before it makes it run only while the
+SELECT returns a non-zero value, so a migration interrupted halfway finishes on the next run.
+(Guarded steps are not safe against two processes migrating the same server at once.)
+
 >>> database("v1"), database("t-1a.b")
 ('kappa_v1', 'kappa_t_1a_b')
 >>> split_statements("CREATE A;\\n-- c; d\\nCREATE B;\\n")
 ['CREATE A', '-- c; d\\nCREATE B']
+>>> guard("-- why\\n-- only if: SELECT 1\\nDROP TABLE t"), guard("CREATE A")
+('SELECT 1', None)
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from pathlib import Path
 
 from sinks.base import Backend, quote
 
-__all__ = ["MIGRATIONS_DIR", "Migration", "apply", "database", "migrations", "split_statements"]
+__all__ = ["MIGRATIONS_DIR", "Migration", "apply", "database", "guard", "migrations", "split_statements"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -40,6 +47,17 @@ def split_statements(sql: str) -> list[str]:
         if any(line.strip() and not line.strip().startswith("--") for line in body.splitlines()):
             out.append(body.strip())
     return out
+
+
+def guard(statement: str) -> str | None:
+    """The ``-- only if: <SELECT>`` condition of ``statement``, or None when it always runs."""
+    for line in statement.splitlines():
+        if line.strip().startswith(_GUARD):
+            return line.strip()[len(_GUARD):].strip()
+    return None
+
+
+_GUARD = "-- only if:"
 
 
 @dataclass(frozen=True)
@@ -74,7 +92,9 @@ def apply(backend: Backend, version: str) -> list[str]:
         if mig.name in done:
             continue
         for stmt in mig.statements(version):
-            backend.execute(stmt)
+            condition = guard(stmt)
+            if condition is None or int(backend.scalar(condition) or 0):
+                backend.execute(stmt)
         backend.execute(f"INSERT INTO {db}.schema_migrations (name) VALUES ({quote(mig.name)})")
         applied.append(mig.name)
     return applied

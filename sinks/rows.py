@@ -109,8 +109,9 @@ TABLES: dict[str, Table] = {
             ("window_start", TS), ("category", _S), ("currency", _S), ("orders", _I),
             ("revenue", _F), ("revision", _I), ("final", _B), ("pipeline_version", _S), *LINEAGE)),
         Table("model_quality", "model_quality", (
-            ("model", _S), ("bucket", _I), ("labelled", _I), ("accuracy", _F), ("roc_auc", _F),
-            ("log_loss", _F), ("drift_detections", _I), ("pipeline_version", _S), *LINEAGE)),
+            ("model", _S), ("bucket", TS), ("labelled", _I), ("accuracy", _F), ("roc_auc", _F),
+            ("log_loss", _F), ("drift_detections", _I), ("pipeline_version", _S), ("bucket_index", _I),
+            *LINEAGE)),
         Table("drift_events", "drift_event", (
             ("model", _S), ("detector", _S), ("labelled", _I), ("event_time", TS), ("action", _S),
             ("pipeline_version", _S), *LINEAGE), "event_time"),

@@ -9,6 +9,7 @@ however many times a row was delivered.
 
 from __future__ import annotations
 
+from kappa.errors import SinkError
 from sinks.base import Backend, quote
 from sinks.migrate import database
 
@@ -35,8 +36,9 @@ VIEWS: dict[str, str] = {
         FROM {db}.revenue_windows FINAL""",
     "model_quality": """
         SELECT model, bucket, labelled, accuracy, roc_auc, log_loss, drift_detections,
-               pipeline_version
-        FROM {db}.model_quality FINAL""",
+               pipeline_version,
+               if(q.bucket_index < 0, toUnixTimestamp64Milli(q.bucket), q.bucket_index) AS bucket_index
+        FROM {db}.model_quality AS q FINAL""",
     "rejected_events": """
         SELECT source, reason, payload, rejected_at, topic, stage, pipeline_version,
                kafka_topic, kafka_partition, kafka_offset
@@ -85,4 +87,20 @@ def ensure_views(backend: Backend, version: str) -> bool:
     for name, select in VIEWS.items():
         if name not in have:  # a view added by a newer release: create it for the live version
             backend.execute(f"CREATE VIEW IF NOT EXISTS {SERVING_DB}.{name} AS {select.format(db=db)}")
+        elif _outdated(backend, name, select.format(db=db)):
+            # columns a newer release changed (added one, or a migration retyped one)
+            backend.execute(f"CREATE OR REPLACE VIEW {SERVING_DB}.{name} AS {select.format(db=db)}")
     return False
+
+
+def _outdated(backend: Backend, name: str, select: str) -> bool:
+    """True when view ``name`` lacks the columns of ``select`` and ``select`` runs on the tables
+    (False while they are not migrated yet: their own sink migrates them when it starts)."""
+    def columns(describe: str) -> list[tuple[str, str]]:
+        return [(row[0], row[1]) for row in backend.rows(describe)]
+
+    try:
+        want = columns(f"DESCRIBE TABLE ({select})")
+    except SinkError:
+        return False
+    return want != columns(f"DESCRIBE TABLE {SERVING_DB}.{name}")

@@ -1,7 +1,7 @@
 """The Faust app of one pipeline version: ``kappa-<version>`` (= consumer group), two batch agents.
 
 - ``orders`` agent: consumes ``users`` + ``orders`` (co-partitioned by user_id, checked at
-  start) in batches, runs :class:`~stream_processors.orders.OrderStage`, writes enriched
+  start) in batches, runs :class:`~stream_processors.stream.StreamStage`, writes enriched
   orders, DLQ envelopes and window partials;
 - ``revenue`` agent: consumes the partials (repartitioned by window key) and runs
   :class:`~stream_processors.revenue.RevenueStage`; a 1 s timer ticks idle partitions so
@@ -34,6 +34,7 @@ from kappa import lineage, topics
 from kappa.errors import ConfigError
 from kappa.kafka import TopicSpec, client_config, ensure_topics, faust_broker_credentials
 from kappa.metrics import BATCH_SECONDS
+from kappa.pipeline import current
 from kappa.settings import Settings
 from kappa.stack import endpoints
 from schemas.serde import Decoder, Registry
@@ -41,8 +42,8 @@ from stream_processors import commits, flow, stalls
 from stream_processors.base import Emitted
 from stream_processors.dimensions import partition_reader
 from stream_processors.io import Outputs, TableState
-from stream_processors.orders import OrderStage
 from stream_processors.revenue import TICK, RevenueStage
+from stream_processors.stream import StreamStage
 
 __all__ = ["Pipeline", "app_id", "consumed_topics", "create_app", "partials_topic"]
 
@@ -103,13 +104,13 @@ class Pipeline:
     settings: Settings
     version: str
     outputs: Outputs
-    orders: OrderStage | None = None
+    orders: StreamStage | None = None
     revenue: RevenueStage | None = None
     state: TableState | None = None
     crash_after_batches: int = 0
     crash_on_close: bool = False
 
-    async def run_batch(self, stage: OrderStage | RevenueStage, events: list[Any], agent: str) -> None:
+    async def run_batch(self, stage: StreamStage | RevenueStage, events: list[Any], agent: str) -> None:
         """Process one batch end to end; any failure ends the worker hard (nothing acked).
 
         The wait for Kafka's acks runs in a thread: meanwhile the event loop keeps fetching and
@@ -202,12 +203,13 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
     pipe = Pipeline(app, settings, version, out, state=state,
                     crash_after_batches=settings.processor_crash_after_batches,
                     crash_on_close=settings.processor_crash_on_close)
-    pipe.orders = OrderStage(version, inputs.users, inputs.orders, Decoder(registry, "users"),
-                             Decoder(registry, "orders"), state, grace_ms,
-                             category_map=settings.category_mapping)
-    pipe.orders.users_source = partition_reader(settings, ep.kafka_bootstrap, inputs.users)
-    pipe.orders.orders_source = partition_reader(settings, ep.kafka_bootstrap, inputs.orders)
-    pipe.revenue = RevenueStage(version, state, grace_ms, idle_s=idle_s)
+    definition = current()
+    decoders = {name: Decoder(registry, inp.schema.name) for name, inp in definition.inputs.items()}
+    pipe.orders = StreamStage(version, definition, "orders", decoders, state, grace_ms,
+                              prefix=settings.topic_prefix, value_maps={"category": settings.category_mapping})
+    pipe.orders.table_source = partition_reader(settings, ep.kafka_bootstrap, inputs.users)
+    pipe.orders.stream_source = partition_reader(settings, ep.kafka_bootstrap, inputs.orders)
+    pipe.revenue = RevenueStage(version, state, grace_ms, idle_s=idle_s, spec=pipe.orders.window)
     pipe.revenue.partials_source = partition_reader(settings, ep.kafka_bootstrap, partials)
     source = app.topic(inputs.users, inputs.orders, key_serializer="raw", value_serializer="raw")
     partial_topic = app.topic(partials, key_serializer="raw", value_serializer="raw")

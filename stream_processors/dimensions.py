@@ -38,7 +38,7 @@ def partition_reader(settings: Settings, bootstrap: str, topic: str) -> Callable
     end now (or to offset ``until``, exclusive).
 
     Also used for the orders: Faust can skip records around a rebalance, and the order stage
-    reads the offsets it did not get (:meth:`~stream_processors.orders.OrderStage.process`).
+    reads the offsets it did not get (:meth:`~stream_processors.stream.StreamStage.process`).
     """
     consumer = Consumer(client_config(settings, bootstrap, **{
         "group.id": f"kappa-catchup-{uuid.uuid4().hex[:8]}",  # never commits: assign() only

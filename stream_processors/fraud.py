@@ -53,6 +53,7 @@ Semantics (deterministic: a pure function of the log, live, replayed or restarte
   by order_id (``duplicate``): a label is never learned twice; the first in merge order wins.
 * Quality buckets are event-time minutes (``bucket_ms`` = 60 000): the bucket of a record is the
   minute of the last applied event; the record holds the cumulative metrics as of its end.
+  Its ``bucket`` (a time) and ``bucket_index`` are both the minute start in epoch ms.
 * Drift: ADWIN on the 0/1 error stream; policy ``reset`` (fresh model), ``challenger`` (a fresh
   model learns beside the champion and replaces it once its log loss over the labels since the
   detection is lower, after ``challenger_min`` labels; the default) or ``none`` (report only).
@@ -290,7 +291,7 @@ class FraudLearner:
         """The current (partial) bucket's quality record."""
         out = Emitted()
         if self.bucket is not None:
-            out.quality.append(self.progress.quality(MODEL, self.bucket, self.version))
+            out.quality.append(self.progress.quality(MODEL, self.bucket, self.bucket, self.version))
         return out
 
     # -- application -----------------------------------------------------------------------
@@ -300,7 +301,7 @@ class FraudLearner:
     def _enter(self, time: int, out: Emitted) -> None:
         bucket = time // self.bucket_ms * self.bucket_ms
         if self.bucket is not None and bucket > self.bucket:
-            out.quality.append(self.progress.quality(MODEL, self.bucket, self.version))
+            out.quality.append(self.progress.quality(MODEL, self.bucket, self.bucket, self.version))
         if self.bucket is None or bucket > self.bucket:
             self.bucket = bucket
 

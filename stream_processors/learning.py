@@ -216,7 +216,7 @@ class Learning:
 
     def _emit(self, out: Emitted, scores: Sequence[dict[str, Any]] = ()) -> None:
         for rec in out.quality:
-            key = f"{rec['model']}|{rec['bucket']}"
+            key = f"{rec['model']}|{rec['bucket_index']}"
             self._produce(self.outputs.model_quality, self.enc_quality.encode(rec), key.encode())
             for name in ("accuracy", "roc_auc", "log_loss"):
                 metrics.MODEL_METRIC.labels(rec["model"], name).set(rec[name])
@@ -252,7 +252,7 @@ class Learning:
     def learn_samples(self, rows: Sequence[tuple[str, int, int, bytes | None]]) -> dict[str, Any]:
         """Apply consumed ``(topic, offset, timestamp_ms, value)`` rows; return touched learners."""
         touched: dict[str, SampleLearner] = {}
-        batch: dict[str, list[tuple[int, dict[str, Any], Any, int]]] = {}
+        batch: dict[str, list[tuple[int, dict[str, Any], Any, int, int]]] = {}
         size = self.settings.learning_batch_size
         for topic, offset, ts, value in rows:
             learner = self.samples.get(topic)
@@ -273,7 +273,7 @@ class Learning:
                 if learner.progress.labelled > before:
                     metrics.MODEL_LABELLED.labels(learner.name).inc()
             else:
-                batch.setdefault(topic, []).append((rec["index"], rec["x"], rec["y"], offset))
+                batch.setdefault(topic, []).append((rec["index"], rec["x"], rec["y"], offset, ts))
                 if len(batch[topic]) >= size:
                     self._learn_batch(learner, batch.pop(topic), ts)
         for topic, rows_ in batch.items():
@@ -289,7 +289,7 @@ class Learning:
 
     def _reject(self, topic: str, partition: int, offset: int, value: bytes | None, why: str) -> None:
         """Bad input never disappears: to the version's DLQ (kappa.<V>.rejected), counted."""
-        from stream_processors.orders import rejection
+        from stream_processors.stream import rejection
 
         metrics.REJECTED.labels("processor", topic, "undecodable").inc()
         log.warning("rejecting %s/%d/%d: %s", topic, partition, offset, why)

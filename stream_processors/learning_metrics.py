@@ -77,13 +77,15 @@ class Progressive:
             "log_loss": float(self.log_loss.get()),
         }
 
-    def quality(self, model: str, bucket: int, version: str) -> dict[str, Any]:
-        """A ModelQuality record: cumulative metrics of ``model`` as of the end of ``bucket``."""
+    def quality(self, model: str, start_ms: int, index: int, version: str) -> dict[str, Any]:
+        """A ModelQuality record: cumulative metrics of ``model`` as of the end of bucket
+        ``index``, which starts at ``start_ms`` (epoch ms)."""
         return {
             "model": model,
-            "bucket": int(bucket),
+            "bucket": int(start_ms),
             "labelled": self.labelled,
             **self.values(),
             "drift_detections": self.drift_detections,
             "pipeline_version": version,
+            "bucket_index": int(index),
         }

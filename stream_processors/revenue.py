@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from stream_processors.base import Emitted, Message, State
-from stream_processors.operators.windows import TICK, WindowMerge
+from stream_processors.operators.windows import TICK, WindowMerge, WindowSpec
 from stream_processors.windows import revenue_spec, upgrade_legacy
 
 __all__ = ["TICK", "RevenueStage"]
@@ -24,8 +24,9 @@ class RevenueStage(WindowMerge):
     """The ``revenue_per_minute`` windows: RevenueWindow records out, one per changed window."""
 
     def __init__(self, version: str, state: State, grace_ms: int, idle_s: float = 1.0,
-                 clock: Callable[[], float] = time.time) -> None:
-        super().__init__(revenue_spec(grace_ms), version, state, idle_s, clock, upgrade=upgrade_legacy)
+                 clock: Callable[[], float] = time.time, spec: WindowSpec | None = None) -> None:
+        """``spec``: the window the stream stage declares (the e-commerce one by default)."""
+        super().__init__(spec or revenue_spec(grace_ms), version, state, idle_s, clock, upgrade=upgrade_legacy)
         self.grace_ms = grace_ms
 
     def process(self, msgs: Sequence[Message]) -> Emitted:

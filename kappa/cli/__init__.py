@@ -25,7 +25,37 @@ _COMMANDS = {
     "demo": "demo",
     "replay": "replay",
     "bench": "bench",
+    "pipeline": "pipeline",
+    "init": "pipeline",
 }
+
+
+def _select_pipeline(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """``--pipeline DIR``: every command (and the processes it starts) runs that pipeline."""
+    if value is None:
+        return
+    import os
+
+    from kappa.pipeline import load
+
+    path = os.path.abspath(os.path.expanduser(value))
+    load(path)  # a bad definition stops here, naming file, entry and why
+    os.environ["KAPPA_PIPELINE"] = path
+
+
+def _pipeline_option() -> click.Option:
+    return click.Option(["--pipeline"], metavar="DIR", expose_value=False, is_eager=True,
+                        callback=_select_pipeline,
+                        help="Pipeline project directory (default: KAPPA_PIPELINE, else examples/ecommerce).")
+
+
+def _with_pipeline_option(cmd: click.Command) -> click.Command:
+    if not any(p.name == "pipeline" for p in cmd.params):
+        cmd.params.append(_pipeline_option())
+    if isinstance(cmd, click.Group):
+        for sub in cmd.commands.values():
+            _with_pipeline_option(sub)
+    return cmd
 
 
 class _LazyGroup(click.Group):
@@ -45,11 +75,15 @@ class _LazyGroup(click.Group):
                 return None
             raise
         cmd = getattr(mod, cmd_name.replace("-", "_"), None)
-        return cmd if isinstance(cmd, click.Command) else None
+        if not isinstance(cmd, click.Command):
+            return None
+        return cmd if cmd_name in ("up", "down", "init") else _with_pipeline_option(cmd)
 
 
 @click.group(cls=_LazyGroup)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
+@click.option("--pipeline", metavar="DIR", expose_value=False, is_eager=True, callback=_select_pipeline,
+              help="Pipeline project directory for every command (default: KAPPA_PIPELINE, else examples/ecommerce).")
 def cli(verbose: bool) -> None:
     """Kappa: Kafka + Avro -> Faust -> River -> ClickHouse; batch is a replay of the log."""
     logging.basicConfig(

@@ -35,7 +35,7 @@ def _url(settings: Settings) -> str:
 
 @click.group()
 def schemas() -> None:
-    """Avro schemas of every topic (schemas/avro) in the schema registry."""
+    """Avro schemas of every topic (the pipeline's schemas directory) in the schema registry."""
 
 
 @schemas.command()
@@ -82,22 +82,22 @@ def _compatibility(url: str, subj: str, text: str) -> tuple[bool | None, list[st
 @click.option("--version", "version", default=None, help="Pipeline version of the output topics.")
 @click.option("--topic-prefix", default=None, help="Input topic prefix (default KAPPA_TOPIC_PREFIX).")
 @click.option("--schema-dir", type=click.Path(file_okay=False, exists=True), default=None,
-              help="Candidate .avsc files (default: the working tree's schemas/avro).")
+              help="Candidate .avsc files (default: the pipeline's schemas directory).")
 def check(version: str | None, topic_prefix: str | None, schema_dir: str | None) -> None:
     """Test each candidate schema against the latest registered version (BACKWARD).
 
     Exits 1 naming every incompatible field, so CI can gate schema changes on it.
     """
     from schemas.compat import backward_incompatibilities
-    from schemas.serde import AVRO_DIR, subject
+    from schemas.serde import schema_path, subject
 
     settings = _settings(topic_prefix)
     url = _url(settings)
-    folder = Path(schema_dir) if schema_dir else AVRO_DIR
+    folder = Path(schema_dir) if schema_dir else None
     failures = 0
     for topic, name in _plan(settings, version).items():
         subj = subject(topic)
-        path = folder / f"{name}.avsc"
+        path = folder / f"{name}.avsc" if folder else schema_path(name)
         if not path.exists():
             click.echo(f"{subj:<45} {name:<16} skipped (no {path.name} in {folder})")
             continue

@@ -1,28 +1,6 @@
-"""Generic stream operators: the exactly-once machinery (first-occurrence offsets, per-partition
-watermarks, update-style outputs with revisions) inside operators a pipeline declares.
+"""Kappa's generic operators: each keeps its state in the worker's partitioned table and is
+idempotent under re-delivery (first-occurrence offsets, per-partition watermarks, update-style
+outputs with revisions). A pipeline definition (:mod:`kappa.pipeline`) says which run where.
 
-Nothing here names a pipeline's fields: the e-commerce pipeline binds them in
-:mod:`stream_processors.windows`.
-"""
-
-from stream_processors.operators.windows import (
-    Aggregation,
-    PartitionWindows,
-    WindowMerge,
-    WindowSpec,
-    WindowSpecError,
-    WindowTotal,
-    parse_duration,
-    parse_window,
-)
-
-__all__ = [
-    "Aggregation",
-    "PartitionWindows",
-    "WindowMerge",
-    "WindowSpec",
-    "WindowSpecError",
-    "WindowTotal",
-    "parse_duration",
-    "parse_window",
-]
+Nothing here names a pipeline's fields: ``windows`` (tumbling and hopping event-time windows),
+``dedupe``, ``asof``; the e-commerce revenue windows are bound in :mod:`stream_processors.windows`."""

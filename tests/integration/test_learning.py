@@ -151,10 +151,16 @@ def test_samples_phishing_equals_progressive_val_score(run: Run) -> None:
     ref = reference()
     print(f"\npipeline: {({k: final[k] for k in ref})}\nriver:    {ref}")
     assert final["labelled"] == 1250
-    assert final["bucket"] == 12
+    assert final["bucket_index"] == 12
     for field, value in ref.items():
         assert final[field] == pytest.approx(value, abs=1e-9), field
-    assert {r["bucket"] for r in seen if r["model"] == "phishing"} == set(range(13))
+    mine = [r for r in seen if r["model"] == "phishing"]
+    assert {r["bucket_index"] for r in mine} == set(range(13))
+    # a bucket's time is the record timestamp of its first sample: one per bucket, in order
+    starts = {r["bucket_index"]: r["bucket"] for r in mine}
+    assert all(len({r["bucket"] for r in mine if r["bucket_index"] == b}) == 1 for b in starts)
+    assert [starts[b] for b in range(13)] == sorted(starts.values())
+    assert starts[0] > 1_600_000_000_000
 
 
 @pytest.mark.reliability

@@ -145,7 +145,8 @@ def test_fraud_model_on_generator_data_learns_detects_drift_and_recovers(pipelin
                             "FROM kappa.orders")
     drift = pipeline.query("SELECT labelled, toUnixTimestamp64Milli(event_time) AS t, action "
                            "FROM kappa.drift_events WHERE model = 'fraud' ORDER BY labelled")
-    quality = pipeline.query("SELECT bucket, labelled, roc_auc FROM kappa.model_quality "
+    quality = pipeline.query("SELECT toUnixTimestamp64Milli(bucket) AS start, bucket_index, labelled, roc_auc, "
+                             "toTypeName(bucket) AS type FROM kappa.model_quality "
                              "WHERE model = 'fraud' ORDER BY bucket")
     assert len(scored) == pipeline.manifest["valid_unique_orders"]
     assert len(truth) == pipeline.manifest["labels"]
@@ -178,17 +179,21 @@ def test_fraud_model_on_generator_data_learns_detects_drift_and_recovers(pipelin
     assert recovered > 0.62 and recovered > just_after + 0.1, "no recovery after the drift"
     assert int(final["labelled"]) == len(truth) - pipeline.manifest["too_late"]  # too-late orders: not learned
     assert float(final["roc_auc"]) > 0.6
+    # fraud buckets are event-time minutes: bucket is the minute start, a DateTime64 like every time
+    assert {r["type"] for r in quality} == {"DateTime64(3, 'UTC')"}
+    assert all(int(r["start"]) % 60_000 == 0 and int(r["start"]) == int(r["bucket_index"]) for r in quality)
+    assert min(int(r["start"]) for r in quality) == min(t for _, _, t, _ in rows) // 60_000 * 60_000
 
 
 def test_phishing_through_cli_equals_progressive_val_score(pipeline: PipelineRun) -> None:
-    rows = pipeline.query("SELECT bucket, labelled, accuracy, roc_auc, log_loss FROM kappa.model_quality "
-                          "WHERE model = 'phishing' ORDER BY bucket")
+    rows = pipeline.query("SELECT bucket_index, labelled, accuracy, roc_auc, log_loss FROM kappa.model_quality "
+                          "WHERE model = 'phishing' ORDER BY bucket_index")
     ref = {f: evaluate.progressive_val_score(datasets.Phishing(), default_model(), m).get()
            for f, m in (("accuracy", metrics.Accuracy()), ("roc_auc", metrics.ROCAUC()),
                         ("log_loss", metrics.LogLoss()))}
     final = rows[-1]
     print(f"\nphishing final bucket {final}\nriver progressive_val_score {ref}")
-    assert [int(r["bucket"]) for r in rows] == list(range(13))
+    assert [int(r["bucket_index"]) for r in rows] == list(range(13))
     assert int(final["labelled"]) == 1250
     for name, value in ref.items():
         assert float(final[name]) == pytest.approx(value, abs=1e-9), name

@@ -28,16 +28,18 @@ from confluent_kafka import Producer
 
 from kappa import topics
 from kappa.kafka import client_config, ensure_topics
+from kappa.pipeline import current
 from kappa.replay import StartPoint, replay
 from producers.base import Publisher
 from producers.ecommerce import GeneratorConfig, generate, publish_events
-from schemas.rules import MAX_FUTURE_MS
 from schemas.serde import Encoder, Registry
 from sinks.query import query_rows
 from tests.conftest import Stack
 from tests.integration.test_replay import World, _run, facts
 
 pytestmark = pytest.mark.integration
+
+MAX_FUTURE_MS = next(r.params["max"] for r in current().input("orders").rules if r.check == "max_ahead")
 
 MINUTE = 60_000
 

@@ -16,9 +16,11 @@ from confluent_kafka import Consumer, TopicPartition
 
 from kappa.topics import input_topics
 from producers.ecommerce import FUTURE_OFFSET_MS
-from schemas.rules import reason_code, validate_order
+from schemas.rules import for_input, reason_code
 from schemas.serde import Decoder, Registry
 from tests.conftest import Stack
+
+validate_order = for_input("orders")
 
 pytestmark = pytest.mark.integration
 

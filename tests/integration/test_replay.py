@@ -99,7 +99,8 @@ def facts(w: World, version: str, view: str, scores: bool = True) -> list[dict[s
         "revenue_per_minute": "toUnixTimestamp64Milli(window_start) AS ws, category, currency, orders, "
                               "round(revenue, 6) AS revenue",
         # every metric, exactly: the models are deterministic functions of the log
-        "model_quality": "model, bucket, labelled, accuracy, roc_auc, log_loss, drift_detections",
+        "model_quality": "model, bucket_index, toUnixTimestamp64Milli(bucket) AS bucket_ms, labelled, "
+                         "accuracy, roc_auc, log_loss, drift_detections",
         "rejected_events": "source, reason",
     }[view]
     src = _view_sql(view, database(version)) if version != "serving" else f"kappa.{view}"
@@ -167,8 +168,8 @@ def test_replay_from_instant_replaces_only_that_range(world: World) -> None:
     assert facts(world, world.v(3), "orders", scores=False) == facts(world, world.v(1), "orders", scores=False)
     assert facts(world, world.v(3), "revenue_per_minute") == facts(world, world.v(1), "revenue_per_minute")
     # fraud quality: copied before B (same as live), recomputed from B
-    live_q = [r for r in facts(world, world.v(1), "model_quality") if r["model"] != "fraud" or int(r["bucket"]) < b]
-    new_q = [r for r in facts(world, world.v(3), "model_quality") if r["model"] != "fraud" or int(r["bucket"]) < b]
+    live_q = [r for r in facts(world, world.v(1), "model_quality") if r["model"] != "fraud" or int(r["bucket_ms"]) < b]
+    new_q = [r for r in facts(world, world.v(3), "model_quality") if r["model"] != "fraud" or int(r["bucket_ms"]) < b]
     assert new_q == live_q
 
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from schemas.serde import AVRO_DIR, Decoder, Encoder, Registry, schema_names, schema_text, subject
+from kappa.pipeline import current
+from schemas.serde import Decoder, Encoder, Registry, schema_names, schema_text, subject
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.integration
@@ -39,7 +40,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "fraud_score": {"order_id": "o-1", "fraud_score": 0.1, "model": "fraud", "labelled_before": 7,
                     "event_time": T, "pipeline_version": "v1"},
     "model_quality": {"model": "fraud", "bucket": T, "labelled": 10, "accuracy": 0.9,
-                      "roc_auc": 0.8, "log_loss": 0.3, "drift_detections": 1, "pipeline_version": "v1"},
+                      "roc_auc": 0.8, "log_loss": 0.3, "drift_detections": 1, "pipeline_version": "v1",
+                      "bucket_index": T},
     "drift_event": {"model": "fraud", "detector": "ADWIN", "labelled": 100, "event_time": T,
                     "action": "reset", "pipeline_version": "v1"},
 }
@@ -107,7 +109,7 @@ def test_check_refuses_an_incompatible_change_naming_the_field(
     assert "INCOMPATIBLE" not in ok.stdout
 
     candidate = tmp_path / "avro"
-    shutil.copytree(AVRO_DIR, candidate)
+    shutil.copytree(current().schema_dir, candidate)
     orders = json.loads((candidate / "orders.avsc").read_text())
     for f in orders["fields"]:
         if f["name"] == "amount":
@@ -126,3 +128,35 @@ def test_check_refuses_an_incompatible_change_naming_the_field(
     assert "INCOMPATIBLE" in lines[f"{prefix}orders-value"]
     assert "compatible" in lines[f"{prefix}order_labels-value"]  # optional field: fine
     assert "INCOMPATIBLE" not in lines[f"{prefix}order_labels-value"]
+
+
+def test_model_quality_bucket_as_a_time_is_backward_compatible_with_the_long(
+        stack: Stack, unique: Callable[[str], str], tmp_path: Path) -> None:
+    """bucket: long -> timestamp-millis long, and bucket_index added with a default: the registry
+    accepts it under BACKWARD, ``kappa schemas check`` says compatible, old records decode."""
+    version = unique("t").replace("-", "")
+    from schemas.catalog import topic_schemas
+
+    topic = next(t for t, name in topic_schemas(version).items() if name == "model_quality")
+    subj = subject(topic)
+    new = json.loads(schema_text("model_quality"))
+    old = {**new, "fields": [{**f, "type": "long"} if f["name"] == "bucket" else f
+                             for f in new["fields"] if f["name"] != "bucket_index"]}
+    registry = Registry(stack.schema_registry_url)
+    registry.client.set_compatibility(subj, "BACKWARD")
+    old_id = registry.register(subj, json.dumps(old))
+    import io
+
+    import fastavro
+
+    body = io.BytesIO()
+    record = {k: v for k, v in SAMPLES["model_quality"].items() if k != "bucket_index"}
+    fastavro.schemaless_writer(body, fastavro.parse_schema(old), record)
+
+    check = _kappa(["schemas", "check", "--version", version], stack.env(tmp_path))
+    assert check.returncode == 0, check.stdout + check.stderr
+    line = next(x for x in check.stdout.splitlines() if x.startswith(subj))
+    assert line.split()[-1] == "compatible", line
+    assert registry.register(subj, schema_text("model_quality")) != old_id
+    decoded = Decoder(registry, "model_quality").decode(Encoder.frame(old_id, body.getvalue()))
+    assert decoded == {**record, "bucket_index": -1}

@@ -110,10 +110,16 @@ def produce_outputs(stack: Stack, version: str, n_orders: int = 600, seed: int =
         for step in range(3):
             labelled = bucket * 100 + step * 10 + 10
             acc = 0.5 + bucket / 20 + step / 100
-            send(o.model_quality, f"fraud|{bucket}", enc["model_quality"].encode(dict(
-                model="fraud", bucket=T0 + bucket * 60_000, labelled=labelled, accuracy=acc,
-                roc_auc=acc, log_loss=1 - acc, drift_detections=0, pipeline_version=version)))
-            exp.quality[("fraud", T0 + bucket * 60_000)] = (labelled, acc)
+            minute = T0 - T0 % 60_000 + bucket * 60_000
+            send(o.model_quality, f"fraud|{minute}", enc["model_quality"].encode(dict(
+                model="fraud", bucket=minute, labelled=labelled, accuracy=acc, roc_auc=acc,
+                log_loss=1 - acc, drift_detections=0, pipeline_version=version, bucket_index=minute)))
+            exp.quality[("fraud", minute)] = (labelled, acc)
+    for bucket in range(3):  # a samples stream published in bulk: three buckets in one millisecond
+        send(o.model_quality, f"phishing|{bucket}", enc["model_quality"].encode(dict(
+            model="phishing", bucket=T0, labelled=100 * bucket + 100, accuracy=0.7, roc_auc=0.7,
+            log_loss=0.5, drift_detections=0, pipeline_version=version, bucket_index=bucket)))
+        exp.quality[("phishing", bucket)] = (100 * bucket + 100, 0.7)
     send(o.drift, "fraud", enc["drift_event"].encode(dict(
         model="fraud", detector="ADWIN", labelled=120, event_time=T0 + 90_000, action="reset",
         pipeline_version=version)))
@@ -152,8 +158,13 @@ def check_views(rows: Any, exp: Expected) -> None:
         "FROM kappa.revenue_per_minute")}
     assert rev == {k: (n, round(r, 6)) for k, (n, r) in exp.revenue.items()}
     quality = {(m, b): (n, a) for m, b, n, a in rows(
-        "SELECT model, bucket, labelled, accuracy FROM kappa.model_quality")}
+        "SELECT model, bucket_index, labelled, accuracy FROM kappa.model_quality")}
     assert quality == exp.quality
+    # bucket is a time like every other time column: the minute start for fraud
+    assert rows("SELECT DISTINCT toTypeName(bucket) FROM kappa.model_quality") == [["DateTime64(3, 'UTC')"]]
+    times = {(m, b): t for m, b, t in rows(
+        "SELECT model, bucket_index, toUnixTimestamp64Milli(bucket) FROM kappa.model_quality")}
+    assert times == {k: (k[1] if k[0] == "fraud" else T0) for k in exp.quality}
     rejected: Counter[tuple[str, str]] = Counter()
     for stage, reason, n in rows("SELECT stage, reason, count() FROM kappa.rejected_events "
                                  "GROUP BY stage, reason"):

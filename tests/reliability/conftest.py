@@ -406,10 +406,11 @@ class LogCount:
 
 def count_orders_log(pipe: Pipe) -> LogCount:
     """Decode and validate every message of the orders topic; first occurrence of an id wins."""
-    from schemas.rules import reason_code, validate_order
+    from schemas.rules import for_input, reason_code
     from schemas.serde import DecodeError, Decoder, Registry
 
     dec = Decoder(Registry(pipe.stack.schema_registry_url), "orders")
+    validate_order = for_input("orders")
     now = int(time.time() * 1000)
     invalid: Counter[str] = Counter()
     seen: set[str] = set()

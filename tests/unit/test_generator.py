@@ -7,15 +7,21 @@ import json
 import pytest
 
 from kappa.errors import ConfigError
-from producers.ecommerce import Event, GeneratorConfig, Manifest, generate, manifest_of
+from kappa.pipeline import current
+from producers.ecommerce import ORDER_REASONS, Event, GeneratorConfig, Manifest, generate, manifest_of
 from schemas.fastpath import compile_writer
-from schemas.rules import ORDER_REASONS, validate_label, validate_order, validate_user
+from schemas.rules import for_input
 from schemas.serde import schema_text
 
 START = 1_700_000_000_000
 CFG = GeneratorConfig(events=6000, seed=11, start_ms=START, dup_rate=0.02, invalid_rate=0.02,
                       late_rate=0.01)
 MIN = 60_000
+validate_order, validate_user, validate_label = (for_input(n) for n in ("orders", "users", "order_labels"))
+
+
+def test_the_generator_breaks_every_declared_order_rule() -> None:
+    assert current().input("orders").reasons == ORDER_REASONS
 
 
 @pytest.fixture(scope="module")
@@ -116,10 +122,15 @@ def test_labels_after_their_order_and_drift_changes_signal(run: tuple[list[Event
     assert lift(False) > 3 and lift(True) < 1.5  # ip_country != country matters before the drift
 
 
-def test_default_start_ends_before_now() -> None:
+def test_default_start_ends_before_now_and_the_seed_gives_the_same_times_of_day() -> None:
     now = START + 10 * 86_400_000
     events, m = generate(GeneratorConfig(events=3000, seed=5), now_ms=now)
-    assert m.end_ms == now - MIN
+    assert now - 86_400_000 - MIN < m.end_ms <= now - MIN
+    assert m.start_ms % 86_400_000 == 0
+    later, _ = generate(GeneratorConfig(events=3000, seed=5), now_ms=now + 5 * 3_600_000 + 1234)
+    field = {"users": "updated_at", "orders": "event_time", "order_labels": "label_time"}
+    shifts = {b.value[field[a.topic]] - a.value[field[a.topic]] for a, b in zip(events, later, strict=True)}
+    assert len(shifts) == 1 and shifts.pop() % 86_400_000 == 0
     for e in events:
         if e.topic == "orders" and e.kind != "invalid":
             assert validate_order(e.value, now) is None

@@ -1,4 +1,5 @@
-"""OrderStage on in-memory state: DLQ reasons, dedupe, re-delivery idempotence, as-of join, lateness."""
+"""The stream stage on the e-commerce orders (in-memory state): DLQ reasons, dedupe, re-delivery,
+as-of join, lateness."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from kappa.pipeline import current
 from schemas.serde import Decoder, Encoder, Registry
 from stream_processors.base import MemoryState, Message
-from stream_processors.orders import OrderStage
+from stream_processors.stream import StreamStage
 from tests.unit.memory_registry import MemoryRegistryClient
 
 NOW = 1_700_000_000_000
@@ -26,9 +28,9 @@ class Harness:
     def __init__(self, grace_ms: int = 30_000) -> None:
         self.registry = Registry("memory://", client=MemoryRegistryClient())  # type: ignore[arg-type]
         self.state = MemoryState()
-        self.stage = OrderStage("v1", "users", "orders", Decoder(self.registry, "users"),
-                                Decoder(self.registry, "orders"), self.state, grace_ms,
-                                clock=lambda: NOW / 1000)
+        self.stage = StreamStage("v1", current(), "orders", {"users": Decoder(self.registry, "users"),
+                                 "orders": Decoder(self.registry, "orders")}, self.state, grace_ms,
+                                 clock=lambda: NOW / 1000)
         self.enc_o = Encoder(self.registry, "orders-value", "orders")
         self.enc_u = Encoder(self.registry, "users-value", "users")
         self.offsets: dict[tuple[str, int], int] = {}
@@ -147,7 +149,7 @@ def test_offsets_faust_skipped_are_read_from_the_log_and_processed_in_order() ->
         reads.append((p, start, until or -1))
         return [m for m in log if start <= m.offset < (until or 10**9)]
 
-    h.stage.orders_source = source
+    h.stage.stream_source = source
     h.run(log[:2])
     assert reads == []  # contiguous: nothing to read
     out = h.run([log[2], log[5], log[7]])  # a rebalance lost offsets 3, 4 and 6

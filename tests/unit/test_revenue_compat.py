@@ -22,10 +22,11 @@ from typing import Any
 
 import pytest
 
+from kappa.pipeline import current
 from schemas.serde import Decoder, Encoder, Registry
 from stream_processors.base import Emitted, MemoryState, Message
-from stream_processors.orders import OrderStage
 from stream_processors.revenue import TICK, RevenueStage
+from stream_processors.stream import StreamStage
 from tests.unit.memory_registry import MemoryRegistryClient
 
 GOLDEN = Path(__file__).parent / "data" / "revenue_golden.json"
@@ -81,8 +82,8 @@ class _Sim:
         registry = Registry("memory://", client=MemoryRegistryClient())  # type: ignore[arg-type]
         self.s1 = MemoryState()
         self.s2 = MemoryState()
-        self.orders = OrderStage("v1", "users", "orders", Decoder(registry, "users"),
-                                 Decoder(registry, "orders"), self.s1, GRACE, clock=lambda: NOW / 1000)
+        self.orders = StreamStage("v1", current(), "orders", {"users": Decoder(registry, "users"),
+                                  "orders": Decoder(registry, "orders")}, self.s1, GRACE, clock=lambda: NOW / 1000)
         self.revenue = self._revenue()
         self.log = _orders(seed, registry)
         self.committed = {p: 0 for p in range(PARTS)}

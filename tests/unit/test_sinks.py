@@ -36,23 +36,42 @@ def test_writes_and_tricks_are_refused(sql: str) -> None:
         check_read_only(sql)
 
 
+def _final_ddl(version: str) -> dict[str, str]:
+    """Table -> the CREATE statement of its current shape: the last one that creates it, or that
+    creates the table a migration rebuilt it as (``EXCHANGE TABLES t AND staging``)."""
+    db = re.escape(database(version))
+    out: dict[str, str] = {}
+    for stmt in (s for m in migrations() for s in m.statements(version)):
+        code = "\n".join(line for line in stmt.splitlines() if not line.strip().startswith("--"))
+        if created := re.search(rf"CREATE TABLE IF NOT EXISTS {db}\.(\w+) \(", code):
+            out[created.group(1)] = code
+        elif swapped := re.search(rf"EXCHANGE TABLES {db}\.(\w+) AND {db}\.(\w+)", code):
+            out[swapped.group(1)] = out.pop(swapped.group(2))
+    return out
+
+
 def test_migrations_render_for_any_version_and_set_dedup_window_on_every_table() -> None:
     stmts = [s for m in migrations() for s in m.statements("t-123")]
     assert not any("${" in s for s in stmts)
-    creates = [s for s in stmts if "CREATE TABLE" in s]
-    names = {re.search(r"kappa_t_123\.(\w+)", s).group(1) for s in creates}  # type: ignore[union-attr]
-    assert names == set(TABLES)
-    for s in creates:
+    assert set(_final_ddl("t-123")) == set(TABLES)
+    for s in (s for s in stmts if "CREATE TABLE" in s):
         assert "non_replicated_deduplication_window" in s, s
         assert "IF NOT EXISTS" in s
 
 
 def test_arrow_columns_match_the_ddl() -> None:
-    ddl = " ".join(s for m in migrations() for s in m.statements("v1"))
+    ddl = _final_ddl("v1")
     for table in TABLES.values():
-        body = ddl.split(f"kappa_v1.{table.name} (", 1)[1].split(") ENGINE", 1)[0]
+        body = ddl[table.name].split(" (", 1)[1].split(") ENGINE", 1)[0]
         ddl_cols = [line.split()[0] for line in body.split(",\n") if line.strip()]
         assert ddl_cols == [c for c, _ in table.columns], table.name
+
+
+def test_model_quality_bucket_is_a_time_and_bucket_index_in_the_key() -> None:
+    ddl = _final_ddl("v1")["model_quality"]
+    assert "bucket DateTime64(3, 'UTC')," in ddl
+    assert "ORDER BY (model, if(bucket_index < 0, toUnixTimestamp64Milli(bucket), bucket_index))" in ddl
+    assert dict(TABLES["model_quality"].columns)["bucket"] == TS
 
 
 def test_arrow_timestamps_are_exact_epoch_millis_and_nulls_survive() -> None:

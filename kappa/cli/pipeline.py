@@ -1,0 +1,92 @@
+"""``kappa pipeline show``: what a pipeline definition derives (topics, groups, tables, views)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+__all__ = ["pipeline"]
+
+
+@click.group()
+def pipeline() -> None:
+    """The pipeline definition (--pipeline DIR / KAPPA_PIPELINE, default examples/ecommerce)."""
+
+
+def derived(version: str, prefix: str, partitions: int) -> dict[str, Any]:
+    """Everything :func:`show` prints, as data."""
+    from kappa.pipeline import current
+    from kappa.pipeline.derive import Names
+    from sinks.ddl import tables
+
+    pipe = current()
+    names = Names(pipe, version, prefix)
+    inputs = []
+    for name, inp in pipe.inputs.items():
+        kind = "table" if inp.table else ("labels" if any(m.labels == name for m in pipe.models.values())
+                                          else "stream")
+        inputs.append({"topic": names.input_topic(name), "dlq": names.dlq(name), "kind": kind,
+                       "partitions": inp.partitions or partitions, "key": inp.key, "time": inp.time,
+                       "schema": inp.schema.name, "subject": f"{names.input_topic(name)}-value",
+                       "id": inp.id, "rules": list(inp.reasons),
+                       "cleanup": "compact" if inp.table else "delete (kept forever)"})
+    streams = [i.name for i in names.streams()]
+    consumed = [names.input_topic(s) for s in streams]
+    consumed += [names.input_topic(e.table) for e in pipe.enrich.values()]
+    consumed += [names.partials(w) for w in pipe.windows]
+    groups = [{"group": names.group, "role": "stream processors", "topics": consumed},
+              {"group": names.sink_group, "role": "sink (committed = landed in ClickHouse)",
+               "topics": [o.topic for o in names.outputs()] + [names.dlq(n) for n in pipe.inputs]}]
+    groups += [{"group": names.label_group(m.name), "role": f"labels of model {m.name}",
+                "topics": [names.input_topic(m.labels)]} for m in pipe.models.values()]
+    derived_tables = tables(pipe)
+    outputs = [{"topic": o.topic, "kind": o.kind, "key": o.key, "schema": o.schema,
+                "table": f"{names.tables_db}.{o.table}",
+                "order_by": list(derived_tables[o.table].order_by) if o.table in derived_tables else None}
+               for o in names.outputs()]
+    return {"pipeline": pipe.name, "file": str(pipe.path), "description": pipe.description,
+            "database": pipe.database, "version": version, "tables_database": names.tables_db,
+            "inputs": inputs, "outputs": outputs, "groups": groups,
+            "views": {f"{pipe.database}.{v}": what for v, what in names.views().items()},
+            "until_drained": consumed + [names.input_topic(m.labels) for m in pipe.models.values()]}
+
+
+@pipeline.command()
+@click.option("--version", "version", default=None, help="Pipeline version (default: the one `kappa run` runs).")
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+def show(version: str | None, as_json: bool) -> None:
+    """Print what the definition derives: topics, subjects, groups, tables, views."""
+    from kappa.settings import get_settings
+
+    settings = get_settings()
+    data = derived(version or settings.version, settings.topic_prefix, settings.partitions)
+    if as_json:
+        json.dump(data, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    echo = click.echo
+    echo(f"pipeline {data['pipeline']}  ({data['file']})")
+    if data["description"]:
+        echo(f"  {data['description']}")
+    echo(f"serving database {data['database']}; version {data['version']} stores its tables in "
+         f"{data['tables_database']}")
+    echo("\ninputs (topic, kind, partitions, key, event time, schema -> subject, reason codes)")
+    for i in data["inputs"]:
+        dedupe = f", dedupe by {i['id']}" if i["id"] else ""
+        echo(f"  {i['topic']:<22} {i['kind']:<7} {i['partitions']:>2}  key {i['key']:<12} time "
+             f"{i['time'] or '-':<12} {i['schema']} -> {i['subject']}{dedupe}; {i['cleanup']}")
+        echo(f"  {'':<22} rules: {', '.join(i['rules']) or 'none'}; rejected to {i['dlq']}")
+    echo("\noutputs (topic -> table, key)")
+    for o in data["outputs"]:
+        order = f", ORDER BY ({', '.join(o['order_by'])})" if o["order_by"] else ""
+        echo(f"  {o['topic']:<36} -> {o['table']}  key {o['key']}{order}  [{o['schema']}]")
+    echo("\nconsumer groups")
+    for g in data["groups"]:
+        echo(f"  {g['group']:<22} {g['role']}: {', '.join(g['topics'])}")
+    echo("\nviews")
+    for v, what in data["views"].items():
+        echo(f"  {v:<30} {what}")
+    echo(f"\n--until-drained waits for: {', '.join(data['until_drained'])} (and every output landed)")

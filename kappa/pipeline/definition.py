@@ -1,0 +1,592 @@
+"""A pipeline definition: one project file (``pipeline.toml``), its Avro schemas, optional Python.
+
+Everything Kappa derives for a pipeline (topics, subjects, groups, tables, views, what
+``--until-drained`` waits for, what replay compares) is derived from a :class:`Pipeline`,
+loaded and checked here before anything starts. A mistake names the file, the entry and why
+(:class:`PipelineError`); nothing is created for a definition that does not load.
+
+The format is documented in ``docs/pipelines.md``; ``examples/ecommerce/pipeline.toml`` is
+the default pipeline.
+
+>>> parse_duration("90s"), parse_duration("5m"), parse_duration("24h"), parse_duration(1500)
+(90000, 300000, 86400000, 1500)
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import re
+import sys
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from pathlib import Path
+from typing import Any
+
+from kappa.errors import ConfigError
+
+__all__ = [
+    "Enrich",
+    "Field",
+    "Input",
+    "Model",
+    "Pipeline",
+    "PipelineError",
+    "Rule",
+    "Schema",
+    "View",
+    "Window",
+    "load",
+    "parse_duration",
+]
+
+PROJECT_FILE = "pipeline.toml"
+_NUMERIC = frozenset({"int", "long", "float", "double"})
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class PipelineError(ConfigError):
+    """A pipeline definition that cannot be used; the message names file, entry and reason."""
+
+
+def parse_duration(value: Any, where: str = "duration") -> int:
+    """Milliseconds of ``"250ms"``, ``"30s"``, ``"5m"``, ``"2h"``, ``"1d"`` or a number of ms."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = re.fullmatch(r"\s*(\d+)\s*(ms|s|m|h|d)\s*", str(value))
+    if not match:
+        raise ValueError(f"{where}: {value!r} is not a duration (e.g. 30s, 5m, 24h, or ms as a number)")
+    unit = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}[match.group(2)]
+    return int(match.group(1)) * unit
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a record schema: Avro type name (logical type when it has one), nullability."""
+
+    name: str
+    type: str
+    nullable: bool = False
+    doc: str = ""
+
+    @property
+    def numeric(self) -> bool:
+        return self.type in _NUMERIC
+
+    @property
+    def is_time(self) -> bool:
+        return self.type in ("timestamp-millis", "timestamp-micros")
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A record schema of the pipeline (``<schemas>/<name>.avsc``)."""
+
+    name: str
+    path: Path
+    fields: tuple[Field, ...]
+    raw: Mapping[str, Any]
+
+    def field(self, name: str) -> Field | None:
+        return next((f for f in self.fields if f.name == name), None)
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One validation rule: a field condition (``check``) or a Python function (``function``)."""
+
+    code: str
+    field: str | None = None
+    check: str | None = None
+    params: Mapping[str, Any] = dc_field(default_factory=dict)
+    detail: str | None = None
+    function: str | None = None
+    codes: tuple[str, ...] = ()
+    """Reason codes a function rule may return (declared, so metrics and reports know them)."""
+
+
+@dataclass(frozen=True)
+class Input:
+    """An input topic: its schema, key, event time; rules; dedupe id; table or stream."""
+
+    name: str
+    schema: Schema
+    key: str
+    time: str | None = None
+    table: bool = False
+    id: str | None = None
+    dedupe_retention_ms: int = 86_400_000
+    rules: tuple[Rule, ...] = ()
+    partitions: int | None = None
+    low_cardinality: tuple[str, ...] = ()
+    """String fields with few distinct values: ``LowCardinality(String)`` columns in ClickHouse."""
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """Every reason code this input's rules can give, in rule order."""
+        out: list[str] = []
+        for r in self.rules:
+            for code in (r.codes or (r.code,)):
+                if code and code not in out:
+                    out.append(code)
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class Enrich:
+    """A stream enriched with a table's version valid at the stream event's time (as-of join)."""
+
+    stream: str
+    table: str
+    on: str
+    fields: Mapping[str, str]
+    """Output field -> table field."""
+    output: str
+    schema: str | None = None
+
+
+@dataclass(frozen=True)
+class Window:
+    """Event-time windows over a stream: size, hop, keys, aggregations (``name = "fn(field)"``)."""
+
+    name: str
+    stream: str
+    size_ms: int
+    hop_ms: int
+    keys: tuple[str, ...]
+    aggregations: Mapping[str, str]
+    schema: str | None = None
+    grace_ms: int | None = None
+    """None: the settings' ``window_grace_seconds``."""
+    table: str = ""
+    """ClickHouse table of the window's revisions (default: the window's name; the view is the name)."""
+
+
+@dataclass(frozen=True)
+class Model:
+    """An online model scoring a stream and learning from a label stream joined on a key."""
+
+    name: str
+    stream: str
+    labels: str
+    on: str
+    label: str
+    learner: str | None = None
+    features: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class View:
+    """A serving view: ``SELECT`` text over the pipeline's tables."""
+
+    name: str
+    sql: str
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A loaded, checked pipeline definition."""
+
+    name: str
+    database: str
+    path: Path
+    schema_dir: Path
+    inputs: Mapping[str, Input]
+    enrich: Mapping[str, Enrich] = dc_field(default_factory=dict)
+    windows: Mapping[str, Window] = dc_field(default_factory=dict)
+    models: Mapping[str, Model] = dc_field(default_factory=dict)
+    views: Mapping[str, View] = dc_field(default_factory=dict)
+    description: str = ""
+    generator: str | None = None
+    """``module:function`` generating sample events (:mod:`producers.generators`), if any."""
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def input(self, name: str) -> Input:
+        try:
+            return self.inputs[name]
+        except KeyError:
+            raise PipelineError(f"pipeline {self.name!r} has no input {name!r}; inputs: "
+                                f"{', '.join(self.inputs)} ({self.path})") from None
+
+    def resolve(self, ref: str) -> Any:
+        """The object ``"module:attr"`` names: a module beside the project file, else importable."""
+        return resolve(self.root, self.name, ref)
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+def load(path: str | Path) -> Pipeline:
+    """The pipeline of project directory (or project file) ``path``, checked."""
+    p = Path(path).expanduser()
+    file = p / PROJECT_FILE if p.is_dir() else p
+    if not file.is_file():
+        raise PipelineError(f"no pipeline at {p}: expected a directory with {PROJECT_FILE} "
+                            "(create one with `kappa init DIR`)")
+    try:
+        doc = tomllib.loads(file.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise PipelineError(f"{file}: not valid TOML: {exc}") from None
+    return _Loader(file.resolve(), doc).pipeline()
+
+
+class _Loader:
+    def __init__(self, file: Path, doc: dict[str, Any]) -> None:
+        self.file = file
+        self.doc = doc
+        self._schemas: dict[str, Schema] = {}
+
+    def fail(self, entry: str, why: str) -> PipelineError:
+        return PipelineError(f"{self.file}: [{entry}] {why}")
+
+    def table(self, entry: str, value: Any, allowed: set[str],
+              required: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(entry, f"must be a table, got {type(value).__name__}")
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            raise self.fail(entry, f"unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+        missing = sorted(required - set(value))
+        if missing:
+            raise self.fail(entry, f"missing key {missing[0]!r}")
+        return value
+
+    def duration(self, entry: str, key: str, value: Any) -> int:
+        try:
+            return parse_duration(value, key)
+        except ValueError as exc:
+            raise self.fail(entry, str(exc)) from None
+
+    def schema(self, entry: str, name: str) -> Schema:
+        if name in self._schemas:
+            return self._schemas[name]
+        path = self.schema_dir / f"{name}.avsc"
+        if not path.is_file():
+            known = sorted(p.stem for p in self.schema_dir.glob("*.avsc"))
+            raise self.fail(entry, f"schema {name!r}: no file {path} (schemas there: {', '.join(known) or 'none'})")
+        try:
+            raw = json.loads(path.read_text())
+        except ValueError as exc:
+            raise self.fail(entry, f"schema {path} is not JSON: {exc}") from None
+        if not isinstance(raw, dict) or raw.get("type") != "record" or not isinstance(raw.get("fields"), list):
+            raise self.fail(entry, f"schema {path} must be an Avro record with fields")
+        fields = tuple(_field(f) for f in raw["fields"])
+        schema = self._schemas[name] = Schema(name, path, fields, raw)
+        return schema
+
+    def need_field(self, entry: str, schema: Schema, name: Any, what: str) -> Field:
+        found = schema.field(name) if isinstance(name, str) else None
+        if found is None:
+            raise self.fail(entry, f"{what} {name!r} is not a field of schema {schema.name} "
+                                   f"({', '.join(schema.names)})")
+        return found
+
+    def pipeline(self) -> Pipeline:
+        top = self.table("", self.doc, {"pipeline", "inputs", "enrich", "windows", "models", "views"},
+                         {"pipeline", "inputs"})
+        meta = self.table("pipeline", top["pipeline"], {"name", "database", "schemas", "description", "generator"},
+                          {"name"})
+        name = meta["name"]
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise self.fail("pipeline", f"name {name!r}: use lowercase letters, digits and _ (e.g. shop)")
+        database = meta.get("database", name)
+        if not isinstance(database, str) or not _NAME.match(database):
+            raise self.fail("pipeline", f"database {database!r}: use lowercase letters, digits and _")
+        self.schema_dir = (self.file.parent / meta.get("schemas", "schemas")).resolve()
+        if not self.schema_dir.is_dir():
+            raise self.fail("pipeline", f"schemas directory {self.schema_dir} does not exist")
+        inputs = {n: self.input(n, v) for n, v in self.table("inputs", top["inputs"], set(top["inputs"])).items()}
+        if not inputs:
+            raise self.fail("inputs", "declare at least one input")
+        enrich = {n: self.enrich(n, v, inputs) for n, v in top.get("enrich", {}).items()}
+        windows = {n: self.window(n, v, inputs, enrich) for n, v in top.get("windows", {}).items()}
+        models = {n: self.model(n, v, inputs) for n, v in top.get("models", {}).items()}
+        views = {n: self.view(n, v) for n, v in top.get("views", {}).items()}
+        pipe = Pipeline(name, database, self.file, self.schema_dir, inputs, enrich, windows, models, views,
+                        meta.get("description", ""), meta.get("generator"))
+        self.check_names(pipe)
+        self.check_functions(pipe)
+        if pipe.generator is not None and not callable(_resolve_checked(self, "pipeline", pipe, pipe.generator)):
+            raise self.fail("pipeline", f"generator {pipe.generator} is not a function")
+        return pipe
+
+    def input(self, name: str, value: Any) -> Input:
+        entry = f"inputs.{name}"
+        if not _NAME.match(name):
+            raise self.fail(entry, "input names are lowercase letters, digits and _ (they are topic names)")
+        v = self.table(entry, value, {"schema", "key", "time", "table", "id", "dedupe_retention", "rules",
+                                      "partitions", "low_cardinality"}, {"key"})
+        schema = self.schema(entry, v.get("schema", name))
+        self.need_field(entry, schema, v["key"], "key")
+        time = v.get("time")
+        if time is not None:
+            f = self.need_field(entry, schema, time, "time")
+            if f.type not in ("timestamp-millis", "long") or f.nullable:
+                raise self.fail(entry, f"time {time!r} must be a non-null timestamp-millis (or long of epoch ms), "
+                                       f"schema {schema.name} has {f.type}{' or null' if f.nullable else ''}")
+        if v.get("id") is not None:
+            self.need_field(entry, schema, v["id"], "id")
+        partitions = v.get("partitions")
+        if partitions is not None and (not isinstance(partitions, int) or partitions < 1):
+            raise self.fail(entry, f"partitions {partitions!r} must be a positive integer")
+        rules = tuple(self.rule(f"{entry}.rules[{i}]", r, schema) for i, r in enumerate(v.get("rules", [])))
+        low = v.get("low_cardinality", [])
+        for f in low:
+            if self.need_field(entry, schema, f, "low_cardinality field").type != "string":
+                raise self.fail(entry, f"low_cardinality field {f!r} is not a string")
+        return Input(name, schema, v["key"], time, bool(v.get("table", False)), v.get("id"),
+                     self.duration(entry, "dedupe_retention", v.get("dedupe_retention", "24h")), rules, partitions,
+                     tuple(low))
+
+    _CHECKS: dict[str, set[str]] = {  # noqa: RUF012 - class constant
+        "non_empty": set(),
+        "range": {"gt", "ge", "lt", "le"},
+        "in": {"values"},
+        "regex": {"pattern"},
+        "max_ahead": {"max"},
+        "type": {"type"},
+    }
+
+    def rule(self, entry: str, value: Any, schema: Schema) -> Rule:
+        if isinstance(value, dict) and "function" in value:
+            v = self.table(entry, value, {"function", "codes"}, {"function"})
+            codes = v.get("codes", [])
+            if not isinstance(codes, list) or not all(isinstance(c, str) and _NAME.match(c) for c in codes):
+                raise self.fail(entry, "codes must be a list of reason codes (lowercase, _)")
+            return Rule(codes[0] if codes else "", function=v["function"], codes=tuple(codes))
+        v = self.table(entry, value, {"field", "check", "code", "detail", *set().union(*self._CHECKS.values())},
+                       {"field", "check"})
+        check = v["check"]
+        if check not in self._CHECKS:
+            raise self.fail(entry, f"unknown check {check!r}; checks: {', '.join(self._CHECKS)} "
+                                   "(or a Python rule: function = \"module:function\")")
+        f = self.need_field(entry, schema, v["field"], "field")
+        params = {k: v[k] for k in self._CHECKS[check] if k in v}
+        extra = sorted(set(v) - {"field", "check", "code", "detail"} - self._CHECKS[check])
+        if extra:
+            raise self.fail(entry, f"{extra[0]!r} does not apply to check {check!r}")
+        if check == "range":
+            if not params:
+                raise self.fail(entry, "a range needs at least one of gt, ge, lt, le")
+            if not f.numeric:
+                raise self.fail(entry, f"range on field {f.name!r} of type {f.type}: ranges need a number field")
+            if any(isinstance(x, bool) or not isinstance(x, int | float) for x in params.values()):
+                raise self.fail(entry, "range bounds must be numbers")
+        elif check == "in":
+            if not isinstance(params.get("values"), list) or not params["values"]:
+                raise self.fail(entry, "check 'in' needs values = [ ... ]")
+        elif check == "regex":
+            try:
+                re.compile(params.get("pattern", ""))
+            except (re.error, TypeError) as exc:
+                raise self.fail(entry, f"pattern {params.get('pattern')!r} is not a regular expression: "
+                                       f"{exc}") from None
+            if "pattern" not in params:
+                raise self.fail(entry, "check 'regex' needs pattern = \"...\"")
+        elif check == "max_ahead":
+            if "max" not in params:
+                raise self.fail(entry, "check 'max_ahead' needs max = \"5m\" (how far ahead of the record's timestamp)")
+            params["max"] = self.duration(entry, "max", params["max"])
+            if f.type not in ("timestamp-millis", "long"):
+                raise self.fail(entry, f"max_ahead on field {f.name!r} of type {f.type}: needs a timestamp-millis")
+        elif check == "type" and params.get("type") not in ("boolean", "string", "int", "long", "float", "double"):
+            raise self.fail(entry, f"type {params.get('type')!r}: one of boolean, string, int, long, float, double")
+        code = v.get("code") or f"bad_{f.name}"
+        if not _NAME.match(code):
+            raise self.fail(entry, f"code {code!r}: reason codes are lowercase letters, digits and _")
+        detail = v.get("detail")
+        if detail is not None and not isinstance(detail, str):
+            raise self.fail(entry, "detail must be a string template, e.g. \"{value!r}\"")
+        return Rule(code, f.name, check, params, detail)
+
+    def enrich(self, name: str, value: Any, inputs: Mapping[str, Input]) -> Enrich:
+        entry = f"enrich.{name}"
+        v = self.table(entry, value, {"stream", "table", "on", "fields", "output", "schema"}, {"table", "on", "fields"})
+        stream = v.get("stream", name)
+        if stream not in inputs:
+            raise self.fail(entry, f"stream {stream!r} is not an input ({', '.join(inputs)})")
+        table = v["table"]
+        if table not in inputs or not inputs[table].table:
+            tables = [n for n, i in inputs.items() if i.table]
+            raise self.fail(entry, f"table {table!r} is not a table input (table = true): tables are "
+                                   f"{', '.join(tables) or 'none'}")
+        s, t = inputs[stream], inputs[table]
+        self.need_field(entry, s.schema, v["on"], "join key (on)")
+        self.need_field(entry, t.schema, v["on"], "join key (on)")
+        if t.key != v["on"]:
+            raise self.fail(entry, f"table {table} is keyed by {t.key!r}, the join is on {v['on']!r}: "
+                                   "key the table by the join field")
+        if s.key != v["on"]:
+            raise self.fail(entry, f"stream {stream} is keyed by {s.key!r}: to join on {v['on']!r} without "
+                                   f"a repartition, key it by {v['on']!r} (co-partitioned with {table})")
+        if s.partitions != t.partitions:
+            raise self.fail(entry, f"co-partitioned inputs {stream} and {table} declare different partition "
+                                   f"counts ({s.partitions} and {t.partitions}): declare the same or none")
+        fields = v["fields"]
+        if not isinstance(fields, dict) or not fields:
+            raise self.fail(entry, "fields = { output_name = \"table_field\", ... }")
+        for out, src in fields.items():
+            self.need_field(entry, t.schema, src, f"fields.{out}: table field")
+            if s.schema.field(out) is not None:
+                raise self.fail(entry, f"fields.{out}: {stream} already has a field {out!r}; name it otherwise")
+        output = v.get("output", f"{stream}.enriched")
+        if v.get("schema") is not None:
+            self.schema(entry, v["schema"])
+        return Enrich(stream, table, v["on"], dict(fields), output, v.get("schema"))
+
+    def window(self, name: str, value: Any, inputs: Mapping[str, Input], enrich: Mapping[str, Enrich]) -> Window:
+        entry = f"windows.{name}"
+        v = self.table(entry, value, {"stream", "size", "hop", "keys", "aggregations", "schema", "grace", "table"},
+                       {"stream", "size", "keys", "aggregations"})
+        stream = v["stream"]
+        if stream not in inputs:
+            raise self.fail(entry, f"stream {stream!r} is not an input ({', '.join(inputs)})")
+        fields = {f.name: f for f in inputs[stream].schema.fields}
+        for e in enrich.values():
+            if e.stream == stream:
+                tschema = inputs[e.table].schema
+                fields.update({out: tschema.field(src) for out, src in e.fields.items()})  # type: ignore[misc]
+        size = self.duration(entry, "size", v["size"])
+        hop = self.duration(entry, "hop", v.get("hop", v["size"]))
+        if size <= 0 or hop <= 0 or size % hop:
+            raise self.fail(entry, f"hop ({hop} ms) must divide size ({size} ms), both > 0")
+        if inputs[stream].time is None:
+            raise self.fail(entry, f"input {stream} declares no event time (time = \"field\")")
+        keys = v["keys"]
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise self.fail(entry, "keys = [\"field\", ...]")
+        for k in keys:
+            if k not in fields:
+                raise self.fail(entry, f"key {k!r} is not a field of {stream} ({', '.join(fields)})")
+        aggs = v["aggregations"]
+        if not isinstance(aggs, dict) or not aggs:
+            raise self.fail(entry, "aggregations = { name = \"count\" | \"sum(field)\" | \"min(field)\" | ... }")
+        for out, spec in aggs.items():
+            m = re.fullmatch(r"\s*(count|sum|min|max|avg)\s*(?:\(\s*([A-Za-z_][A-Za-z0-9_]*)?\s*\))?\s*", str(spec))
+            if not m:
+                raise self.fail(entry, f"aggregations.{out} = {spec!r}: use count, sum(f), min(f), max(f) or avg(f)")
+            fn, arg = m.group(1), m.group(2)
+            if fn != "count":
+                if arg is None:
+                    raise self.fail(entry, f"aggregations.{out}: {fn} needs a field, e.g. {fn}(amount)")
+                f = fields.get(arg)
+                if f is None:
+                    raise self.fail(entry, f"aggregations.{out}: {arg!r} is not a field of {stream}")
+                if not f.numeric:
+                    raise self.fail(entry, f"aggregations.{out}: {fn}({arg}) needs a number, {arg} is {f.type}")
+            if out in keys:
+                raise self.fail(entry, f"aggregations.{out}: clashes with the key of the same name")
+        if v.get("schema") is not None:
+            self.schema(entry, v["schema"])
+        grace = None if v.get("grace") is None else self.duration(entry, "grace", v["grace"])
+        table = v.get("table", name)
+        if not isinstance(table, str) or not _NAME.match(table):
+            raise self.fail(entry, f"table {table!r}: use lowercase letters, digits and _")
+        return Window(name, stream, size, hop, tuple(keys), dict(aggs), v.get("schema"), grace, table)
+
+    def model(self, name: str, value: Any, inputs: Mapping[str, Input]) -> Model:
+        entry = f"models.{name}"
+        v = self.table(entry, value, {"stream", "labels", "on", "label", "learner", "features"},
+                       {"stream", "labels", "on", "label"})
+        for key in ("stream", "labels"):
+            if v[key] not in inputs:
+                raise self.fail(entry, f"{key} {v[key]!r} is not an input ({', '.join(inputs)})")
+        self.need_field(entry, inputs[v["stream"]].schema, v["on"], "join key (on)")
+        self.need_field(entry, inputs[v["labels"]].schema, v["on"], "join key (on)")
+        self.need_field(entry, inputs[v["labels"]].schema, v["label"], "label")
+        features = tuple(v.get("features", ()))
+        for f in features:
+            self.need_field(entry, inputs[v["stream"]].schema, f, "feature")
+        return Model(name, v["stream"], v["labels"], v["on"], v["label"], v.get("learner"), features)
+
+    def view(self, name: str, value: Any) -> View:
+        entry = f"views.{name}"
+        v = self.table(entry, value, {"sql"}, {"sql"})
+        if not isinstance(v["sql"], str) or not v["sql"].strip():
+            raise self.fail(entry, "sql = \"SELECT ...\"")
+        return View(name, v["sql"])
+
+    def check_names(self, pipe: Pipeline) -> None:
+        """Names in the serving database (a view per stream input and per window, declared views,
+        Kappa's own tables) must not clash."""
+        seen: dict[str, str] = {}
+        names = ([(f"inputs.{n}", n) for n, i in pipe.inputs.items() if not i.table]
+                 + [(f"windows.{n}", n) for n in pipe.windows]
+                 + [(f"views.{n}", n) for n in pipe.views])
+        reserved = {"rejected_events", "model_quality", "drift_events", "lineage"}
+        for entry, out in names:
+            if out in reserved:
+                raise self.fail(entry, f"{out!r} is a view Kappa gives every pipeline's database: rename it")
+            if out in seen:
+                raise self.fail(entry, f"its view {pipe.database}.{out} clashes with the one of [{seen[out]}]: "
+                                       "rename one of them")
+            seen[out] = entry
+
+    def check_functions(self, pipe: Pipeline) -> None:
+        for inp in pipe.inputs.values():
+            for i, r in enumerate(inp.rules):
+                if r.function:
+                    fn = _resolve_checked(self, f"inputs.{inp.name}.rules[{i}]", pipe, r.function)
+                    if not callable(fn):
+                        raise self.fail(f"inputs.{inp.name}.rules[{i}]", f"{r.function} is not a function")
+
+
+def _resolve_checked(loader: _Loader, entry: str, pipe: Pipeline, ref: str) -> Any:
+    try:
+        return pipe.resolve(ref)
+    except PipelineError as exc:
+        raise loader.fail(entry, str(exc)) from None
+
+
+def _field(raw: Any) -> Field:
+    t = raw.get("type")
+    nullable = False
+    if isinstance(t, list):
+        nullable = "null" in t
+        rest = [x for x in t if x != "null"]
+        t = rest[0] if len(rest) == 1 else "union"
+    if isinstance(t, dict):
+        t = t.get("logicalType") or t.get("type")
+    return Field(raw["name"], str(t), nullable, raw.get("doc", ""))
+
+
+def resolve(root: Path, pipeline: str, ref: str) -> Any:
+    """``"module:attr"``: ``module`` is a file ``<root>/<module>.py`` if there is one, else imported."""
+    if not isinstance(ref, str) or ":" not in ref:
+        raise PipelineError(f"{ref!r} is not a reference: use \"module:name\" (module.py beside pipeline.toml)")
+    mod_name, _, attr = ref.partition(":")
+    local = root / (mod_name.replace(".", "/") + ".py")
+    if local.is_file():
+        qual = f"kappa_pipelines.{pipeline}.{mod_name}"
+        module = sys.modules.get(qual)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(qual, local)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[qual] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception as exc:
+                del sys.modules[qual]
+                raise PipelineError(f"{local} failed to import: {type(exc).__name__}: {exc}") from exc
+    else:
+        try:
+            module = importlib.import_module(mod_name)
+        except ImportError as exc:
+            raise PipelineError(f"{ref}: no module {mod_name!r} (neither {local} nor importable: {exc})") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise PipelineError(f"{ref}: module {mod_name} has no {attr!r}") from None
+
+
+Validator = Callable[[Mapping[str, Any], "int | None"], "str | None"]

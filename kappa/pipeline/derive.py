@@ -1,0 +1,252 @@
+"""What a pipeline definition derives: the one place that names its topics, groups, subjects,
+tables and views, and the Avro schemas of its outputs when the definition declares none.
+
+Names of version ``V`` of a pipeline whose serving database is ``D``:
+
+- inputs ``<prefix><input>`` (unversioned: they are the log), their DLQs ``<prefix><input>.dlq``;
+- outputs ``D.V.<output>``: a stream's valid events ``D.V.<stream>.enriched`` (the enrichment's
+  ``output``) or ``D.V.<stream>.valid``; a window's revisions ``D.V.<window>``; the models'
+  ``D.V.scores``, ``D.V.model_quality``, ``D.V.drift``; rejections ``D.V.rejected``;
+- consumer groups ``D-V`` (the stream processors), ``D-V-sink``, ``D-V-<model>`` (labels);
+- tables in database ``D_V``, views in ``D``.
+
+>>> from kappa.pipeline import DEFAULT, load
+>>> names = Names(load(DEFAULT), "v2")
+>>> names.stream_output("orders"), names.window_output("revenue_per_minute"), names.group
+('kappa.v2.orders.enriched', 'kappa.v2.revenue_per_minute', 'kappa-v2')
+>>> names.sink_group, names.label_group("fraud"), names.tables_db
+('kappa-v2-sink', 'kappa-v2-fraud', 'kappa_v2')
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from kappa.pipeline.definition import Field, Input, Pipeline, Window
+
+__all__ = ["LINEAGE_FIELDS", "Names", "Output", "schema_json", "stream_schema", "window_schema"]
+
+LINEAGE_FIELDS: tuple[dict[str, Any], ...] = (
+    {"name": "late", "type": "boolean", "default": False,
+     "doc": "True when the event arrived after its window closed (beyond grace)."},
+    {"name": "source_topic", "type": "string", "doc": "Lineage: input topic."},
+    {"name": "source_partition", "type": "int", "doc": "Lineage: input partition."},
+    {"name": "source_offset", "type": "long", "doc": "Lineage: input offset."},
+    {"name": "pipeline_version", "type": "string", "doc": "Lineage: pipeline version that produced the record."},
+)
+"""Fields the stream stage adds to every valid event of a stream."""
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output topic of a version: its topic, what it holds, the schema of its values."""
+
+    kind: str
+    """``stream``, ``window``, ``scores``, ``model_quality``, ``drift`` or ``rejected``."""
+    name: str
+    """The stream, window or model name (``""`` for the pipeline-wide ones)."""
+    topic: str
+    schema: str
+    """Schema name (a file of the pipeline's or Kappa's schemas; ``derived:...`` when derived)."""
+    table: str
+    """Table (in the version database) its records land in."""
+    key: str
+    """What the Kafka key is (for ``kappa pipeline show``)."""
+
+
+@dataclass(frozen=True)
+class Names:
+    """Topic, group, table and view names of version ``version`` of ``pipeline``."""
+
+    pipeline: Pipeline
+    version: str
+    prefix: str = ""
+    """Input topic prefix (``KAPPA_TOPIC_PREFIX``)."""
+
+    @property
+    def database(self) -> str:
+        return self.pipeline.database
+
+    @property
+    def output_prefix(self) -> str:
+        return f"{self.database}.{self.version}."
+
+    @property
+    def group(self) -> str:
+        """Consumer group (= Faust app id) of the version's stream processors."""
+        return f"{self.database}-{self.version}"
+
+    @property
+    def sink_group(self) -> str:
+        return f"{self.group}-sink"
+
+    def label_group(self, model: str) -> str:
+        return f"{self.group}-{model}"
+
+    @property
+    def tables_db(self) -> str:
+        """The database holding this version's tables."""
+        return f"{self.database}_" + re.sub(r"[^A-Za-z0-9_]", "_", self.version)
+
+    def input_topic(self, name: str) -> str:
+        self.pipeline.input(name)
+        return self.prefix + name
+
+    def dlq(self, name: str) -> str:
+        return self.input_topic(name) + ".dlq"
+
+    def stream_output(self, stream: str) -> str:
+        enrich = self.pipeline.enrich.get(stream)
+        return self.output_prefix + (enrich.output if enrich else f"{stream}.valid")
+
+    def window_output(self, window: str) -> str:
+        return self.output_prefix + window
+
+    def partials(self, window: str) -> str:
+        """Internal repartition topic of a window's partials (keyed by window key)."""
+        return f"{self.group}-{window}-partials"
+
+    @property
+    def rejected(self) -> str:
+        return self.output_prefix + "rejected"
+
+    @property
+    def lineage(self) -> str:
+        return self.output_prefix + "lineage"
+
+    def streams(self) -> list[Input]:
+        """The stream inputs in declared order: not tables, not a model's label stream (those
+        are consumed by the model's learner, :class:`~kappa.pipeline.definition.Model`)."""
+        labels = {m.labels for m in self.pipeline.models.values()}
+        return [i for i in self.pipeline.inputs.values() if not i.table and i.name not in labels]
+
+    def outputs(self) -> Iterator[Output]:
+        """Every output topic of the version, in a stable order."""
+        pipe = self.pipeline
+        for inp in self.streams():
+            enrich = pipe.enrich.get(inp.name)
+            schema = (enrich.schema if enrich and enrich.schema else f"derived:stream:{inp.name}")
+            yield Output("stream", inp.name, self.stream_output(inp.name), schema, inp.name,
+                         inp.id or "partition/offset")
+        for w in pipe.windows.values():
+            yield Output("window", w.name, self.window_output(w.name), w.schema or f"derived:window:{w.name}",
+                         w.table, "|".join(("window_start", *w.keys)))
+        if pipe.models:
+            on = sorted({m.on for m in pipe.models.values()})
+            yield Output("scores", "", self.output_prefix + "scores", "fraud_score", "scores", "/".join(on))
+            yield Output("model_quality", "", self.output_prefix + "model_quality", "model_quality",
+                         "model_quality", "model|bucket")
+            yield Output("drift", "", self.output_prefix + "drift", "drift_event", "drift_events", "model")
+        yield Output("rejected", "", self.rejected, "rejected_event", "rejected_events", "source")
+
+    def views(self) -> dict[str, str]:
+        """Serving view (in database ``D``) -> what it shows."""
+        pipe = self.pipeline
+        out = {inp.name: f"one row per valid, deduplicated {inp.name} event"
+               + (f", enriched with {pipe.enrich[inp.name].table} as of its time" if inp.name in pipe.enrich else "")
+               for inp in self.streams()}
+        for w in pipe.windows.values():
+            kind = "tumbling" if w.hop_ms == w.size_ms else f"hopping (every {w.hop_ms // 1000}s)"
+            out[w.name] = (f"{kind} {w.size_ms // 1000}s windows of {w.stream} by {', '.join(w.keys)}: "
+                           + ", ".join(f"{k} = {v}" for k, v in w.aggregations.items()))
+        if pipe.models:
+            out["model_quality"] = "progressive metrics of " + ", ".join(pipe.models)
+            out["drift_events"] = "drift detections of the models"
+        out["rejected_events"] = "every rejected event, with its reason and raw payload"
+        for v in pipe.views.values():
+            out[v.name] = "declared: " + " ".join(v.sql.split())[:80]
+        return out
+
+
+# -- derived Avro schemas ----------------------------------------------------------------------
+
+def _avro_type(f: Field, nullable: bool) -> Any:
+    base: Any = {"type": "long", "logicalType": f.type} if f.is_time else f.type
+    return ["null", base] if nullable else base
+
+
+def _schema_field(inp: Input, name: str) -> dict[str, Any]:
+    raw = next(f for f in inp.schema.raw["fields"] if f["name"] == name)
+    return dict(raw)
+
+
+def stream_schema(pipeline: Pipeline, stream: str) -> dict[str, Any]:
+    """Avro schema of a stream's valid events: its fields, the enrichment's (nullable: a key may
+    be unknown at the event's time), then :data:`LINEAGE_FIELDS`.
+
+    >>> from kappa.pipeline import DEFAULT, load
+    >>> s = stream_schema(load(DEFAULT), "orders")
+    >>> [f["name"] for f in s["fields"]][7:11], s["fields"][8]["type"]
+    (['event_time', 'user_country', 'user_segment', 'user_signup_time'], ['null', 'string'])
+    """
+    inp = pipeline.input(stream)
+    fields = [_schema_field(inp, f.name) for f in inp.schema.fields]
+    enrich = pipeline.enrich.get(stream)
+    if enrich is not None:
+        table = pipeline.input(enrich.table)
+        for out, src in enrich.fields.items():
+            f = table.schema.field(src)
+            assert f is not None
+            fields.append({"name": out, "type": _avro_type(f, True), "default": None,
+                           "doc": f"{enrich.table}.{src} as of the event's time; null when unknown."})
+    fields += [dict(f) for f in LINEAGE_FIELDS]
+    name = "".join(p.capitalize() for p in stream.split("_"))
+    return {"type": "record", "name": f"{name}Valid", "namespace": f"kappa.{pipeline.name}",
+            "doc": f"A valid, deduplicated {stream} event of pipeline {pipeline.name}.", "fields": fields}
+
+
+def _fields_of(pipeline: Pipeline, w: Window) -> dict[str, Field]:
+    fields = {f.name: f for f in pipeline.input(w.stream).schema.fields}
+    enrich = pipeline.enrich.get(w.stream)
+    if enrich is not None:
+        table = pipeline.input(enrich.table)
+        for out, src in enrich.fields.items():
+            f = table.schema.field(src)
+            assert f is not None
+            fields[out] = Field(out, f.type, True)
+    return fields
+
+
+def window_schema(pipeline: Pipeline, window: str) -> dict[str, Any]:
+    """Avro schema of a window's update-style values: start, end, keys, aggregations, revision.
+
+    >>> from kappa.pipeline import DEFAULT, load
+    >>> [(f["name"], f["type"]) for f in window_schema(load(DEFAULT), "revenue_per_minute")["fields"]][2:6]
+    [('category', 'string'), ('currency', 'string'), ('orders', 'long'), ('revenue', 'double')]
+    """
+    w = pipeline.windows[window]
+    fields = _fields_of(pipeline, w)
+    ts = {"type": "long", "logicalType": "timestamp-millis"}
+    out: list[dict[str, Any]] = [
+        {"name": "window_start", "type": ts, "doc": "Start of the window (inclusive)."},
+        {"name": "window_end", "type": ts, "doc": "End of the window (exclusive)."},
+    ]
+    for k in w.keys:
+        f = fields[k]
+        out.append({"name": k, "type": _avro_type(f, f.nullable), "doc": f"Key: {k}."})
+    for name, spec in w.aggregations.items():
+        fn = spec.split("(")[0].strip()
+        out.append({"name": name, "type": "long" if fn == "count" else "double", "doc": f"{spec} over the window."})
+    out += [
+        {"name": "revision", "type": "long", "doc": "Monotonic revision; the highest is the current value."},
+        {"name": "final", "type": "boolean", "default": False, "doc": "True once the window is closed."},
+        {"name": "pipeline_version", "type": "string", "doc": "Lineage: pipeline version."},
+    ]
+    name = "".join(p.capitalize() for p in window.split("_"))
+    return {"type": "record", "name": f"{name}Window", "namespace": f"kappa.{pipeline.name}",
+            "doc": f"Update-style value of one {window} window of pipeline {pipeline.name}.", "fields": out}
+
+
+def schema_json(pipeline: Pipeline, output: Output) -> str:
+    """The Avro schema text of ``output``'s values (a file's text, or the derived one)."""
+    from schemas.serde import schema_text
+
+    if output.schema.startswith("derived:stream:"):
+        return json.dumps(stream_schema(pipeline, output.name))
+    if output.schema.startswith("derived:window:"):
+        return json.dumps(window_schema(pipeline, output.name))
+    return schema_text(output.schema)

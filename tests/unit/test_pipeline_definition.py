@@ -1,0 +1,141 @@
+"""Pipeline definitions: the e-commerce example loads; each mistake names file, entry and why."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kappa.pipeline import DEFAULT, PipelineError, load
+
+EVENTS = {"type": "record", "name": "Event", "fields": [
+    {"name": "event_id", "type": "string"}, {"name": "device", "type": "string"},
+    {"name": "value", "type": "double"}, {"name": "label", "type": "string"},
+    {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}
+DEVICES = {"type": "record", "name": "Device", "fields": [
+    {"name": "device", "type": "string"}, {"name": "site", "type": "string"},
+    {"name": "updated_at", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}
+GOOD = """
+[pipeline]
+name = "t"
+
+[inputs.devices]
+key = "device"
+table = true
+time = "updated_at"
+
+[inputs.events]
+key = "device"
+time = "at"
+id = "event_id"
+rules = [{ field = "value", check = "range", ge = 0 }]
+
+[enrich.events]
+table = "devices"
+on = "device"
+fields = { site = "site" }
+
+[windows.per_site]
+stream = "events"
+size = "5m"
+hop = "1m"
+keys = ["site"]
+aggregations = { n = "count", mean = "avg(value)" }
+"""
+
+
+def project(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "schemas").mkdir(exist_ok=True)
+    (tmp_path / "schemas" / "events.avsc").write_text(json.dumps(EVENTS))
+    (tmp_path / "schemas" / "devices.avsc").write_text(json.dumps(DEVICES))
+    (tmp_path / "pipeline.toml").write_text(text)
+    return tmp_path
+
+
+def test_the_ecommerce_example_loads_with_what_the_contract_names() -> None:
+    pipe = load(DEFAULT)
+    assert (pipe.name, pipe.database) == ("ecommerce", "kappa")
+    assert list(pipe.inputs) == ["users", "orders", "order_labels"]
+    assert pipe.inputs["users"].table and not pipe.inputs["orders"].table
+    assert pipe.inputs["orders"].id == "order_id" and pipe.inputs["orders"].dedupe_retention_ms == 86_400_000
+    w = pipe.windows["revenue_per_minute"]
+    assert (w.size_ms, w.hop_ms, w.keys) == (60_000, 60_000, ("category", "currency"))
+
+
+def test_a_good_definition_loads(tmp_path: Path) -> None:
+    pipe = load(project(tmp_path, GOOD))
+    assert pipe.database == "t" and pipe.windows["per_site"].hop_ms == 60_000
+    assert pipe.enrich["events"].fields == {"site": "site"}
+    assert pipe.input("events").reasons == ("bad_value",)
+
+
+@pytest.mark.parametrize(("change", "entry", "why"), [
+    (('field = "value"', 'field = "valeu"'), "[inputs.events.rules[0]]",
+     "'valeu' is not a field of schema events"),
+    (('on = "device"', 'on = "site"'), "[enrich.events]", "join key (on) 'site' is not a field of schema events"),
+    (('mean = "avg(value)"', 'mean = "avg(label)"'), "[windows.per_site]",
+     "avg(label) needs a number, label is string"),
+    (('mean = "avg(value)"', 'mean = "median(value)"'), "[windows.per_site]",
+     "use count, sum(f), min(f), max(f) or avg(f)"),
+    (('hop = "1m"', 'hop = "2m"'), "[windows.per_site]", "must divide size"),
+    (("table = true\n", "table = true\npartitions = 3\n"), "[enrich.events]",
+     "different partition counts (None and 3)"),
+    (('[windows.per_site]', '[windows.events]'), "[windows.events]", "clashes with the one of [inputs.events]"),
+    (('time = "at"', 'tme = "at"'), "[inputs.events]", "unknown key 'tme'"),
+    (('check = "range"', 'check = "between"'), "[inputs.events.rules[0]]", "unknown check 'between'"),
+    (('[inputs.events]\n', '[inputs.events]\nschema = "evnts"\n'), "[inputs.events]", "schema 'evnts': no file"),
+    (('rules = [{ field = "value", check = "range", ge = 0 }]', 'rules = [{ function = "nope:f" }]'),
+     "[inputs.events.rules[0]]", "no module 'nope'"),
+])
+def test_a_mistake_names_the_file_the_entry_and_why(tmp_path: Path, change: tuple[str, str], entry: str,
+                                                    why: str) -> None:
+    old, new = change
+    assert old in GOOD
+    path = project(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(PipelineError) as info:
+        load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path / 'pipeline.toml'}: {entry} "), message
+    assert why in message, message
+
+
+def test_not_a_project(tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match="kappa init"):
+        load(tmp_path)
+    (tmp_path / "pipeline.toml").write_text("[pipeline\n")
+    with pytest.raises(PipelineError, match="not valid TOML"):
+        load(tmp_path)
+
+
+def _kappa(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    kappa = str(Path(sys.executable).with_name("kappa"))
+    return subprocess.run([kappa, *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def test_pipeline_show_prints_what_a_definition_derives(tmp_path: Path) -> None:
+    path = project(tmp_path, GOOD)
+    shown = _kappa("pipeline", "show", "--json", "--pipeline", str(path), env={"KAPPA_VERSION": "v3"})
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    assert [i["topic"] for i in data["inputs"]] == ["devices", "events"]
+    assert [o["topic"] for o in data["outputs"]] == ["t.v3.events.enriched", "t.v3.per_site", "t.v3.rejected"]
+    assert data["outputs"][1]["order_by"] == ["window_start", "site"]
+    assert [g["group"] for g in data["groups"]] == ["t-v3", "t-v3-sink"]
+    assert set(data["views"]) == {"t.events", "t.per_site", "t.rejected_events"}
+    # KAPPA_PIPELINE selects it the same way
+    assert json.loads(_kappa("pipeline", "show", "--json", env={"KAPPA_PIPELINE": str(path),
+                                                                 "KAPPA_VERSION": "v3"}).stdout) == data
+
+
+def test_a_bad_definition_is_one_line_before_anything_starts(tmp_path: Path) -> None:
+    path = project(tmp_path, GOOD.replace('field = "value"', 'field = "valeu"'))
+    for args in (["pipeline", "show"], ["status"], ["produce", "--file", "x.jsonl", "--topic", "events"]):
+        done = _kappa(*args, "--pipeline", str(path))
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+        assert "[inputs.events.rules[0]] field 'valeu' is not a field of schema events" in done.stderr
