@@ -209,7 +209,7 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
                               prefix=settings.topic_prefix, value_maps={"category": settings.category_mapping})
     pipe.orders.table_source = partition_reader(settings, ep.kafka_bootstrap, inputs.users)
     pipe.orders.stream_source = partition_reader(settings, ep.kafka_bootstrap, inputs.orders)
-    pipe.revenue = RevenueStage(version, state, grace_ms, idle_s=idle_s)
+    pipe.revenue = RevenueStage(version, state, grace_ms, idle_s=idle_s, spec=pipe.orders.window)
     pipe.revenue.partials_source = partition_reader(settings, ep.kafka_bootstrap, partials)
     source = app.topic(inputs.users, inputs.orders, key_serializer="raw", value_serializer="raw")
     partial_topic = app.topic(partials, key_serializer="raw", value_serializer="raw")

@@ -12,7 +12,7 @@ partition ``p`` (in state partition ``p``):
 - ``d<id>``: first occurrence ``[partition, offset, lateness, event_time]``
   (:class:`~stream_processors.operators.dedupe.Dedupe`);
 - ``p``: the partition's watermark, last applied offset and open window partials
-  (:class:`~stream_processors.windows.PartitionWindows`), written last in each batch.
+  (:class:`~stream_processors.operators.windows.PartitionWindows`), written last in each batch.
 
 Re-delivery after a crash is recognised, not mistaken for a duplicate: the same
 (partition, offset) as the stored first occurrence is the same event, so it is emitted again
@@ -37,7 +37,7 @@ from stream_processors.base import Emitted, Message, State, dumps, loads, record
 from stream_processors.dimensions import fill_gaps
 from stream_processors.operators.asof import AsOf
 from stream_processors.operators.dedupe import Dedupe
-from stream_processors.windows import WINDOW_MS, PartitionWindows, window_key
+from stream_processors.operators.windows import Aggregation, PartitionWindows, WindowSpec
 
 __all__ = ["LINEAGE_FIELDS", "MAX_PAYLOAD", "StreamStage", "rejection"]
 
@@ -73,6 +73,8 @@ def _or(value: int | None, default: int) -> int:
 
 
 _MISSING = object()
+_NO_WINDOW = WindowSpec("none", 60_000, 60_000, 0, (), ())
+"""The spec of ``p`` for a stream without a window: its watermark and last offset only."""
 
 
 class _View:
@@ -148,7 +150,7 @@ class StreamStage:
             self.asof = AsOf(table.time or "", enrich.fields, self.input.dedupe_retention_ms)
         self.time = self.input.time
         windows = [w for w in pipeline.windows.values() if w.stream == stream]
-        self.window = self._window_fields(windows)
+        self.window = self._window_spec(windows)
         self.defaults = self._defaults(enrich.schema if enrich else None)
         self.table_source: Callable[..., list[Message]] | None = None
         """Reads the table's partition p from an offset to its end (stream_processors.dimensions)."""
@@ -157,18 +159,22 @@ class StreamStage:
         self._table_next: dict[int, int] = {}
         self._views: dict[int, _View] = {}
 
-    def _window_fields(self, windows: list[Any]) -> tuple[str, str, str] | None:
-        """(key 1, key 2, summed field) of the stream's window (the shapes this stage supports)."""
+    def _window_spec(self, windows: list[Any]) -> WindowSpec | None:
+        """The generic window operator's spec of the stream's window (one per stream for now)."""
         if not windows:
             return None
         w = windows[0]
-        aggs = list(w.aggregations.values())
-        sums = [a for a in aggs if a.replace(" ", "").startswith("sum(")]
-        if (len(windows) > 1 or len(w.keys) != 2 or w.size_ms != WINDOW_MS or w.hop_ms != WINDOW_MS
-                or sorted(a.split("(")[0].strip() for a in aggs) != ["count", "sum"]):
+        if len(windows) > 1:
             raise PipelineError(f"{self.pipeline.path}: [windows.{w.name}] this Kappa version runs one "
-                                "1-minute tumbling window per stream with two keys, a count and a sum")
-        return w.keys[0], w.keys[1], sums[0].split("(")[1].rstrip(") ")
+                                "window per stream")
+        where = f"{self.pipeline.path}: windows.{w.name}.aggregations"
+        aggs = tuple(Aggregation.parse(n, t, f"{where}.{n}") for n, t in w.aggregations.items())
+        return WindowSpec(w.name, w.size_ms, w.hop_ms, self.grace_ms if w.grace_ms is None else w.grace_ms,
+                          tuple(w.keys), aggs, w.stream)
+
+    def _windows(self) -> WindowSpec:
+        """The window spec (a stream without a window keeps only its watermark and offset in ``p``)."""
+        return self.window or _NO_WINDOW
 
     def _defaults(self, schema_name: str | None) -> dict[str, Any]:
         """Fields of the declared output schema that neither the stream, the enrichment nor the
@@ -201,7 +207,7 @@ class StreamStage:
                     self._table(p, missing, now_ms, out, reject=False)
             ms.sort(key=lambda m: m.offset)
             if self.stream_source is not None:
-                applied = PartitionWindows.from_json(self._view(p, out).get(b"p")).offset
+                applied = PartitionWindows.from_json(self._view(p, out).get(b"p"), self._windows()).offset
                 ms = fill_gaps(ms, applied, self.stream_source, self.stream_topic)
             CONSUMED.labels(self.stream_topic).inc(len(ms))
             self._events(p, ms, now_ms, out)
@@ -278,10 +284,7 @@ class StreamStage:
     def _events(self, p: int, ms: list[Message], now_ms: int, out: Emitted) -> None:
         view = self._view(p, out)
         writes, get = view.writes, view.get
-        prog = PartitionWindows.from_json(get(b"p"))
-        touched: set[str] = set()
-        grace = self.grace_ms
-        start_offset = prog.offset
+        prog = PartitionWindows.from_json(get(b"p"), self._windows())
         valid = []
         reject, value_maps, validate = self._reject, self.value_maps, self.validate
         dedupe, ident = self.dedupe, self.input.id
@@ -318,14 +321,9 @@ class StreamStage:
                     kind = verdict  # the same event again (re-delivery): keep its verdict
             et = rec[etime] if etime else record_ms(m) or 0
             if window is not None:
-                k1, k2, summed = window
-                if not prog.applied(offset):
-                    kind = prog.add(offset, rec[k1], rec[k2], rec[summed], et, grace, kind)
-                    if kind != "on_time":
-                        LATE_EVENTS.labels(kind).inc()
-                wkey = window_key(et - et % WINDOW_MS, rec[k1], rec[k2])
-                if wkey in prog.windows:
-                    touched.add(wkey)
+                kind, fresh = prog.observe(offset, rec, et, kind)
+                if fresh and kind != "on_time":
+                    LATE_EVENTS.labels(kind).inc()
             else:
                 prog.offset = max(prog.offset, offset)
                 if prog.watermark is None or et > prog.watermark:
@@ -348,16 +346,7 @@ class StreamStage:
             rec["source_offset"] = offset
             rec["pipeline_version"] = version
             enriched((str(rec[ident]) if ident else f"{p}/{offset}", rec))
-        if ms:
-            prog.offset = max(prog.offset, ms[-1].offset)
-        for wkey in sorted(touched):
-            start, cat, cur, n, revenue = prog.windows[wkey]
-            out.partials.append((wkey, dumps({"s": start, "c": cat, "u": cur, "p": p, "n": n,
-                                               "r": revenue, "o": prog.offset, "wm": prog.watermark})))
-        if ms and ms[-1].offset > start_offset:
-            # Not while only re-delivered events come back: windows they touched in the lost
-            # batch may come later in the replay and must still be there to be emitted again.
-            prog.prune(grace, keep=touched)
+        out.partials.extend(prog.end_batch(p, ms[-1].offset if ms else None))
         if dedupe is not None:
             dedupe.sweep(self.state, p, prog.watermark, writes, get)
         if max_logged >= 0 and max_logged != logged_before:

@@ -1,3 +1,6 @@
 """Kappa's generic operators: each keeps its state in the worker's partitioned table and is
 idempotent under re-delivery (first-occurrence offsets, per-partition watermarks, update-style
-outputs with revisions). A pipeline definition (:mod:`kappa.pipeline`) says which run where."""
+outputs with revisions). A pipeline definition (:mod:`kappa.pipeline`) says which run where.
+
+Nothing here names a pipeline's fields: ``windows`` (tumbling and hopping event-time windows),
+``dedupe``, ``asof``; the e-commerce revenue windows are bound in :mod:`stream_processors.windows`."""

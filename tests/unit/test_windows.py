@@ -1,55 +1,69 @@
-"""Event-time windows: assignment, lateness, both aggregation stages, idle close — pure logic."""
+"""The revenue windows on the generic operator: assignment, lateness, both stages, idle close — pure logic."""
 
 from __future__ import annotations
 
 import json
 
 from stream_processors.base import MemoryState, Message
+from stream_processors.operators.windows import PartitionWindows, WindowTotal
 from stream_processors.revenue import TICK, RevenueStage
-from stream_processors.windows import PartitionWindows, WindowTotal, classify, window_start
+from stream_processors.windows import revenue_spec, upgrade_legacy
 
 GRACE = 30_000
+SPEC = revenue_spec(GRACE)
 
 
-def test_window_start_is_minute_aligned() -> None:
-    assert [window_start(t) for t in (0, 59_999, 60_000, 119_999)] == [0, 0, 60_000, 60_000]
+def _order(amount: float, category: str = "books") -> dict:
+    return {"category": category, "currency": "EUR", "amount": amount}
+
+
+def test_revenue_windows_are_minute_aligned() -> None:
+    assert [list(SPEC.starts(t)) for t in (0, 59_999, 60_000, 119_999)] == [[0], [0], [60_000], [60_000]]
 
 
 def test_classify_boundaries() -> None:
     # window [60 s, 120 s): end 120 s; grace 30 s -> too late once the watermark reaches 150 s
-    assert classify(61_000, 119_999, GRACE) == "on_time"
-    assert classify(61_000, 120_000, GRACE) == "within_grace"
-    assert classify(61_000, 149_999, GRACE) == "within_grace"
-    assert classify(61_000, 150_000, GRACE) == "too_late"
+    assert SPEC.classify(61_000, 119_999) == "on_time"
+    assert SPEC.classify(61_000, 120_000) == "within_grace"
+    assert SPEC.classify(61_000, 149_999) == "within_grace"
+    assert SPEC.classify(61_000, 150_000) == "too_late"
 
 
 def test_partition_windows_sums_late_within_grace_and_skips_too_late() -> None:
-    pw = PartitionWindows()
+    pw = PartitionWindows(SPEC)
     kinds = [
-        pw.add(0, "books", "EUR", 10.0, 61_000, GRACE),
-        pw.add(1, "books", "EUR", 2.5, 130_000, GRACE),   # watermark -> 130 s
-        pw.add(2, "books", "EUR", 1.0, 70_000, GRACE),    # within grace of [60,120)
-        pw.add(3, "books", "EUR", 5.0, 160_000, GRACE),   # watermark -> 160 s
-        pw.add(4, "books", "EUR", 100.0, 65_000, GRACE),  # 120+30 <= 160: too late
+        pw.add(0, _order(10.0), 61_000),
+        pw.add(1, _order(2.5), 130_000),   # watermark -> 130 s
+        pw.add(2, _order(1.0), 70_000),    # within grace of [60,120)
+        pw.add(3, _order(5.0), 160_000),   # watermark -> 160 s
+        pw.add(4, _order(100.0), 65_000),  # 120+30 <= 160: too late
     ]
     assert kinds == ["on_time", "on_time", "within_grace", "on_time", "too_late"]
-    assert pw.windows["60000|books|EUR"][3:] == [2, 11.0]
+    assert pw.windows["60000|books|EUR"] == [60_000, "books", "EUR", 2, 11.0]  # the stored layout
     assert pw.windows["120000|books|EUR"][3:] == [2, 7.5]
     assert pw.applied(4) and not pw.applied(5)
-    assert pw.prune(GRACE) == ["60000|books|EUR"]
-    assert PartitionWindows.from_json(json.loads(json.dumps(pw.to_json()))) == pw
+    assert pw.prune() == ["60000|books|EUR"]
+    assert PartitionWindows.from_json(json.loads(json.dumps(pw.to_json())), SPEC) == pw
 
 
 def test_window_total_ignores_replayed_partials_and_sums_partitions() -> None:
-    w = WindowTotal(0, "a", "EUR")
-    assert w.apply(1, 1, 1.5, offset=10)
-    assert w.apply(0, 2, 3.0, offset=4)
-    assert not w.apply(1, 1, 1.5, offset=10)  # re-delivered partial
-    assert not w.apply(1, 0, 0.0, offset=9)   # older partial
-    assert w.apply(1, 3, 6.0, offset=12)
-    assert (w.orders, w.revenue, w.revision) == (5, 9.0, 3)
+    w = WindowTotal(SPEC, 0, ["a", "EUR"])
+    assert w.apply(1, [1, 1.5], offset=10)
+    assert w.apply(0, [2, 3.0], offset=4)
+    assert not w.apply(1, [1, 1.5], offset=10)  # re-delivered partial
+    assert not w.apply(1, [0, 0.0], offset=9)   # older partial
+    assert w.apply(1, [3, 6.0], offset=12)
+    assert (w.values(), w.revision) == ({"orders": 5, "revenue": 9.0}, 3)
     assert w.close() and not w.close()
-    assert w.record("v9")["final"] and w.record("v9")["revision"] == 4
+    assert w.record("v9") == {"window_start": 0, "category": "a", "currency": "EUR", "orders": 5,
+                              "revenue": 9.0, "revision": 4, "final": True, "pipeline_version": "v9"}
+
+
+def test_a_total_stored_before_the_operator_loads() -> None:
+    old = {"s": 0, "c": "a", "u": "EUR", "p": {"1": [3, 6.0, 12]}, "r": 3, "f": False, "a": 5}
+    w = WindowTotal.from_json(upgrade_legacy(old), SPEC)
+    assert (w.key, w.values(), w.revision, w.final, w.at) == ("0|a|EUR", {"orders": 3, "revenue": 6.0}, 3, False, 5)
+    assert upgrade_legacy(w.to_json()) == w.to_json()
 
 
 class _Clock:
@@ -62,7 +76,7 @@ class _Clock:
 
 def _partial(p: int, offset: int, start: int, n: int, rev: float, wm: int, q: int = 0) -> Message:
     key = f"{start}|books|EUR"
-    value = {"s": start, "c": "books", "u": "EUR", "p": p, "n": n, "r": rev, "o": offset, "wm": wm}
+    value = {"s": start, "k": ["books", "EUR"], "p": p, "a": [n, rev], "o": offset, "wm": wm}
     return Message("partials", q, offset, key.encode(), json.dumps(value).encode())
 
 
