@@ -141,14 +141,18 @@ def _recorded(settings: Settings, bootstrap: str, topic: str) -> LogIdentity | N
 
 def _consumed_elsewhere(settings: Settings, bootstrap: str, version: str, log: LogIdentity) -> list[str]:
     """Topics the group of ``version`` committed offsets on that are neither its own nor this log's."""
-    group = f"kappa-{version}"
+    from kappa.pipeline import current
+    from kappa.pipeline.derive import Names
+
+    names = Names(current(), version)
+    group = names.group
     admin = AdminClient(client_config(settings, bootstrap))
     try:  # a group that never committed answers with no partitions
         result = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)],
                                                    request_timeout=30)[group].result()
     except KafkaException as exc:  # not "nothing committed": that would claim a foreign version
         raise KafkaUnavailable(f"reading the offsets of group {group} on {bootstrap} failed: {exc}") from exc
-    own = re.compile(re.escape(f"kappa-{version}-") + "|" + re.escape(f"kappa.{version}."))
+    own = re.compile(re.escape(f"{group}-") + "|" + re.escape(names.output_prefix))
     samples = re.compile(topics.input_topics(settings.topic_prefix).samples_pattern)
     committed = {tp.topic for tp in result.topic_partitions or [] if tp.offset >= 0}
     return sorted(t for t in committed

@@ -59,6 +59,8 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from kappa import lineage, topics, versions
 from kappa.errors import KappaError
 from kappa.kafka import client_config
+from kappa.pipeline import current
+from kappa.pipeline.derive import Names
 from kappa.runner import DrainState, Pipeline, fraud_group, processor_group, sink_group
 from kappa.settings import Settings
 from kappa.stack import endpoints
@@ -727,7 +729,9 @@ def cleanup(settings: Settings, old: str, echo: Callable[[str], None] = print,
         if db in {r[0] for r in backend.rows("SELECT name FROM system.databases")}:
             backend.execute(f"DROP DATABASE IF EXISTS {db} SYNC")
             dropped.append(f"database {db}")
-    patterns = [re.compile(re.escape(f"kappa-{old}-") + ".*"), re.compile(re.escape(f"kappa.{old}.") + ".*")]
+    old_names = Names(current(), old)
+    patterns = [re.compile(re.escape(f"{old_names.group}-") + ".*"),
+                re.compile(re.escape(old_names.output_prefix) + ".*")]
     names = [t for t in admin.list_topics(timeout=10).topics if any(p.fullmatch(t) for p in patterns)]
     if names:
         for name, fut in admin.delete_topics(names, operation_timeout=30).items():

@@ -30,6 +30,8 @@ from kappa import lineage, metrics, topics
 from kappa.errors import KappaError, RegistryUnavailable
 from kappa.kafka import client_config, ensure_topics
 from kappa.lag import GroupLag, group_lag, matching_topics
+from kappa.pipeline import current
+from kappa.pipeline.derive import Names
 from kappa.runlock import RunLock
 from kappa.settings import Settings
 from kappa.stack import endpoints
@@ -38,18 +40,18 @@ __all__ = ["DrainState", "Pipeline", "fraud_group", "processor_group", "sink_gro
 
 
 def processor_group(version: str) -> str:
-    """Consumer group (= Faust app id) of the processors of ``version``."""
-    return f"kappa-{version}"
+    """Consumer group (= Faust app id) of the processors of ``version`` of the selected pipeline."""
+    return str(Names(current(), version).group)
 
 
 def fraud_group(version: str) -> str:
     """Consumer group of the fraud model's consumers: labels and the merge (stream_processors.learning)."""
-    return f"kappa-{version}-fraud"
+    return str(Names(current(), version).label_group("fraud"))
 
 
 def sink_group(version: str) -> str:
     """Consumer group of the sink service of ``version``."""
-    return f"kappa-{version}-sink"
+    return str(Names(current(), version).sink_group)
 
 
 def _export_lag(state: DrainState) -> None:
@@ -71,8 +73,8 @@ class DrainState:
 
     processors: GroupLag
     sink: GroupLag
-    partials: str = ""
-    """The processors' internal partials topic (idle window ticks flow through it)."""
+    partials: frozenset[str] = frozenset()
+    """The processors' internal partials topics (idle window ticks flow through them)."""
     fraud: GroupLag | None = None
     """The fraud consumer's group alone (its partitions are also in ``processors``)."""
     internal: frozenset[str] = frozenset()
@@ -90,7 +92,7 @@ class DrainState:
         """
         data_lag = ticks = partitions = 0
         for (topic, _), (committed, end) in self.processors.per_partition.items():
-            if topic == self.partials:
+            if topic in self.partials:
                 ticks += max(0, end - committed)
                 partitions += 1
             else:
@@ -110,7 +112,7 @@ class DrainState:
         out = []
         for lag in (self.processors, self.sink):
             for (topic, p), (committed, end) in lag.per_partition.items():
-                if topic != self.partials:
+                if topic not in self.partials:
                     fraud = self.fraud is not None and (topic, p) in self.fraud.per_partition
                     out.append((self.fraud.group if fraud and self.fraud else lag.group,
                                 topic, p, committed, end))
@@ -126,7 +128,7 @@ class DrainState:
         """Progress: the inputs (data only: no internal topic, no idle tick), the stages' lag, the sink's."""
         consumed = end = 0
         for (topic, _), (c, e) in self.processors.per_partition.items():
-            if topic != self.partials and topic not in self.internal:
+            if topic not in self.partials and topic not in self.internal:
                 consumed, end = consumed + c, end + e
         data_lag, ticks = self._lags()
         missing = f" | waiting for topics {', '.join(self.missing)}" if self.missing else ""
@@ -226,37 +228,33 @@ class Pipeline:
 
     def _state(self) -> DrainState:
         i = self.inputs
-        # inputs, plus every internal topic the group consumes (repartitions, the fraud merge)
-        internal = [re.escape(f"kappa-{self.version}-") + r".*", re.escape(f"kappa.{self.version}.learning.") + r".*"]
+        names = Names(current(), self.version, self.settings.topic_prefix)
+        pipe = names.pipeline
+        # inputs, plus every internal topic the group consumes (repartitions, the models' merge)
+        internal = [re.escape(f"{names.group}-") + r".*", re.escape(names.learning_prefix) + r".*"]
         meta = self._metadata()
-        in_topics = matching_topics(self.admin, [i.users, i.orders, i.order_labels],
+        in_topics = matching_topics(self.admin, [names.input_topic(n) for n in pipe.inputs],
                                     [i.samples_pattern, *internal], meta=meta)
-        # labels and the merge: the fraud consumer's own group (stream_processors.learning)
-        fraud_topics = {t: n for t, n in in_topics.items()
-                        if t in (i.order_labels, self.outputs.prefix + "learning.fraud_events")}
+        # labels and the merge: the models' own group (stream_processors.learning)
+        learned = {names.input_topic(m.labels) for m in pipe.models.values()}
+        fraud_events = names.learning_prefix + "fraud_events"
+        fraud_topics = {t: n for t, n in in_topics.items() if t in learned or t == fraud_events}
         in_topics = {t: n for t, n in in_topics.items() if not t.endswith("-changelog")
                      and not t.endswith(".checkpoints") and t not in fraud_topics}
         out_topics = matching_topics(
-            self.admin,
-            [self.outputs.enriched, self.outputs.revenue, self.outputs.scores, self.outputs.model_quality,
-             self.outputs.drift, self.outputs.rejected, i.dlq(i.users), i.dlq(i.orders), i.dlq(i.order_labels)],
-            meta=meta,
-        )
+            self.admin, [*self.outputs.all, *(names.dlq(n) for n in pipe.inputs)], meta=meta)
         processors = group_lag(self.admin, processor_group(self.version), in_topics)
         fraud = None
         if fraud_topics:
             fraud = group_lag(self.admin, fraud_group(self.version), fraud_topics)
             processors = GroupLag(processors.group, processors.per_partition | fraud.per_partition)
-        o = self.outputs
-        fraud_events = o.prefix + "learning.fraud_events"
         # every topic the stages of this version read or write, named, not discovered: a topic
         # the metadata does not list is a stage nobody can call drained
-        required = [i.users, i.orders, i.order_labels, o.partials, fraud_events, o.enriched, o.revenue,
-                    o.rejected, o.scores, o.model_quality]
         listed = set(in_topics) | set(fraud_topics) | set(out_topics)
-        missing = tuple(t for t in required if t not in listed)
+        missing = tuple(t for t in names.required_topics() if t not in listed)
+        partials = frozenset(names.partials(w) for w in pipe.windows)
         return DrainState(processors, group_lag(self.admin, sink_group(self.version), out_topics),
-                          o.partials, fraud, frozenset({o.partials, fraud_events}), missing)
+                          partials, fraud, partials | {fraud_events}, missing)
 
     # -- processes --------------------------------------------------------------------
     def _start(self, child: _Child) -> None:
@@ -382,7 +380,7 @@ class Pipeline:
                 # out their grace on wall-clock time; they carry no data, so they don't count as
                 # new input (their lag must still be 0: every data partial was consumed).
                 ends = (sum(e for (t, _), (_, e) in state.processors.per_partition.items()
-                            if t != self.outputs.partials), state.sink.end)
+                            if t not in state.partials), state.sink.end)
                 if until_drained and state.drained and ends == last_end:
                     stable += 1
                     if stable >= idle_checks and now - changed_at >= quiet_s:

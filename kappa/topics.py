@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from kappa.kafka import TopicSpec
 from kappa.pipeline import Input, Pipeline, current
@@ -55,21 +56,32 @@ def samples_topic(dataset: str) -> str:
 
 @dataclass(frozen=True)
 class OutputTopics:
-    """The topics pipeline version ``version`` writes."""
+    """The topics version ``version`` of the selected pipeline writes (named by
+    :class:`kappa.pipeline.derive.Names`); ``enriched`` and ``revenue`` are its first stream's
+    and first window's (the e-commerce orders and revenue per minute)."""
 
     version: str
 
     @property
+    def names(self) -> Any:
+        from kappa.pipeline.derive import Names
+
+        return Names(current(), self.version)
+
+    def _first(self, kind: str) -> str:
+        return next((o.topic for o in self.names.outputs() if o.kind == kind), "")
+
+    @property
     def prefix(self) -> str:
-        return f"kappa.{self.version}."
+        return str(self.names.output_prefix)
 
     @property
     def enriched(self) -> str:
-        return self.prefix + "orders.enriched"
+        return self._first("stream")
 
     @property
     def revenue(self) -> str:
-        return self.prefix + "revenue_per_minute"
+        return self._first("window")
 
     @property
     def model_quality(self) -> str:
@@ -94,24 +106,18 @@ class OutputTopics:
 
     @property
     def partials(self) -> str:
-        """Internal repartition topic of the window partials (consumed by group ``kappa-<version>``),
-        as the pipeline derives it (:meth:`kappa.pipeline.derive.Names.partials`)."""
-        from kappa.pipeline.derive import Names
-
+        """Internal repartition topic of the first window's partials (consumed by the version's group)."""
         pipe = current()
-        return Names(pipe, self.version).partials(next(iter(pipe.windows)))
+        return str(self.names.partials(next(iter(pipe.windows)))) if pipe.windows else ""
+
+    @property
+    def all(self) -> list[str]:
+        """Every output topic (the sink's subscription, less the DLQs)."""
+        return [o.topic for o in self.names.outputs()]
 
     def specs(self, partitions: int) -> list[TopicSpec]:
         """Output topics: keyed ones compacted-and-kept (update-style values), others kept."""
-        keyed = {**_KEEP, "cleanup.policy": "compact,delete"}
-        return [
-            TopicSpec(self.enriched, partitions, dict(_KEEP)),
-            TopicSpec(self.revenue, partitions, keyed),
-            TopicSpec(self.scores, partitions, dict(_KEEP)),
-            TopicSpec(self.model_quality, 1, keyed),
-            TopicSpec(self.drift, 1, dict(_KEEP)),
-            TopicSpec(self.rejected, partitions, dict(_KEEP)),
-        ]
+        return list(self.names.output_specs(partitions))
 
 
 def output_topics(version: str) -> OutputTopics:

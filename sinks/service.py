@@ -48,7 +48,10 @@ log = logging.getLogger("kappa.sink")
 
 def sink_group(version: str) -> str:
     """Consumer group of the sink of ``version`` (its committed offsets mean "landed")."""
-    return f"kappa-{version}-sink"
+    from kappa.pipeline import current
+    from kappa.pipeline.derive import Names
+
+    return str(Names(current(), version).sink_group)
 
 
 def dlq_pattern(prefix: str) -> str:
@@ -146,8 +149,7 @@ class SinkService:
             "error_cb": self._on_error,
         }))
         o = self.outputs
-        subscription = [o.enriched, o.scores, o.revenue, o.model_quality, o.drift, o.rejected,
-                        dlq_pattern(s.topic_prefix)]
+        subscription = [*o.all, dlq_pattern(s.topic_prefix)]
         self.consumer.subscribe(subscription, on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info("sink %s consuming %s as group %s", self.version, subscription, self.group)
 

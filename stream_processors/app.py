@@ -22,7 +22,7 @@ import importlib
 import logging
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +35,14 @@ from kappa.errors import ConfigError
 from kappa.kafka import TopicSpec, client_config, ensure_topics, faust_broker_credentials
 from kappa.metrics import BATCH_SECONDS
 from kappa.pipeline import current
+from kappa.pipeline.derive import Names
 from kappa.settings import Settings
 from kappa.stack import endpoints
 from schemas.serde import Decoder, Registry
 from stream_processors import commits, flow, stalls
 from stream_processors.base import Emitted
 from stream_processors.dimensions import partition_reader
-from stream_processors.io import Outputs, TableState
+from stream_processors.io import Outputs, Route, TableState
 from stream_processors.revenue import TICK, RevenueStage
 from stream_processors.stream import StreamStage
 
@@ -70,30 +71,45 @@ BATCH_WITHIN = 0.25
 
 
 def app_id(version: str) -> str:
-    """Faust app id = consumer group of version ``version``."""
-    return f"kappa-{version}"
+    """Faust app id = consumer group of version ``version`` (of the selected pipeline)."""
+    return Names(current(), version).group
 
 
-def partials_topic(version: str) -> str:
-    """Internal repartition topic of the window partials (keyed by window key)."""
-    return topics.output_topics(version).partials
+def partials_topic(version: str, window: str | None = None) -> str:
+    """Internal repartition topic of a window's partials (keyed by window key; default: the first)."""
+    pipe = current()
+    return Names(pipe, version).partials(window or next(iter(pipe.windows)))
 
 
 def consumed_topics(settings: Settings, version: str) -> list[str]:
-    """Every topic the group ``kappa-<version>`` consumes through this module's agents."""
-    inputs = topics.input_topics(settings.topic_prefix)
-    return [inputs.users, inputs.orders, partials_topic(version)]
+    """Every topic the group ``<database>-<version>`` consumes through this module's stage agents."""
+    pipe = current()
+    names = Names(pipe, version, settings.topic_prefix)
+    out = []
+    for inp in names.streams():
+        out.append(names.input_topic(inp.name))
+        if inp.name in pipe.enrich:
+            out.append(names.input_topic(pipe.enrich[inp.name].table))
+    return out + [names.partials(w) for w in pipe.windows]
 
 
-def check_copartitioned(admin: AdminClient, users: str, orders: str) -> int:
-    """Partition count shared by ``users`` and ``orders``; ConfigError when they differ."""
+def check_copartitioned(admin: AdminClient, table: str, stream: str) -> int:
+    """Partition count shared by ``table`` and ``stream``; ConfigError when they differ."""
     meta = admin.list_topics(timeout=30).topics
-    counts = {t: len(meta[t].partitions) if t in meta else 0 for t in (users, orders)}
-    if counts[users] != counts[orders] or not counts[users]:
+    counts = {t: len(meta[t].partitions) if t in meta else 0 for t in (table, stream)}
+    if counts[table] != counts[stream] or not counts[table]:
         raise ConfigError(
-            f"the orders-users join needs co-partitioned topics, found {counts}: recreate them with "
-            "the same partition count (KAPPA_PARTITIONS) and both keyed by str(user_id)")
-    return counts[users]
+            f"the {stream}-{table} join needs co-partitioned topics, found {counts}: recreate them with "
+            "the same partition count (KAPPA_PARTITIONS or the inputs' partitions) and both keyed by the "
+            "join field")
+    return counts[table]
+
+
+def _partitions(admin: AdminClient, topic: str) -> int:
+    meta = admin.list_topics(topic, timeout=30).topics.get(topic)
+    if meta is None or not meta.partitions:
+        raise ConfigError(f"input topic {topic} does not exist: create it (kappa topics create)")
+    return len(meta.partitions)
 
 
 @dataclass
@@ -104,11 +120,26 @@ class Pipeline:
     settings: Settings
     version: str
     outputs: Outputs
-    orders: StreamStage | None = None
-    revenue: RevenueStage | None = None
-    state: TableState | None = None
+    stages: dict[str, StreamStage] = field(default_factory=dict)
+    """Stream stage (and its agent) per stream input."""
+    windows: dict[str, RevenueStage] = field(default_factory=dict)
+    """Window merge stage (and its agent) per window."""
+    routes: dict[str, Route] = field(default_factory=dict)
+    """Where each agent's outputs go."""
+    states: dict[str, TableState] = field(default_factory=dict)
+    """The state table of each agent (a window shares its stream's)."""
     crash_after_batches: int = 0
     crash_on_close: bool = False
+
+    @property
+    def orders(self) -> StreamStage | None:
+        """The first stream's stage (the e-commerce orders)."""
+        return next(iter(self.stages.values()), None)
+
+    @property
+    def revenue(self) -> RevenueStage | None:
+        """The first window's merge stage (the e-commerce revenue per minute)."""
+        return next(iter(self.windows.values()), None)
 
     async def run_batch(self, stage: StreamStage | RevenueStage, events: list[Any], agent: str) -> None:
         """Process one batch end to end; any failure ends the worker hard (nothing acked).
@@ -120,14 +151,14 @@ class Pipeline:
             with BATCH_SECONDS.labels(agent).time():
                 # Faust's messages have every field of base.Message: no copy per event
                 out: Emitted = stage.process([e.message for e in events])
-                assert self.state is not None
+                state = self.states[agent]
                 for partition, items in out.writes.items():
-                    self.state.write(partition, items)
-                if self.crash_on_close and agent == "revenue" and any(r["final"] for _, r in out.revenue):
-                    _crash("SIGKILL after the state of a closing revenue batch, before its outputs")
-                self.outputs.emit(out)
-                self.state.persisted(await self.outputs.flush_async())
-            if agent == "orders" and self.crash_after_batches:
+                    state.write(partition, items)
+                if self.crash_on_close and agent in self.windows and any(r["final"] for _, r in out.revenue):
+                    _crash("SIGKILL after the state of a closing window batch, before its outputs")
+                self.outputs.emit(out, self.routes[agent])
+                state.persisted(await self.outputs.flush_async())
+            if agent in self.stages and self.crash_after_batches:
                 self.crash_after_batches -= 1
                 if not self.crash_after_batches:  # outputs flushed, the batch not acked
                     _crash("SIGKILL after the outputs of this batch")
@@ -150,30 +181,40 @@ def _crash(why: str) -> None:
 def create_app(settings: Settings, version: str, datadir: Path, *,
                batch_events: int = BATCH_EVENTS, batch_within: float = BATCH_WITHIN,
                idle_s: float = 1.0, learning: bool = True) -> Pipeline:
-    """Build the Faust app of ``version`` with its state in ``datadir`` (unique per worker)."""
+    """Build the Faust app of ``version`` of the selected pipeline, its state in ``datadir``
+    (unique per worker): an agent per stream (with its enrichment's table) and per window."""
     ep = endpoints(settings)
     commits.install()  # Faust's commit bookkeeping without its duplicate-offset stall
     flow.install()  # Faust's per-message hand-off without four tasks per message
     if settings.processor_drop_fetch:
         stalls.inject_dropped_fetch(settings.processor_drop_fetch)
-    inputs = topics.input_topics(settings.topic_prefix)
+    definition = current()
+    names = Names(definition, version, settings.topic_prefix)
     outputs = topics.output_topics(version)
-    partials = partials_topic(version)
     keep = {"retention.ms": str(7 * 24 * 3600 * 1000)}
     ensure_topics(settings, ep.kafka_bootstrap,
                   [*topics.input_specs(settings.partitions, settings.topic_prefix),
                    *outputs.specs(settings.partitions)])
-    n = check_copartitioned(AdminClient(client_config(settings, ep.kafka_bootstrap)),
-                            inputs.users, inputs.orders)
-    ensure_topics(settings, ep.kafka_bootstrap, [TopicSpec(partials, n, keep)])
+    admin = AdminClient(client_config(settings, ep.kafka_bootstrap))
+    streams = names.streams()
+    counts: dict[str, int] = {}
+    for inp in streams:
+        enrich = definition.enrich.get(inp.name)
+        stream_topic = names.input_topic(inp.name)
+        counts[inp.name] = (check_copartitioned(admin, names.input_topic(enrich.table), stream_topic) if enrich
+                            else _partitions(admin, stream_topic))
+    windows = {w.name: w for w in definition.windows.values()}
+    ensure_topics(settings, ep.kafka_bootstrap,
+                  [TopicSpec(names.partials(w.name), counts[w.stream], keep) for w in windows.values()])
     # The table changelog below is restored into an empty datadir: it must be this log's, and
     # a datadir left by an earlier binding of this version must not be trusted either.
     if lineage.adopt(datadir, lineage.bind(settings, ep.kafka_bootstrap, version)):
         log.warning("state in %s was built under an earlier binding of %s: emptied, restoring the "
                     "changelog", datadir, version)
+    n = max(counts.values(), default=settings.partitions)
 
     app = faust.App(
-        app_id(version),
+        names.group,
         Monitor=LeanMonitor,
         broker=f"kafka://{ep.kafka_bootstrap}",
         broker_credentials=faust_broker_credentials(settings),
@@ -195,54 +236,71 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
         broker_heartbeat_interval=3.0,
     )
     registry = Registry(ep.schema_registry_url)
-    out = Outputs(settings, ep.kafka_bootstrap, registry, outputs, partials)
-    table = app.Table("state", partitions=n, key_type=bytes, value_type=bytes,
-                      options={"driver": "rocksdict"}, help="dedupe ids, user versions, windows")
-    state = TableState(table, out)
+    out = Outputs(settings, ep.kafka_bootstrap, registry, names.rejected)
     grace_ms = int(settings.window_grace_seconds * 1000)
-    pipe = Pipeline(app, settings, version, out, state=state,
+    pipe = Pipeline(app, settings, version, out,
                     crash_after_batches=settings.processor_crash_after_batches,
                     crash_on_close=settings.processor_crash_on_close)
-    definition = current()
     decoders = {name: Decoder(registry, inp.schema.name) for name, inp in definition.inputs.items()}
-    pipe.orders = StreamStage(version, definition, "orders", decoders, state, grace_ms,
-                              prefix=settings.topic_prefix, value_maps={"category": settings.category_mapping})
-    pipe.orders.table_source = partition_reader(settings, ep.kafka_bootstrap, inputs.users)
-    pipe.orders.stream_source = partition_reader(settings, ep.kafka_bootstrap, inputs.orders)
-    pipe.revenue = RevenueStage(version, state, grace_ms, idle_s=idle_s, spec=pipe.orders.window)
-    pipe.revenue.partials_source = partition_reader(settings, ep.kafka_bootstrap, partials)
-    source = app.topic(inputs.users, inputs.orders, key_serializer="raw", value_serializer="raw")
-    partial_topic = app.topic(partials, key_serializer="raw", value_serializer="raw")
+    stream_outputs = {o.name: o for o in names.outputs() if o.kind == "stream"}
+    window_outputs = {o.name: o for o in names.outputs() if o.kind == "window"}
+    learned = {m.stream: m for m in definition.models.values()} if learning else {}
+    raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+    for i, inp in enumerate(streams):
+        s = inp.name
+        # the first stream's table keeps the name of earlier releases (changelog <group>-state-changelog)
+        table = app.Table("state" if i == 0 else f"state-{s}", partitions=counts[s], key_type=bytes,
+                          value_type=bytes, options={"driver": "rocksdict"},
+                          help=f"{s}: dedupe ids, table versions, windows")
+        state = TableState(table, out)
+        stage = StreamStage(version, definition, s, decoders, state, grace_ms, prefix=settings.topic_prefix,
+                            value_maps={"category": settings.category_mapping})
+        enrich = definition.enrich.get(s)
+        sources = [names.input_topic(s)]
+        if enrich is not None:
+            stage.table_source = partition_reader(settings, ep.kafka_bootstrap, names.input_topic(enrich.table))
+            sources.insert(0, names.input_topic(enrich.table))
+        stage.stream_source = partition_reader(settings, ep.kafka_bootstrap, names.input_topic(s))
+        window = next((w for w in windows.values() if w.stream == s), None)
+        model = learned.get(s)
+        pipe.stages[s], pipe.states[s] = stage, state
+        pipe.routes[s] = out.route(stream_outputs[s].topic, stream_outputs[s].schema,
+                                   partials_topic=names.partials(window.name) if window else None,
+                                   learn=(model.on, inp.time or "") if model else None)
+        _stage_agent(pipe, app.topic(*sources, **raw), s, batch_events, batch_within)
+        if window is not None:
+            merge = RevenueStage(version, state, grace_ms, idle_s=idle_s, spec=stage.window)
+            partials = names.partials(window.name)
+            merge.partials_source = partition_reader(settings, ep.kafka_bootstrap, partials)
+            pipe.windows[window.name], pipe.states[window.name] = merge, state
+            pipe.routes[window.name] = out.route(window_topic=window_outputs[window.name].topic,
+                                                 window_schema=window_outputs[window.name].schema)
+            _stage_agent(pipe, app.topic(partials, **raw), window.name, batch_events, batch_within)
 
-    @app.agent(source, name="orders")
-    async def orders_agent(stream: Any) -> None:
-        async for events in stream.take_events(batch_events, within=batch_within):
-            await pipe.run_batch(pipe.orders, events, "orders")  # type: ignore[arg-type]
-
-    @app.agent(partial_topic, name="revenue")
-    async def revenue_agent(stream: Any) -> None:
-        async for events in stream.take_events(batch_events, within=batch_within):
-            await pipe.run_batch(pipe.revenue, events, "revenue")  # type: ignore[arg-type]
+    partials_of = {names.partials(w): w for w in pipe.windows}
 
     @app.timer(idle_s)
     async def idle_ticks() -> None:
-        assert pipe.revenue is not None
-        idle = pipe.revenue.idle()
-        for partition in idle:
-            out.produce(partials, None, TICK, partition)
-        if idle:
-            state.persisted(await out.flush_async())
+        ticked = False
+        for w, merge in pipe.windows.items():
+            for partition in merge.idle():
+                out.produce(names.partials(w), None, TICK, partition)
+                ticked = True
+        if ticked:
+            acked = await out.flush_async()
+            for state in {id(s): s for s in pipe.states.values()}.values():
+                state.persisted(acked)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
-        assert pipe.revenue is not None
         for tp in revoked:
-            if tp.topic == partials:
-                pipe.revenue.forget(tp.partition)
+            w = partials_of.get(tp.topic)
+            if w is not None:
+                pipe.windows[w].forget(tp.partition)
 
-    if learning:
+    if learned:
         _register_learning(app, settings, version, out)
-    # every topic an agent consumes (orders, users, partials, the learning's samples.*)
+    # every topic an agent consumes (streams, tables, partials, the learning's samples.*)
     watch = stalls.StallWatch(app, {t for agent in app.agents.values() for t in agent.channel.topics})
 
     @app.timer(1.0)
@@ -250,6 +308,18 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
         await watch.tick()
 
     return pipe
+
+
+def _stage_agent(pipe: Pipeline, channel: Any, name: str, batch_events: int, batch_within: float) -> None:
+    """An agent ``name`` running its stage on batches of ``channel``."""
+    stage = pipe.stages.get(name) or pipe.windows[name]
+
+    async def run(stream: Any) -> None:
+        async for events in stream.take_events(batch_events, within=batch_within):
+            await pipe.run_batch(stage, events, name)
+
+    run.__name__ = run.__qualname__ = f"agent_{name}"
+    pipe.app.agent(channel, name=name)(run)
 
 
 def _register_learning(app: faust.App, settings: Settings, version: str, out: Outputs) -> None:

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -25,11 +26,10 @@ from rocksdict import WriteBatch
 from kappa.errors import KappaError
 from kappa.kafka import client_config
 from kappa.settings import Settings
-from kappa.topics import OutputTopics
 from schemas.serde import Encoder, Registry
 from stream_processors.base import Emitted
 
-__all__ = ["OutputError", "Outputs", "TableState"]
+__all__ = ["OutputError", "Outputs", "Route", "TableState"]
 
 log = logging.getLogger(__name__)
 
@@ -38,25 +38,52 @@ class OutputError(KappaError):
     """Records of a batch could not be written to Kafka (the batch is not acked; restart retries)."""
 
 
+@dataclass
+class Route:
+    """Where one stage's outputs go: its stream's valid events, its window's values, its partials."""
+
+    stream_topic: str | None = None
+    stream_encoder: Encoder | None = None
+    window_topic: str | None = None
+    window_encoder: Encoder | None = None
+    partials_topic: str | None = None
+    feeds_learning: bool = False
+    """The stream a model learns: its valid events also go to the fraud merge topic ..."""
+    learn_on: str = ""
+    """... keyed by the model's join field ..."""
+    learn_time: str = ""
+    """... at the stream's event time."""
+
+
 class Outputs:
     """One idempotent librdkafka producer for outputs, partials and changelog records."""
 
-    def __init__(self, settings: Settings, bootstrap: str, registry: Registry, outputs: OutputTopics,
-                 partials_topic: str) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, registry: Registry, rejected_topic: str) -> None:
         self.producer = Producer(client_config(
             settings, bootstrap,
             **{"partitioner": "murmur2_random", "enable.idempotence": True, "linger.ms": 5,
                "batch.num.messages": 10000, "queue.buffering.max.messages": 1_000_000,
                "message.max.bytes": 1_000_000}))  # no compression: aiokafka here lacks lz4/snappy
-        self.topics = outputs
-        self.partials_topic = partials_topic
+        self.registry = registry
+        self.rejected_topic = rejected_topic
         self.fraud_events: str | None = None
         """When learning runs: the fraud merge topic, fed here in input-partition offset order."""
-        self.enriched = Encoder(registry, f"{outputs.enriched}-value", "enriched_order")
-        self.revenue = Encoder(registry, f"{outputs.revenue}-value", "revenue_window")
-        self.rejected = Encoder(registry, f"{outputs.rejected}-value", "rejected_event")
+        self.rejected = Encoder(registry, f"{rejected_topic}-value", "rejected_event")
         self._errors: list[str] = []
         self._acked: dict[tuple[str, int], int] = {}
+
+    def route(self, stream_topic: str | None = None, stream_schema: str | None = None,
+              window_topic: str | None = None, window_schema: str | None = None,
+              partials_topic: str | None = None, learn: tuple[str, str] | None = None) -> Route:
+        """A :class:`Route` with the encoders of its topics (subjects ``<topic>-value``);
+        ``learn``: (join field, time field) when a model learns from the stream."""
+        enc = self._encoder
+        on, at = learn or ("", "")
+        return Route(stream_topic, enc(stream_topic, stream_schema), window_topic, enc(window_topic, window_schema),
+                     partials_topic, learn is not None, on, at)
+
+    def _encoder(self, topic: str | None, schema: str | None) -> Encoder | None:
+        return Encoder(self.registry, f"{topic}-value", schema) if topic and schema else None
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
@@ -76,22 +103,25 @@ class Outputs:
             except BufferError:
                 self.producer.poll(0.05)
 
-    def emit(self, out: Emitted) -> None:
-        """Queue every output record of a batch (encoded in bulk)."""
-        self.produce_many(self.topics.enriched, [k.encode() for k, _ in out.enriched],
-                          self.enriched.encode_many([r for _, r in out.enriched]))
-        self.produce_many(self.topics.revenue, [k.encode() for k, _ in out.revenue],
-                          self.revenue.encode_many([r for _, r in out.revenue]))
-        self.produce_many(self.topics.rejected, [r["source"].encode() for r in out.rejected],
+    def emit(self, out: Emitted, route: Route) -> None:
+        """Queue every output record of a batch (encoded in bulk) along ``route``."""
+        if out.enriched and route.stream_topic and route.stream_encoder:
+            self.produce_many(route.stream_topic, [k.encode() for k, _ in out.enriched],
+                              route.stream_encoder.encode_many([r for _, r in out.enriched]))
+        if out.revenue and route.window_topic and route.window_encoder:
+            self.produce_many(route.window_topic, [k.encode() for k, _ in out.revenue],
+                              route.window_encoder.encode_many([r for _, r in out.revenue]))
+        self.produce_many(self.rejected_topic, [r["source"].encode() for r in out.rejected],
                           self.rejected.encode_many(out.rejected))
-        self.produce_many(self.partials_topic, [k.encode() for k, _ in out.partials],
-                          [v for _, v in out.partials])
-        if self.fraud_events and out.enriched:
-            # Straight from the order stage, so each input partition's orders reach the fraud
+        if out.partials and route.partials_topic:
+            self.produce_many(route.partials_topic, [k.encode() for k, _ in out.partials],
+                              [v for _, v in out.partials])
+        if self.fraud_events and route.feeds_learning and out.enriched:
+            # Straight from the stream stage, so each input partition's events reach the fraud
             # merge in offset order (its per-source lateness test is then deterministic); the
             # source offset lets the learner drop what a restarted stage sends again.
             self.produce_many(self.fraud_events, [k.encode() for k, _ in out.enriched],
-                              [orjson.dumps({"kind": "order", "time": r["event_time"], "id": r["order_id"],
+                              [orjson.dumps({"kind": "order", "time": r[route.learn_time], "id": r[route.learn_on],
                                            "src": f"{r['source_topic']}/{r['source_partition']}",
                                            "off": r["source_offset"], "data": r})
                                for _, r in out.enriched], partition=0)

@@ -143,6 +143,38 @@ class Names:
             yield Output("drift", "", self.output_prefix + "drift", "drift_event", "drift_events", "model")
         yield Output("rejected", "", self.rejected, "rejected_event", "rejected_events", "source")
 
+    def output_specs(self, partitions: int) -> list[Any]:
+        """The output topics to create: keyed ones (update-style values: windows, quality)
+        compacted and kept, the others kept; quality and drift on one partition."""
+        from kappa.kafka import TopicSpec
+
+        keep = {"retention.ms": "-1", "retention.bytes": "-1"}
+        keyed = {**keep, "cleanup.policy": "compact,delete"}
+        specs = []
+        for o in self.outputs():
+            if o.kind in ("window", "model_quality"):
+                specs.append(TopicSpec(o.topic, 1 if o.kind == "model_quality" else partitions, dict(keyed)))
+            else:
+                specs.append(TopicSpec(o.topic, 1 if o.kind == "drift" else partitions, dict(keep)))
+        return specs
+
+    @property
+    def learning_prefix(self) -> str:
+        """Prefix of the models' internal topics (their merge topic, checkpoints)."""
+        return self.output_prefix + "learning."
+
+    def required_topics(self) -> list[str]:
+        """Every topic the stages of the version read or write (``--until-drained`` waits until
+        each is listed and consumed): inputs, partials, the models' merge, stream/window outputs,
+        rejections, the models' outputs."""
+        pipe = self.pipeline
+        out = [self.input_topic(n) for n in pipe.inputs]
+        out += [self.partials(w) for w in pipe.windows]
+        if pipe.models:
+            out.append(self.learning_prefix + "fraud_events")
+        out += [o.topic for o in self.outputs() if o.kind != "drift"]
+        return out
+
     def views(self) -> dict[str, str]:
         """Serving view (in database ``D``) -> what it shows."""
         pipe = self.pipeline

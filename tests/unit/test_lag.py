@@ -117,12 +117,12 @@ def test_not_drained_while_a_stage_topic_is_unlisted_and_the_line_counts_inputs_
                                        ("kappa.v1.learning.fraud_events", 0): (30, 30)})
     sink = GroupLag("kappa-v1-sink", {("kappa.v1.orders.enriched", 0): (9, 9)})
     internal = frozenset({"kappa-v1-partials", "kappa.v1.learning.fraud_events"})
-    done = DrainState(processors, sink, "kappa-v1-partials", internal=internal)
+    done = DrainState(processors, sink, frozenset({"kappa-v1-partials"}), internal=internal)
     assert done.drained
     assert done.line(0).startswith("inputs 9/9 consumed (lag 0) | sink lag 0")
-    unlisted = DrainState(processors, sink, "kappa-v1-partials", internal=internal,
+    unlisted = DrainState(processors, sink, frozenset({"kappa-v1-partials"}), internal=internal,
                           missing=("kappa.v1.revenue_per_minute",))
     assert not unlisted.drained and "waiting for topics kappa.v1.revenue_per_minute" in unlisted.line(0)
     ticking = DrainState(GroupLag("kappa-v1", {**processors.per_partition, ("kappa-v1-partials", 0): (40, 43)}),
-                         sink, "kappa-v1-partials", internal=internal)
+                         sink, frozenset({"kappa-v1-partials"}), internal=internal)
     assert not ticking.drained
