@@ -196,6 +196,12 @@ class Pipeline:
                       + self.outputs.specs(self.settings.partitions))
         lineage.bind(self.settings, self.ep.kafka_bootstrap, self.version)
 
+    def published(self) -> int:
+        """Records in the pipeline's input topics (their end offsets)."""
+        names = Names(current(), self.version, self.settings.topic_prefix)
+        found = matching_topics(self.admin, [names.input_topic(n) for n in names.pipeline.inputs])
+        return group_lag(self.admin, f"{names.group}-probe", found).end if found else 0
+
     def state(self) -> DrainState:
         """Current lag of both groups (the processors' group over inputs, the sink's over outputs).
 

@@ -128,6 +128,8 @@ def tables_of(pipeline: Pipeline) -> dict[str, Table]:
         cols = tuple((c, arrow_type(ct)) for c, ct in derived.columns)
         out[name] = Table(name, o.schema, cols, time)
     for own in KAPPA_TABLES:
+        if own.name == "scores" and not pipeline.models:
+            continue  # the models' scores (their schema is the model's, e.g. the e-commerce fraud_score)
         out.setdefault(own.name, own)
     return out
 

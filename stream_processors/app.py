@@ -269,7 +269,8 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
                                    learn=(model.on, inp.time or "") if model else None)
         _stage_agent(pipe, app.topic(*sources, **raw), s, batch_events, batch_within)
         if window is not None:
-            merge = RevenueStage(version, state, grace_ms, idle_s=idle_s, spec=stage.window)
+            merge = RevenueStage(version, state, grace_ms, idle_s=idle_s, spec=stage.window,
+                                 with_end=window_outputs[window.name].schema.startswith("derived:"))
             partials = names.partials(window.name)
             merge.partials_source = partition_reader(settings, ep.kafka_bootstrap, partials)
             pipe.windows[window.name], pipe.states[window.name] = merge, state

@@ -24,13 +24,20 @@ class RevenueStage(WindowMerge):
     """The ``revenue_per_minute`` windows: RevenueWindow records out, one per changed window."""
 
     def __init__(self, version: str, state: State, grace_ms: int, idle_s: float = 1.0,
-                 clock: Callable[[], float] = time.time, spec: WindowSpec | None = None) -> None:
-        """``spec``: the window the stream stage declares (the e-commerce one by default)."""
+                 clock: Callable[[], float] = time.time, spec: WindowSpec | None = None,
+                 with_end: bool = False) -> None:
+        """``spec``: the window the stream stage declares (the e-commerce one by default);
+        ``with_end``: records carry ``window_end`` too (the derived window schemas have it)."""
         super().__init__(spec or revenue_spec(grace_ms), version, state, idle_s, clock, upgrade=upgrade_legacy)
         self.grace_ms = grace_ms
+        self.with_end = with_end
 
     def process(self, msgs: Sequence[Message]) -> Emitted:
         """Apply a batch of partials/ticks; emit the new value of every changed window."""
         out = Emitted()
         out.revenue = self.merge(msgs, out.writes)
+        if self.with_end:
+            size = self.spec.size_ms
+            for _, rec in out.revenue:
+                rec["window_end"] = rec["window_start"] + size
         return out

@@ -320,6 +320,12 @@ class StreamStage:
                 if verdict != "new":
                     kind = verdict  # the same event again (re-delivery): keep its verdict
             et = rec[etime] if etime else record_ms(m) or 0
+            logged = record_ms(m)
+            if logged is not None and logged > max_logged:
+                max_logged = logged
+            if asof is not None:  # before the window: it may be keyed by an enriched field
+                # bitemporal: valid at the event time and in the log before this event
+                rec.update(asof.as_of(get(b"u" + str(rec[on]).encode()) or [], et, logged) or asof.null)
             if window is not None:
                 kind, fresh = prog.observe(offset, rec, et, kind)
                 if fresh and kind != "on_time":
@@ -332,12 +338,6 @@ class StreamStage:
             if dkey is not None and first is None:
                 value, raw = Dedupe.first(p, offset, kind, et)
                 view.put(dkey, value, raw)
-            logged = record_ms(m)
-            if logged is not None and logged > max_logged:
-                max_logged = logged
-            if asof is not None:
-                # bitemporal: valid at the event time and in the log before this event
-                rec.update(asof.as_of(get(b"u" + str(rec[on]).encode()) or [], et, logged) or asof.null)
             if defaults:
                 rec.update(defaults)
             rec["late"] = kind == "too_late"

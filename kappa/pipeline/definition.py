@@ -206,6 +206,8 @@ class Pipeline:
     description: str = ""
     generator: str | None = None
     """``module:function`` generating sample events (:mod:`producers.generators`), if any."""
+    samples: Mapping[str, Path] = dc_field(default_factory=dict)
+    """Sample data files per input (JSONL or CSV), published by ``kappa demo``."""
 
     @property
     def root(self) -> Path:
@@ -293,8 +295,8 @@ class _Loader:
     def pipeline(self) -> Pipeline:
         top = self.table("", self.doc, {"pipeline", "inputs", "enrich", "windows", "models", "views"},
                          {"pipeline", "inputs"})
-        meta = self.table("pipeline", top["pipeline"], {"name", "database", "schemas", "description", "generator"},
-                          {"name"})
+        meta = self.table("pipeline", top["pipeline"],
+                          {"name", "database", "schemas", "description", "generator", "samples"}, {"name"})
         name = meta["name"]
         if not isinstance(name, str) or not _NAME.match(name):
             raise self.fail("pipeline", f"name {name!r}: use lowercase letters, digits and _ (e.g. shop)")
@@ -311,8 +313,18 @@ class _Loader:
         windows = {n: self.window(n, v, inputs, enrich) for n, v in top.get("windows", {}).items()}
         models = {n: self.model(n, v, inputs) for n, v in top.get("models", {}).items()}
         views = {n: self.view(n, v) for n, v in top.get("views", {}).items()}
+        samples = meta.get("samples", {})
+        if not isinstance(samples, dict):
+            raise self.fail("pipeline", "samples = { <input> = \"file.jsonl\", ... }")
+        files: dict[str, Path] = {}
+        for inp, rel in samples.items():
+            if inp not in inputs:
+                raise self.fail("pipeline", f"samples.{inp}: not an input ({', '.join(inputs)})")
+            files[inp] = (self.file.parent / str(rel)).resolve()
+            if not files[inp].is_file():
+                raise self.fail("pipeline", f"samples.{inp}: no file {files[inp]}")
         pipe = Pipeline(name, database, self.file, self.schema_dir, inputs, enrich, windows, models, views,
-                        meta.get("description", ""), meta.get("generator"))
+                        meta.get("description", ""), meta.get("generator"), files)
         self.check_names(pipe)
         self.check_functions(pipe)
         if pipe.generator is not None and not callable(_resolve_checked(self, "pipeline", pipe, pipe.generator)):
