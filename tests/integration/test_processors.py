@@ -267,7 +267,7 @@ def test_a_worker_killed_after_writing_the_state_of_closing_windows_still_lands_
     run.flush()
     proc = run.start(version, KAPPA_PROCESSOR_CRASH_ON_CLOSE="true")
     assert proc.wait(120) == -signal.SIGKILL
-    assert "crash injection: SIGKILL after the state of a closing revenue batch" in (
+    assert "crash injection: SIGKILL after the state of a closing window batch" in (
         run.home / f"worker-{version}-0.log").read_text()
     run.start(version)
 
