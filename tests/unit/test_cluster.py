@@ -13,7 +13,6 @@ from kappa.settings import Settings
 from kappa.stack import cluster, manager
 
 
-
 def _props(text: str) -> dict[str, str]:
     return dict(ln.split("=", 1) for ln in text.splitlines() if ln and not ln.startswith("#"))
 
@@ -56,7 +55,7 @@ def test_replication_choice(brokers: int, factor: int, min_insync: int) -> None:
 def test_producer_config_cannot_weaken_the_guarantees() -> None:
     conf = producer_config(Settings(), "h:1", **{"enable.idempotence": True, "linger.ms": 5})
     assert {k: conf[k] for k in PRODUCER_GUARANTEES} == {"acks": "all", "enable.idempotence": True}
-    with pytest.raises(ConfigError, match="enable.idempotence"):
+    with pytest.raises(ConfigError, match=r"enable\.idempotence"):
         producer_config(Settings(), "h:1", **{"enable.idempotence": False})
 
 
