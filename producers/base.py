@@ -26,9 +26,10 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from kappa import kafka as kappa_kafka
 from kappa import metrics
 from kappa.errors import ConfigError, KappaError
-from kappa.kafka import admin, client_config
+from kappa.kafka import admin
 from kappa.settings import Settings
 from kappa.stack.manager import endpoints
 from kappa.topics import dlq
@@ -135,7 +136,7 @@ class Publisher:
         self.rate = rate
         config = {**PRODUCER_CONFIG, **producer_config}
         self._producer_max = int(config.get("message.max.bytes", 1_000_000))  # librdkafka default
-        self._producer = Producer(client_config(
+        self._producer = Producer(kappa_kafka.producer_config(
             settings, bootstrap, **{**config, "error_cb": self._on_error,
                                     "on_delivery": self._on_delivery}))
         self._max_bytes: dict[str, int] = {}

@@ -32,12 +32,12 @@ from faust.sensors import Monitor, Sensor
 
 from kappa import lineage, topics
 from kappa.errors import ConfigError
-from kappa.kafka import TopicSpec, client_config, ensure_topics, faust_broker_credentials
+from kappa.kafka import TopicSpec, client_config, ensure_topics, faust_broker_credentials, replication
 from kappa.metrics import BATCH_SECONDS
 from kappa.settings import Settings
 from kappa.stack import endpoints
 from schemas.serde import Decoder, Registry
-from stream_processors import commits, flow, stalls
+from stream_processors import acks, commits, flow, stalls
 from stream_processors.base import Emitted
 from stream_processors.dimensions import partition_reader
 from stream_processors.io import Outputs, TableState
@@ -153,6 +153,7 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
     ep = endpoints(settings)
     commits.install()  # Faust's commit bookkeeping without its duplicate-offset stall
     flow.install()  # Faust's per-message hand-off without four tasks per message
+    acks.install()  # Faust's own producer: acks=all + idempotence, as every Kappa producer
     if settings.processor_drop_fetch:
         stalls.inject_dropped_fetch(settings.processor_drop_fetch)
     inputs = topics.input_topics(settings.topic_prefix)
@@ -165,6 +166,8 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
     n = check_copartitioned(AdminClient(client_config(settings, ep.kafka_bootstrap)),
                             inputs.users, inputs.orders)
     ensure_topics(settings, ep.kafka_bootstrap, [TopicSpec(partials, n, keep)])
+    # Faust creates its changelog and assignor topics itself: the same replication as Kappa's
+    rep = replication(settings, ep.kafka_bootstrap)
     # The table changelog below is restored into an empty datadir: it must be this log's, and
     # a datadir left by an earlier binding of this version must not be trusted either.
     if lineage.adopt(datadir, lineage.bind(settings, ep.kafka_bootstrap, version)):
@@ -181,7 +184,8 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
         web_enabled=False,
         autodiscover=False,
         topic_partitions=n,
-        topic_replication_factor=1,
+        topic_replication_factor=rep.factor,
+        producer_acks=-1,
         table_standby_replicas=0,
         key_serializer="raw",
         value_serializer="raw",
@@ -196,7 +200,8 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
     registry = Registry(ep.schema_registry_url)
     out = Outputs(settings, ep.kafka_bootstrap, registry, outputs, partials)
     table = app.Table("state", partitions=n, key_type=bytes, value_type=bytes,
-                      options={"driver": "rocksdict"}, help="dedupe ids, user versions, windows")
+                      options={"driver": "rocksdict"}, help="dedupe ids, user versions, windows",
+                      extra_topic_configs={"min.insync.replicas": str(rep.min_insync)})
     state = TableState(table, out)
     grace_ms = int(settings.window_grace_seconds * 1000)
     pipe = Pipeline(app, settings, version, out, state=state,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -11,6 +12,9 @@ from kappa.errors import ConfigError
 from kappa.kafka import PRODUCER_GUARANTEES, producer_config, replication_for
 from kappa.settings import Settings
 from kappa.stack import cluster, manager
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGES = ("kappa", "producers", "stream_processors", "sinks", "schemas")
 
 
 def _props(text: str) -> dict[str, str]:
@@ -59,6 +63,23 @@ def test_producer_config_cannot_weaken_the_guarantees() -> None:
         producer_config(Settings(), "h:1", **{"enable.idempotence": False})
 
 
+def _name(func: ast.expr) -> str:
+    return func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+
+
+def test_every_producer_is_built_with_producer_config() -> None:
+    """A ``Producer(...)`` anywhere in the product takes its config from producer_config."""
+    offenders = []
+    for package in PACKAGES:
+        for path in (REPO / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Producer"
+                        and not (node.args and isinstance(node.args[0], ast.Call)
+                                 and _name(node.args[0].func) == "producer_config")):
+                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not offenders, offenders
+
+
 def test_quorum_leader_is_the_newest_epoch_among_live_nodes(tmp_path: Path) -> None:
     for name, leader, epoch in (("kafka", 1, 3), ("kafka-2", 2, 5), ("kafka-3", 3, 9)):
         d = tmp_path / name / "data" / "__cluster_metadata-0"
@@ -77,3 +98,15 @@ def test_a_home_keeps_its_node_count(tmp_path: Path) -> None:
         manager.up(settings, brokers=1)
     assert json.loads((tmp_path / "stack.json").read_text())["brokers"] == 3
     assert manager.brokers_of(settings) == 3
+
+
+def test_faust_producer_asks_for_acks_all_and_idempotence() -> None:
+    import faust
+
+    from stream_processors import acks
+
+    acks.install()
+    app = faust.App("kappa-unit-acks", broker="kafka://127.0.0.1:1", web_enabled=False)
+    extra = app.producer._settings_extra()  # what aiokafka gets beside Faust's defaults
+    assert (extra["acks"], extra["enable_idempotence"]) == ("all", True)
+    assert app.conf.producer_acks == -1
