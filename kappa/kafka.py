@@ -19,8 +19,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from kappa.errors import ConfigError, KafkaAuthFailed, KafkaUnavailable
 from kappa.settings import Settings
 
-__all__ = ["PRODUCER_GUARANTEES", "Replication", "TopicSpec", "admin", "check_connection", "client_config",
-           "ensure_topics", "faust_broker_credentials", "producer_config", "replication", "replication_for"]
+__all__ = ["PRODUCER_GUARANTEES", "ClientErrorLog", "Replication", "TopicSpec", "admin", "check_connection",
+           "client_config", "ensure_topics", "faust_broker_credentials", "producer_config", "replication",
+           "replication_for"]
 
 _quiet = logging.getLogger("kappa.kafka.client")
 _quiet.addHandler(logging.NullHandler())
@@ -70,6 +71,35 @@ def producer_config(settings: Settings, bootstrap: str, **extra: Any) -> dict[st
         if key in extra and extra[key] != want and str(extra[key]) not in ("-1", "true", "True"):
             raise ConfigError(f"a Kappa producer needs {key}={str(want).lower()}, got {key}={extra[key]}")
     return client_config(settings, bootstrap, **{**extra, **PRODUCER_GUARANTEES})
+
+
+class ClientErrorLog:
+    """A librdkafka ``error_cb`` that logs what a client is waiting for, with the broker's address.
+
+    librdkafka rides through a lost broker, a leader election or ``NOT_LEADER`` by itself
+    (reconnects, metadata refresh, retries within ``message.timeout.ms``), reporting each
+    attempt; this logs one WARNING per error kind per ``every`` seconds (the text names the
+    broker, e.g. ``127.0.0.1:9192/2: Connect to ... failed``) so a wait is visible, not a flood.
+
+    >>> import logging; seen = []
+    >>> cb = ClientErrorLog(logging.getLogger("t"), "sink", every=60.0, clock=lambda: 0.0)
+    >>> cb.line(KafkaError(KafkaError._TRANSPORT, "127.0.0.1:9192/2: Connect failed"))
+    'sink waits for Kafka: 127.0.0.1:9192/2: Connect failed (_TRANSPORT; the client retries)'
+    """
+
+    def __init__(self, logger: logging.Logger, what: str, every: float = 10.0,
+                 clock: Any = time.monotonic) -> None:
+        self.logger, self.what, self.every, self.clock = logger, what, every, clock
+        self._last: dict[int, float] = {}
+
+    def line(self, err: KafkaError) -> str:
+        return f"{self.what} waits for Kafka: {err.str()} ({err.name()}; the client retries)"
+
+    def __call__(self, err: KafkaError) -> None:
+        now = self.clock()
+        if now - self._last.get(err.code(), -self.every) >= self.every:
+            self._last[err.code()] = now
+            self.logger.warning(self.line(err))
 
 
 def faust_broker_credentials(settings: Settings) -> Any:

@@ -18,6 +18,7 @@ Use it from your own service::
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter as Tally
 from collections.abc import Iterable
@@ -40,6 +41,8 @@ from stream_processors.orders import MAX_PAYLOAD
 
 __all__ = ["PRODUCER_CONFIG", "RECORD_OVERHEAD", "MessageTooLarge", "PublishFailed", "PublishSummary",
            "Publisher", "now_ms", "topic_max_message_bytes"]
+
+log = logging.getLogger(__name__)
 
 PRODUCER_CONFIG: dict[str, Any] = {
     "enable.idempotence": True,
@@ -145,6 +148,7 @@ class Publisher:
         self._failed: Tally[str] = Tally()
         self._rejected: Tally[tuple[str, str]] = Tally()
         self._fatal: str | None = None
+        self._waits = kappa_kafka.ClientErrorLog(log, "producer")
         self._started = time.perf_counter()
         self._since_poll = 0
         self._paced = 0
@@ -169,6 +173,8 @@ class Publisher:
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
             self._fatal = err.str()
+        else:
+            self._waits(err)
 
     # -- publishing -------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from faust.types import TP
 from rocksdict import WriteBatch
 
 from kappa.errors import KappaError
-from kappa.kafka import producer_config
+from kappa.kafka import ClientErrorLog, producer_config
 from kappa.settings import Settings
 from kappa.topics import OutputTopics
 from schemas.serde import Encoder, Registry
@@ -47,6 +47,7 @@ class Outputs:
         self.producer = Producer(producer_config(
             settings, bootstrap,
             **{"partitioner": "murmur2_random", "linger.ms": 5,
+               "error_cb": ClientErrorLog(log, "processors' output producer"),
                "batch.num.messages": 10000, "queue.buffering.max.messages": 1_000_000,
                "message.max.bytes": 1_000_000}))  # no compression: aiokafka here lacks lz4/snappy
         self.topics = outputs

@@ -110,3 +110,24 @@ def test_faust_producer_asks_for_acks_all_and_idempotence() -> None:
     extra = app.producer._settings_extra()  # what aiokafka gets beside Faust's defaults
     assert (extra["acks"], extra["enable_idempotence"]) == ("all", True)
     assert app.conf.producer_acks == -1
+
+
+def test_client_waits_are_logged_with_the_broker_address_once_per_interval(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from confluent_kafka import KafkaError
+
+    from kappa.kafka import ClientErrorLog
+
+    now = [0.0]
+    cb = ClientErrorLog(logging.getLogger("kappa.test.waits"), "sink consumer", every=10.0, clock=lambda: now[0])
+    down = KafkaError(KafkaError._TRANSPORT, "127.0.0.1:9192/2: Connect to ipv4#127.0.0.1:9192 failed")
+    with caplog.at_level(logging.WARNING, "kappa.test.waits"):
+        for t in (0.0, 1.0, 9.9, 10.0, 15.0):
+            now[0] = t
+            cb(down)
+        cb(KafkaError(KafkaError._ALL_BROKERS_DOWN, "3/3 brokers are down"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3 and all(ln.startswith("sink consumer waits for Kafka: ") for ln in lines)
+    assert "127.0.0.1:9192/2" in lines[0] and "3/3 brokers are down" in lines[2]
