@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -454,7 +456,13 @@ def down(settings: Settings, timeout: float = 30.0) -> list[str]:
     state = _load(settings)
     pids: dict[str, int] = dict(state.get("pids", {}))
     stopped = []
-    for name in ("prometheus", "registry", *reversed(cluster.node_names(int(state.get("brokers", 1))))):
+    nodes = cluster.node_names(int(state.get("brokers", 1)))
+    for name in ("prometheus", "registry", *reversed(nodes)):
+        if len(nodes) > 1 and name == nodes[-1]:
+            # every node at once: stopped one by one, the last ones lose the quorum they shut down with
+            for node in nodes:
+                if is_ours(pids.get(node), _marker(settings, node)):
+                    os.killpg(pids[node], signal.SIGTERM)
         pid = pids.pop(name, None)
         if pid and is_ours(pid, _stop_marker(settings, name)):
             stop(pid, _stop_marker(settings, name), timeout)
