@@ -50,7 +50,7 @@ from confluent_kafka.admin import AdminClient
 
 from kappa import topics
 from kappa.errors import KafkaUnavailable, VersionLogMismatch
-from kappa.kafka import TopicSpec, client_config, ensure_topics
+from kappa.kafka import TopicSpec, client_config, ensure_topics, producer_config
 from kappa.settings import Settings
 
 __all__ = ["LogIdentity", "adopt", "bind", "identity", "lineage_topic"]
@@ -214,7 +214,7 @@ def adopt(datadir: Path, bound: LogIdentity) -> bool:
 
 def _record(settings: Settings, bootstrap: str, topic: str, log: LogIdentity) -> None:
     errors: list[str] = []
-    producer = Producer(client_config(settings, bootstrap, **{"enable.idempotence": True}))
+    producer = Producer(producer_config(settings, bootstrap))
     producer.produce(topic, log.to_json(), _KEY, partition=0,
                      on_delivery=lambda err, _msg: errors.append(str(err)) if err is not None else None)
     if producer.flush(30) or errors:

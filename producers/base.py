@@ -18,6 +18,7 @@ Use it from your own service::
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter as Tally
 from collections.abc import Iterable
@@ -26,9 +27,10 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from kappa import kafka as kappa_kafka
 from kappa import metrics
 from kappa.errors import ConfigError, KappaError
-from kappa.kafka import admin, client_config
+from kappa.kafka import admin
 from kappa.settings import Settings
 from kappa.stack.manager import endpoints
 from kappa.topics import dlq
@@ -39,6 +41,8 @@ from stream_processors.stream import MAX_PAYLOAD
 
 __all__ = ["PRODUCER_CONFIG", "RECORD_OVERHEAD", "MessageTooLarge", "PublishFailed", "PublishSummary",
            "Publisher", "now_ms", "topic_max_message_bytes"]
+
+log = logging.getLogger(__name__)
 
 PRODUCER_CONFIG: dict[str, Any] = {
     "enable.idempotence": True,
@@ -135,7 +139,7 @@ class Publisher:
         self.rate = rate
         config = {**PRODUCER_CONFIG, **producer_config}
         self._producer_max = int(config.get("message.max.bytes", 1_000_000))  # librdkafka default
-        self._producer = Producer(client_config(
+        self._producer = Producer(kappa_kafka.producer_config(
             settings, bootstrap, **{**config, "error_cb": self._on_error,
                                     "on_delivery": self._on_delivery}))
         self._max_bytes: dict[str, int] = {}
@@ -144,6 +148,7 @@ class Publisher:
         self._failed: Tally[str] = Tally()
         self._rejected: Tally[tuple[str, str]] = Tally()
         self._fatal: str | None = None
+        self._waits = kappa_kafka.ClientErrorLog(log, "producer")
         self._started = time.perf_counter()
         self._since_poll = 0
         self._paced = 0
@@ -168,6 +173,8 @@ class Publisher:
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
             self._fatal = err.str()
+        else:
+            self._waits(err)
 
     # -- publishing -------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from kappa import topics
 from kappa.errors import RegistryUnavailable, SinkError
-from kappa.kafka import client_config, ensure_topics
+from kappa.kafka import ClientErrorLog, client_config, ensure_topics
 from kappa.settings import Settings
 from kappa.stack import endpoints
 from schemas.serde import DecodeError, Decoder, Registry, schema_text, split_frame
@@ -93,6 +93,7 @@ class SinkService:
         self.decoders: dict[str, Decoder] = {}
         self._catch_up: list[TopicPartition] = []
         self._fatal: KafkaError | None = None
+        self._waits = ClientErrorLog(log, "sink consumer")
         self._pending: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
         """Batches handed to the landing thread (one queued behind the one being written)."""
         self._landed: queue.SimpleQueue[list[TopicPartition]] = queue.SimpleQueue()
@@ -298,7 +299,7 @@ class SinkService:
         if _is_fatal(err):
             self._fatal = err
         elif err.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
-            log.debug("consumer: %s", err)  # librdkafka reconnects by itself
+            self._waits(err)  # librdkafka reconnects by itself; logged, throttled, with the address
         elif err.code() not in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
             log.warning("consumer error: %s", err)
 

@@ -32,14 +32,14 @@ from faust.sensors import Monitor, Sensor
 
 from kappa import lineage, topics
 from kappa.errors import ConfigError
-from kappa.kafka import TopicSpec, client_config, ensure_topics, faust_broker_credentials
+from kappa.kafka import TopicSpec, client_config, ensure_topics, faust_broker_credentials, replication
 from kappa.metrics import BATCH_SECONDS
 from kappa.pipeline import current
 from kappa.pipeline.derive import Names
 from kappa.settings import Settings
 from kappa.stack import endpoints
 from schemas.serde import Decoder, Registry
-from stream_processors import commits, flow, stalls
+from stream_processors import acks, commits, flow, stalls
 from stream_processors.base import Emitted
 from stream_processors.dimensions import partition_reader
 from stream_processors.io import Outputs, Route, TableState
@@ -186,6 +186,7 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
     ep = endpoints(settings)
     commits.install()  # Faust's commit bookkeeping without its duplicate-offset stall
     flow.install()  # Faust's per-message hand-off without four tasks per message
+    acks.install()  # Faust's own producer: acks=all + idempotence, as every Kappa producer
     if settings.processor_drop_fetch:
         stalls.inject_dropped_fetch(settings.processor_drop_fetch)
     definition = current()
@@ -206,6 +207,8 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
     windows = {w.name: w for w in definition.windows.values()}
     ensure_topics(settings, ep.kafka_bootstrap,
                   [TopicSpec(names.partials(w.name), counts[w.stream], keep) for w in windows.values()])
+    # Faust creates its changelog and assignor topics itself: the same replication as Kappa's
+    rep = replication(settings, ep.kafka_bootstrap)
     # The table changelog below is restored into an empty datadir: it must be this log's, and
     # a datadir left by an earlier binding of this version must not be trusted either.
     if lineage.adopt(datadir, lineage.bind(settings, ep.kafka_bootstrap, version)):
@@ -223,7 +226,8 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
         web_enabled=False,
         autodiscover=False,
         topic_partitions=n,
-        topic_replication_factor=1,
+        topic_replication_factor=rep.factor,
+        producer_acks=-1,
         table_standby_replicas=0,
         key_serializer="raw",
         value_serializer="raw",
@@ -251,7 +255,8 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
         # the first stream's table keeps the name of earlier releases (changelog <group>-state-changelog)
         table = app.Table("state" if i == 0 else f"state-{s}", partitions=counts[s], key_type=bytes,
                           value_type=bytes, options={"driver": "rocksdict"},
-                          help=f"{s}: dedupe ids, table versions, windows")
+                          help=f"{s}: dedupe ids, table versions, windows",
+                          extra_topic_configs={"min.insync.replicas": str(rep.min_insync)})
         state = TableState(table, out)
         stage = StreamStage(version, definition, s, decoders, state, grace_ms, prefix=settings.topic_prefix,
                             value_maps={"category": settings.category_mapping})

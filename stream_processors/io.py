@@ -24,7 +24,7 @@ from faust.types import TP
 from rocksdict import WriteBatch
 
 from kappa.errors import KappaError
-from kappa.kafka import client_config
+from kappa.kafka import ClientErrorLog, producer_config
 from kappa.settings import Settings
 from schemas.serde import Encoder, Registry
 from stream_processors.base import Emitted
@@ -56,12 +56,14 @@ class Route:
 
 
 class Outputs:
-    """One idempotent librdkafka producer for outputs, partials and changelog records."""
+    """One idempotent librdkafka producer (``acks=all``) for outputs, partials and changelog records."""
 
     def __init__(self, settings: Settings, bootstrap: str, registry: Registry, rejected_topic: str) -> None:
-        self.producer = Producer(client_config(
+        self.bootstrap = bootstrap
+        self.producer = Producer(producer_config(
             settings, bootstrap,
-            **{"partitioner": "murmur2_random", "enable.idempotence": True, "linger.ms": 5,
+            **{"partitioner": "murmur2_random", "linger.ms": 5,
+               "error_cb": ClientErrorLog(log, "processors' output producer"),
                "batch.num.messages": 10000, "queue.buffering.max.messages": 1_000_000,
                "message.max.bytes": 1_000_000}))  # no compression: aiokafka here lacks lz4/snappy
         self.registry = registry
@@ -149,7 +151,8 @@ class Outputs:
         acked, self._acked = self._acked, {}
         if left or errors:
             raise OutputError(f"{left} records not delivered within {timeout}s; errors: "
-                              f"{'; '.join(errors[:5]) or 'none'} — check that Kafka is reachable")
+                              f"{'; '.join(errors[:5]) or 'none'} — check that Kafka at {self.bootstrap} is reachable "
+                              "(`kappa status`)")
         return acked
 
     async def flush_async(self, timeout: float = 60.0, tick: float = 0.002) -> dict[tuple[str, int], int]:

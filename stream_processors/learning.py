@@ -54,7 +54,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from kappa import metrics
 from kappa.errors import KappaError
-from kappa.kafka import TopicSpec, admin, client_config, ensure_topics
+from kappa.kafka import TopicSpec, admin, client_config, ensure_topics, producer_config
 from kappa.runner import fraud_group
 from kappa.settings import Settings
 from kappa.stack.manager import endpoints
@@ -155,8 +155,8 @@ class Learning:
             *[t for t in input_specs(settings.partitions, settings.topic_prefix)
               if t.name == self.inputs.order_labels],
         ])
-        self.producer = Producer(client_config(settings, self.bootstrap, **{
-            "partitioner": "murmur2_random", "enable.idempotence": True, "acks": "all",
+        self.producer = Producer(producer_config(settings, self.bootstrap, **{
+            "partitioner": "murmur2_random",
             "linger.ms": 5, "message.max.bytes": _MAX_BYTES + 1_000_000}))
         self.enc_quality = Encoder(self.registry, subject(self.outputs.model_quality), "model_quality")
         self.enc_score = Encoder(self.registry, subject(self.outputs.scores), "fraud_score")

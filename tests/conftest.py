@@ -65,11 +65,16 @@ def _docker_answers() -> bool:
         return False
 
 
-def reserve_ports(home: Path) -> dict[str, int]:
+def reserve_ports(home: Path, brokers: int = 1) -> dict[str, int]:
     """Pre-seed ``home/stack.json`` with free ports so a test stack never collides."""
-    ports = {"kafka": free_port(), "controller": free_port(), "registry": free_port()}
+    from kappa.stack.cluster import node_names, port_names
+
+    ports = {"registry": free_port()}
+    for node in node_names(brokers):
+        for name in port_names(node):
+            ports[name] = free_port()
     home.mkdir(parents=True, exist_ok=True)
-    (home / "stack.json").write_text(json.dumps({"ports": ports}))
+    (home / "stack.json").write_text(json.dumps({"ports": ports, "brokers": brokers}))
     return ports
 
 
@@ -108,6 +113,60 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield Stack(ep.kafka_bootstrap, ep.schema_registry_url, home, "local")
     finally:
         manager.down(settings)
+
+
+@dataclass(frozen=True)
+class Cluster(Stack):
+    """A private local stack of several KRaft nodes (kill and restart them by name)."""
+
+    brokers: int = 3
+
+    @property
+    def local(self) -> Settings:
+        """Settings of the ``kappa up`` that owns this cluster (env endpoints ignored)."""
+        return Settings(home=self.home, kafka_bootstrap=None, schema_registry_url=None)
+
+    def state(self) -> dict[str, object]:
+        return dict(json.loads((self.home / "stack.json").read_text()))
+
+    def pid(self, node: str) -> int:
+        return int(self.state()["pids"][node])  # type: ignore[index]
+
+    def address(self, node: str) -> str:
+        from kappa.stack.cluster import port_names
+
+        return f"127.0.0.1:{self.state()['ports'][port_names(node)[0]]}"  # type: ignore[index]
+
+    def node_of(self, broker_id: int) -> str:
+        from kappa.stack.cluster import node_names
+
+        return node_names(self.brokers)[broker_id - 1]
+
+    def kill(self, node: str) -> None:
+        """kill -9 one node (its data stays; :meth:`restart` brings it back)."""
+        os.kill(self.pid(node), signal.SIGKILL)
+
+    def restart(self) -> None:
+        """``kappa up``: start every node that is not running and wait for all of them."""
+        manager.up(self.local, brokers=self.brokers)
+
+
+def start_cluster(home: Path, brokers: int = 3) -> Iterator[Cluster]:
+    """A private ``brokers``-node cluster + registry in ``home``, stopped at the end."""
+    reserve_ports(home, brokers)
+    settings = Settings(home=home, kafka_bootstrap=None, schema_registry_url=None)
+    try:
+        manager.up(settings, brokers=brokers)
+        ep = manager.endpoints(settings)
+        yield Cluster(ep.kafka_bootstrap, ep.schema_registry_url, home, "local-cluster", brokers)
+    finally:
+        manager.down(settings)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A private 3-node KRaft cluster (each node broker + controller) + registry, for one test."""
+    yield from start_cluster(tmp_path / "cluster", 3)
 
 
 def stop_group(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:

@@ -28,13 +28,19 @@ def _print(rows: list[stack.ComponentStatus]) -> None:
 @click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for each component.")
 @click.option("--with-prometheus", is_flag=True,
               help="Also run a local Prometheus (Debian package) that scrapes every Kappa process.")
-def up(timeout: float, with_prometheus: bool) -> None:
+@click.option("--brokers", type=click.IntRange(min=1), default=None,
+              help="KRaft nodes (each broker + controller); 3 or more replicate every topic 3 times "
+                   "with min.insync.replicas=2. Default: the count this KAPPA_HOME was started with, else 1.")
+def up(timeout: float, with_prometheus: bool, brokers: int | None) -> None:
     """Start the local stack (Kafka + schema registry) in the background; no-op when up."""
+    from kappa.kafka import replication
+
     settings = get_settings()
     t0 = time.monotonic()
     rows = stack.up(settings, timeout=timeout, with_prometheus=with_prometheus,
-                    echo=lambda line: click.echo(line, err=True))
+                    echo=lambda line: click.echo(line, err=True), brokers=brokers)
     _print(rows)
+    click.echo("topics: " + replication(settings, stack.endpoints(settings).kafka_bootstrap).describe())
     click.echo(f"stack up in {time.monotonic() - t0:.1f}s (state in {settings.home})")
 
 

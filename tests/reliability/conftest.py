@@ -370,6 +370,11 @@ def assert_orders_match(pipe: Pipe, manifest: Manifest) -> None:
 
 def read_topic(pipe: Pipe, topic: str) -> list[tuple[int, int, bytes | None]]:
     """Every message of ``topic`` as (partition, offset, value), partition by partition."""
+    return [(m.partition(), m.offset(), m.value()) for m in read_messages(pipe, topic)]  # type: ignore[misc]
+
+
+def read_messages(pipe: Pipe, topic: str) -> list[Any]:
+    """Every message of ``topic`` (key, value, timestamp...), partition by partition."""
     from confluent_kafka import Consumer
 
     c = Consumer(client_config(pipe.settings(), pipe.stack.kafka_bootstrap, **{
@@ -380,7 +385,7 @@ def read_topic(pipe: Pipe, topic: str) -> list[tuple[int, int, bytes | None]]:
         want = {p: e for p, e in ends.items() if e > 0}
         c.assign([TopicPartition(topic, p, 0) for p in want])
         pos = dict.fromkeys(want, 0)
-        out: list[tuple[int, int, bytes | None]] = []
+        out: list[Any] = []
         deadline = time.monotonic() + 60
         while any(pos[p] < want[p] for p in want):
             assert time.monotonic() < deadline, f"could not read {topic} to its end"
@@ -388,8 +393,8 @@ def read_topic(pipe: Pipe, topic: str) -> list[tuple[int, int, bytes | None]]:
                 part, offset = m.partition(), m.offset()
                 if m.error() is None and part is not None and offset is not None:
                     pos[part] = offset + 1
-                    out.append((part, offset, m.value()))
-        return sorted(out, key=lambda t: (t[0], t[1]))
+                    out.append(m)
+        return sorted(out, key=lambda m: (m.partition(), m.offset()))
     finally:
         c.close()
 
