@@ -47,7 +47,7 @@ def expected(pipe: Definition, records: Iterable[tuple[str, dict[str, Any] | Non
     validate = validators(pipe)
     out = {name: Expected() for name in pipe.inputs}
     seen: dict[str, set[Any]] = {name: set() for name in pipe.inputs}
-    for name, n in (edge_rejected or {}).items():
+    for name, n in ((k, v) for k, v in (edge_rejected or {}).items() if v):
         out[name].published += n
         out[name].rejected += n
         out[name].reasons["producer"] = out[name].reasons.get("producer", 0) + n

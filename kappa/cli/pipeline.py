@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-__all__ = ["pipeline"]
+__all__ = ["init", "pipeline"]
 
 
 @click.group()
@@ -90,3 +90,21 @@ def show(version: str | None, as_json: bool) -> None:
     for v, what in data["views"].items():
         echo(f"  {v:<30} {what}")
     echo(f"\n--until-drained waits for: {', '.join(data['until_drained'])} (and every output landed)")
+
+
+@click.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=str))
+@click.option("--name", default=None, help="Pipeline (and ClickHouse database) name (default: from DIRECTORY).")
+def init(directory: str, name: str | None) -> None:
+    """Scaffold a small runnable pipeline project in DIRECTORY (new or empty)."""
+    from pathlib import Path
+
+    from kappa.pipeline import load
+    from kappa.scaffold import init_project
+
+    written = init_project(Path(directory), name)
+    pipe = load(directory)  # what it wrote loads
+    for path in written:
+        click.echo(f"  wrote {path}")
+    click.echo(f"pipeline {pipe.name} in {directory}: next, "
+               f"`kappa demo --pipeline {directory}` (then see {Path(directory) / 'README.md'})")
