@@ -90,9 +90,10 @@ class LogIdentity:
 
 
 def identity(settings: Settings, bootstrap: str) -> LogIdentity:
-    """The log of ``settings``: its users, orders and order_labels topics with their topic ids."""
-    i = topics.input_topics(settings.topic_prefix)
-    names = [i.users, i.orders, i.order_labels]
+    """The log of ``settings``: the selected pipeline's input topics with their topic ids."""
+    from kappa.pipeline import current
+
+    names = [settings.topic_prefix + name for name in current().inputs]
     admin = AdminClient(client_config(settings, bootstrap))
     ids = {}
     for name, fut in admin.describe_topics(TopicCollection(names), request_timeout=30).items():
@@ -173,7 +174,11 @@ def bind(settings: Settings, bootstrap: str, version: str) -> LogIdentity:
     if was is None:
         elsewhere = _consumed_elsewhere(settings, bootstrap, version, now)
         if elsewhere:
-            raise _mismatch(version, bootstrap, [f"its group kappa-{version} consumed {', '.join(elsewhere)}"])
+            from kappa.pipeline import current
+            from kappa.pipeline.derive import Names
+
+            group = Names(current(), version).group
+            raise _mismatch(version, bootstrap, [f"its group {group} consumed {', '.join(elsewhere)}"])
         bound = LogIdentity(now.topics, uuid.uuid4().hex)
         _record(settings, bootstrap, topic, bound)
         return bound
@@ -223,8 +228,12 @@ def _record(settings: Settings, bootstrap: str, topic: str, log: LogIdentity) ->
 
 
 def _mismatch(version: str, bootstrap: str, why: list[str]) -> VersionLogMismatch:
+    from kappa.pipeline import current
+    from kappa.pipeline.derive import Names
+
+    n = Names(current(), version)
     return VersionLogMismatch(
         f"version {version} on {bootstrap} belongs to another log ({'; '.join(why)}): its state there "
-        f"(group kappa-{version}, changelog kappa-{version}-state-changelog, topics kappa.{version}.*) "
+        f"(group {n.group}, changelog {n.group}-state-changelog, topics {n.output_prefix}*) "
         f"would be restored into this run and mix the two logs. Run this log as a new version "
         f"(--version / KAPPA_VERSION), or drop the old one first: kappa replay --cleanup {version}")

@@ -62,7 +62,10 @@ def dlq_pattern(prefix: str) -> str:
     >>> [bool(re.match(p, t)) for t in ("t1.orders.dlq", "orders.dlq", "t1.samples.x.dlq", "t2.users.dlq")]
     [True, False, True, False]
     """
-    return "^" + re.escape(prefix).replace("\\-", "-") + r"(users|orders|order_labels|samples\.[^.]+)\.dlq$"
+    from kappa.pipeline import current
+
+    inputs = "|".join(re.escape(name) for name in current().inputs)
+    return "^" + re.escape(prefix).replace("\\-", "-") + rf"({inputs}|samples\.[^.]+)\.dlq$"
 
 
 def _is_fatal(err: KafkaError) -> bool:
