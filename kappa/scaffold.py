@@ -112,8 +112,9 @@ What to edit:
 def _rows(now_ms: int, seed: int = 7) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
     rng = random.Random(seed)
     start = now_ms - 3_600_000
-    teams = [{"team_id": f"t{i}", "name": f"Team {i}", "region": ("emea", "amer", "apac")[i % 3],
-              "updated_at": start - 86_400_000} for i in range(6)]
+    regions = ("emea", "amer", "apac")
+    teams: list[dict[str, object]] = [{"team_id": f"t{i}", "name": f"Team {i}", "region": regions[i % 3],
+                                       "updated_at": start - 86_400_000} for i in range(6)]
     tasks: list[dict[str, object]] = []
     for i in range(300):
         status = rng.choice(("open", "done", "done", "cancelled"))
