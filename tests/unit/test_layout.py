@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import shlex
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,15 @@ def test_every_product_module_is_used_by_the_product() -> None:
             seen.add(used)
             todo.append(used)
     assert sorted(known - seen) == []
+
+
+def test_the_doctests_of_every_package_run_with_the_tests() -> None:
+    """``make test`` (pytest without paths: the testpaths) and ``make unit`` collect the packages' doctests."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert "--doctest-modules" in config["addopts"].split()
+    assert set(PACKAGES) <= set(config["testpaths"])
+    makefile = (REPO / "Makefile").read_text()
+    test_args = shlex.split(makefile.split("\ntest:")[1].splitlines()[1])[3:]  # after "python -m pytest"
+    unit_args = shlex.split(makefile.split("\nunit:")[1].splitlines()[1])[3:]
+    assert [a for a in test_args if (REPO / a).exists()] == [], test_args  # so the testpaths apply
+    assert set(PACKAGES) <= set(unit_args), unit_args
