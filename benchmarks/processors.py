@@ -152,7 +152,7 @@ def child_faust(settings: Settings, n: int, lean: bool = False) -> tuple[float, 
     """A bare Faust agent that only decodes each event (``lean``: with the job's LeanMonitor)."""
     import faust
 
-    from stream_processors.app import LeanMonitor
+    from stream_processors.faust_internals import LeanMonitor
 
     t = topics.input_topics(settings.topic_prefix)
     dec = Decoder(Registry(settings.schema_registry_url or ""), "orders")
