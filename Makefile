@@ -15,8 +15,8 @@ demo: setup  ## run the end-to-end demo on the embedded defaults
 test: setup  ## unit + integration tests on a real local stack (the reliability suite: make reliability)
 	.venv/bin/python -m pytest -m "not reliability"
 
-unit: setup  ## run the fast unit tests only
-	.venv/bin/python -m pytest tests/unit
+unit: setup  ## run the fast unit tests and the packages' doctests
+	.venv/bin/python -m pytest tests/unit kappa schemas producers stream_processors sinks
 
 reliability: setup  ## run the reliability suite alone (kill -9, broker restart, sink outage, bad input)
 	.venv/bin/python -m pytest -m reliability -rA --durations=0

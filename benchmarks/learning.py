@@ -17,15 +17,21 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import sys
 import time
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 
-from river import datasets, evaluate, metrics
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # the synthetic scenario is a test helper (tests/support)
+    sys.path.insert(0, str(REPO))
 
-from stream_processors.fraud import FraudLearner, fraud_model, order_features
-from stream_processors.learning_synthetic import scenario
-from stream_processors.samples import SampleLearner, default_model
+from river import datasets, evaluate, metrics  # noqa: E402
+
+from stream_processors.fraud import FraudLearner, fraud_model, order_features  # noqa: E402
+from stream_processors.samples import SampleLearner, default_model  # noqa: E402
+from tests.support.learning_synthetic import scenario  # noqa: E402
 
 
 def best_of(repeat: int, fn: Callable[[], int]) -> tuple[int, float]:

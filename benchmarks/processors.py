@@ -152,7 +152,7 @@ def child_faust(settings: Settings, n: int, lean: bool = False) -> tuple[float, 
     """A bare Faust agent that only decodes each event (``lean``: with the job's LeanMonitor)."""
     import faust
 
-    from stream_processors.app import LeanMonitor
+    from stream_processors.faust_internals import LeanMonitor
 
     t = topics.input_topics(settings.topic_prefix)
     dec = Decoder(Registry(settings.schema_registry_url or ""), "orders")
@@ -184,9 +184,9 @@ def run_quix(settings: Settings, n: int) -> tuple[float, float, int] | None:
     """Quix Streams on the same job and input (``benchmarks/quix_job.py``), in the side venv
     ``kappa bench`` uses (Quix pins an older confluent-kafka); None when it cannot run."""
     from benchmarks.scaling import child_env, measure_output
-    from kappa.bench import _quix_python
+    from benchmarks.suite import quix_python
 
-    py = _quix_python()
+    py = quix_python()
     if py is None:
         return None
     out = f"quix{uuid.uuid4().hex[:6]}"

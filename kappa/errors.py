@@ -15,6 +15,7 @@ __all__ = [
     "SinkError",
     "StackError",
     "ToolMissing",
+    "UnsupportedDependency",
     "VersionLogMismatch",
 ]
 
@@ -25,6 +26,10 @@ class KappaError(Exception):
 
 class ConfigError(KappaError):
     """A setting is missing or malformed."""
+
+
+class UnsupportedDependency(ConfigError):
+    """An installed library is not the version whose internals Kappa patches (faust-streaming, mode, aiokafka)."""
 
 
 class VersionLogMismatch(ConfigError):

@@ -188,9 +188,13 @@ class Pipeline:
     def prepare(self) -> None:
         """Create missing input and output topics; refuse a version bound to another log.
 
-        The check runs before any child starts: a worker of a version derived from another log
-        would restore that log's state (:mod:`kappa.lineage`).
+        The checks run before any child starts: a worker of a version derived from another log
+        would restore that log's state (:mod:`kappa.lineage`), and a worker refuses
+        faust-streaming, mode or aiokafka versions other than the pinned ones.
         """
+        from stream_processors.faust_internals import check_versions
+
+        check_versions()
         ensure_topics(self.settings, self.ep.kafka_bootstrap,
                       topics.input_specs(self.settings.partitions, self.settings.topic_prefix)
                       + self.outputs.specs(self.settings.partitions))

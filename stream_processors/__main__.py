@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
+from kappa.errors import KappaError
 from stream_processors.worker import run_worker
 
 
@@ -21,7 +24,11 @@ def main() -> None:
               help="Also run the online-learning agents (stream_processors.learning).")
 def worker(version: str | None, worker: int | None, loglevel: str, learning: bool) -> None:
     """Run one worker of group kappa-<version>; SIGTERM stops it cleanly."""
-    run_worker(version, worker, loglevel, learning)
+    try:
+        run_worker(version, worker, loglevel, learning)
+    except KappaError as exc:  # a setting or an installation to fix: one line in the worker's log
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

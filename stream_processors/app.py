@@ -28,7 +28,6 @@ from typing import Any
 
 import faust
 from confluent_kafka.admin import AdminClient
-from faust.sensors import Monitor, Sensor
 
 from kappa import lineage, topics
 from kappa.errors import ConfigError
@@ -39,7 +38,7 @@ from kappa.pipeline.derive import Names
 from kappa.settings import Settings
 from kappa.stack import endpoints
 from schemas.serde import Decoder, Registry
-from stream_processors import acks, commits, flow, stalls
+from stream_processors import faust_internals, stalls
 from stream_processors.base import Emitted
 from stream_processors.dimensions import partition_reader
 from stream_processors.io import Outputs, Route, TableState
@@ -50,18 +49,7 @@ __all__ = ["Pipeline", "app_id", "consumed_topics", "create_app", "partials_topi
 
 log = logging.getLogger(__name__)
 
-class LeanMonitor(Monitor):
-    """Faust's Monitor without its per-message bookkeeping.
-
-    The Monitor's statistics are only served by Faust's web server, which Kappa turns off
-    (metrics are Prometheus, :mod:`kappa.metrics`); its four per-message hooks still ran for
-    every event. The rest of the Monitor (commits, rebalances, tables) is kept.
-    """
-
-    on_message_in = Sensor.on_message_in
-    on_stream_event_in = Sensor.on_stream_event_in
-    on_stream_event_out = Sensor.on_stream_event_out
-    on_message_out = Sensor.on_message_out
+LeanMonitor = faust_internals.LeanMonitor
 
 
 BATCH_EVENTS = 5000
@@ -184,11 +172,10 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
     """Build the Faust app of ``version`` of the selected pipeline, its state in ``datadir``
     (unique per worker): an agent per stream (with its enrichment's table) and per window."""
     ep = endpoints(settings)
-    commits.install()  # Faust's commit bookkeeping without its duplicate-offset stall
-    flow.install()  # Faust's per-message hand-off without four tasks per message
-    acks.install()  # Faust's own producer: acks=all + idempotence, as every Kappa producer
-    if settings.processor_drop_fetch:
-        stalls.inject_dropped_fetch(settings.processor_drop_fetch)
+    # refuses other faust/mode/aiokafka versions; Faust's commit bookkeeping without its
+    # duplicate-offset stall, its per-message hand-off without four tasks per message,
+    # its own producer with acks=all + idempotence as every Kappa producer
+    faust_internals.install(settings.processor_drop_fetch)
     definition = current()
     names = Names(definition, version, settings.topic_prefix)
     outputs = topics.output_topics(version)

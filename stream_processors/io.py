@@ -28,6 +28,7 @@ from kappa.kafka import ClientErrorLog, producer_config
 from kappa.settings import Settings
 from schemas.serde import Encoder, Registry
 from stream_processors.base import Emitted
+from stream_processors.faust_internals import partition_db
 
 __all__ = ["OutputError", "Outputs", "Route", "TableState"]
 
@@ -182,7 +183,7 @@ class TableState:
         return str(self.table.changelog_topic.get_topic_name())
 
     def _db(self, partition: int) -> Any:
-        return self.table.data._db_for_partition(partition)
+        return partition_db(self.table, partition)
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         return self._db(partition).get(key)

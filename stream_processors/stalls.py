@@ -19,8 +19,10 @@ its normal path (acks, commits). A false alarm only costs a re-read: the stages 
 they have already applied, and Faust's read offset drops records it has already delivered.
 Counted in ``kappa_processor_stalls_reread_total`` with a warning in the worker log.
 
-:func:`inject_dropped_fetch` reproduces the fault on purpose (tests): the worker drops the
-records of the first fetch that holds any of one partition, as Faust does.
+:func:`~stream_processors.faust_internals.inject_dropped_fetch` reproduces the fault on purpose
+(tests, ``KAPPA_PROCESSOR_DROP_FETCH``): the worker drops the records of the first fetch that
+holds any of one partition, as Faust does. The consumer's state is read through
+:class:`~stream_processors.faust_internals.ConsumerView` (Faust keeps it private).
 """
 
 from __future__ import annotations
@@ -31,12 +33,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from faust.transport.consumer import ThreadDelegateConsumer
-
-from kappa.errors import ConfigError
 from kappa.metrics import STALLS_REREAD
+from stream_processors.faust_internals import ConsumerView
 
-__all__ = ["STALL_S", "StallWatch", "inject_dropped_fetch"]
+__all__ = ["STALL_S", "StallWatch"]
 
 log = logging.getLogger(__name__)
 
@@ -62,23 +62,20 @@ class StallWatch:
             self._since.clear()
             return []
         now = self.clock()
-        active = consumer._get_active_partitions()
-        buffered = consumer._buffered_partitions
+        view = ConsumerView(consumer)
+        active, buffered = view.active(), view.buffered()
         candidates: dict[Any, int | None] = {}
         for tp in consumer.assignment():
             if tp.topic not in self.topics or tp not in active or tp in buffered:
                 continue
-            committed = consumer._committed_offset.get(tp)
-            try:
-                end = consumer.highwater(tp)
-            except AssertionError:  # unassigned meanwhile (aiokafka asserts)
-                continue
-            read = consumer._read_offset.get(tp)  # the last record Faust handed to the streams
+            committed = view.committed(tp)
+            end = view.end(tp)  # None: unassigned meanwhile
+            read = view.read(tp)  # the last record Faust handed to the streams
             if end is not None and end > (committed or 0) and (read is None or read + 1 < end):
                 candidates[tp] = committed
         if candidates:  # records in the streams or in a batch: not stalled, only busy
-            for message in list(consumer._unacked_messages):
-                candidates.pop(message.tp, None)
+            for tp in view.unacked():
+                candidates.pop(tp, None)
         due: list[tuple[Any, int]] = []
         for tp, committed in candidates.items():
             seen = self._since.get(tp)
@@ -102,25 +99,3 @@ class StallWatch:
             del self._since[tp]
         await self.app.consumer.seek_wait(dict(due))
 
-
-def inject_dropped_fetch(spec: str) -> None:
-    """Failure injection (tests): ``<topic>:<partition>`` — drop the records of the first fetch
-    that holds any of that partition, in this process, as faust-streaming does."""
-    topic, _, partition = spec.rpartition(":")
-    if not topic or not partition.isdigit():
-        raise ConfigError(f"KAPPA_PROCESSOR_DROP_FETCH={spec!r}: expected <topic>:<partition>")
-    target = (topic, int(partition))
-    getmany = ThreadDelegateConsumer._getmany
-    done = False
-
-    async def _getmany(self: Any, active_partitions: Any, timeout: float) -> Any:
-        nonlocal done
-        records: Any = await getmany(self, active_partitions, timeout)  # a dict (aiokafka's)
-        if not done and records.get(target):  # keys are (topic, partition) named tuples
-            done = True
-            lost = records.pop(target)
-            log.warning("fault injection: dropped %d fetched records of %s[%d] (offsets %d..%d)",
-                        len(lost), *target, lost[0].offset, lost[-1].offset)
-        return records
-
-    ThreadDelegateConsumer._getmany = _getmany  # type: ignore[method-assign]

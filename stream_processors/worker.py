@@ -20,6 +20,7 @@ from kappa.metrics import serve
 from kappa.settings import get_settings
 from stream_processors.app import create_app
 from stream_processors.diagnose import Worker
+from stream_processors.faust_internals import check_versions
 
 __all__ = ["GC_THRESHOLDS", "claim_dir", "run_worker"]
 
@@ -56,6 +57,7 @@ def claim_dir(root: Path, worker: int | None) -> tuple[Path, IO[str]]:
 def run_worker(version: str | None = None, worker: int | None = None, loglevel: str = "WARNING",
                learning: bool = True) -> None:
     """Start one worker of ``version`` and block until SIGTERM/SIGINT (clean stop: commit, close)."""
+    check_versions()  # before anything starts: the patches of Faust's internals need these versions
     settings = get_settings()
     version = version or settings.version
     datadir, _lock = claim_dir(settings.home.resolve() / "processors" / version, worker)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
+import sys
 
 import click
 
-from kappa.bench import SECTIONS, run_bench
-from kappa.settings import get_settings
+from kappa.bench import SECTIONS, run_suite
 
 __all__ = ["bench"]
 
@@ -21,13 +20,10 @@ __all__ = ["bench"]
 def bench(events: int | None, quick: bool, only: tuple[str, ...]) -> None:
     """Measure produce, consume, the full job (vs Quix Streams), learning, sink, freshness, scaling, RSS.
 
-    Needs the stack (`kappa up`, or KAPPA_KAFKA_BOOTSTRAP + KAPPA_SCHEMA_REGISTRY_URL). Writes
+    Needs the stack (`kappa up`, or KAPPA_KAFKA_BOOTSTRAP + KAPPA_SCHEMA_REGISTRY_URL) and a
+    source checkout (the measurements are benchmarks/suite.py). Writes
     KAPPA_HOME/bench/<timestamp>.json and .md.
     """
-    t0 = time.monotonic()
-    report = run_bench(get_settings(), events, quick, only, echo=lambda line: click.echo(line, err=True))
-    click.echo(report.table())
-    click.echo(f"\n{report.meta['events']:,} events, {time.monotonic() - t0:.0f}s, load "
-               f"{report.meta['load_before']} -> {report.meta['load_after']}; ratios are to each section's "
-               "baseline (1.00)")
-    click.echo(f"written: {report.json_path} and {report.md_path}")
+    code = run_suite(events, quick, only)
+    if code:
+        sys.exit(code)

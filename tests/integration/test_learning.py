@@ -21,9 +21,9 @@ from kappa.kafka import TopicSpec, client_config, ensure_topics
 from kappa.topics import input_topics, output_topics
 from schemas.serde import Decoder, Encoder, Registry, subject
 from stream_processors.learning import fraud_events_topic, load_checkpoints
-from stream_processors.learning_synthetic import scenario
 from stream_processors.samples import default_model
 from tests.conftest import REPO, Stack
+from tests.support.learning_synthetic import scenario
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +65,7 @@ class Run:
                                                 "KAPPA_VERSION": self.version, **env}
         log = open(self.home / f"worker-{time.time_ns()}.log", "wb")
         self.worker = subprocess.Popen(
-            [sys.executable, "-m", "stream_processors.learning_app", "worker", "-l", "warn"],
+            [sys.executable, "-m", "tests.support.learning_app", "worker", "-l", "warn"],
             cwd=REPO, env=run_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:

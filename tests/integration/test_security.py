@@ -1,6 +1,6 @@
 """Kafka security against a real broker that requires SASL/SCRAM-SHA-512 (and SASL_SSL).
 
-The broker comes from :mod:`kappa.stack.secure` (same cached jars as ``kappa up``), one per
+The broker comes from :mod:`tests.support.secure_broker` (same cached jars as ``kappa up``), one per
 module. Every client is configured only through ``kappa.kafka``: ``client_config`` for
 confluent-kafka, ``faust_broker_credentials`` for Faust/aiokafka. Wrong credentials must fail
 fast with a KappaError naming the address, and no secret may reach any output or log.
@@ -27,7 +27,7 @@ from kappa.kafka import TopicSpec, check_connection, client_config, ensure_topic
 from kappa.settings import Settings
 from kappa.stack.manager import registry_healthy
 from kappa.stack.process import free_port
-from kappa.stack.secure import SecureBroker, start_secure_broker, stop_secure_broker
+from tests.support.secure_broker import SecureBroker, start_secure_broker, stop_secure_broker
 
 pytestmark = pytest.mark.integration
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from kappa.bench import SECTIONS, BenchReport, Figure
+from pathlib import Path
+
+import pytest
+
+from kappa.bench import SECTIONS, SUITE, BenchReport, Figure, run_suite, suite_argv
+from kappa.errors import KappaError
 
 META = {"started": "20260101T000000", "events": 1000, "quick": True, "cpus": 2, "load_before": "1.0",
         "load_after": "1.0", "seconds": 12.0}
@@ -31,3 +36,15 @@ def test_markdown_is_one_row_per_figure() -> None:
     md = report.markdown()
     assert md.startswith("# kappa bench 20260101T000000")
     assert "| sink | chdb | 1,000,000 rows/s | 1.00 |" in md
+
+
+def test_the_measurements_are_the_checkout_script_with_the_same_options() -> None:
+    argv = suite_argv(300, True, ["produce", "rss"])
+    assert argv[1:] == [str(SUITE), "--events", "300", "--quick", "--only", "produce", "--only", "rss"]
+    assert SUITE.is_file() and SUITE.parent.name == "benchmarks"
+
+
+def test_without_a_checkout_kappa_bench_says_so_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(KappaError, match="source checkout") as err:
+        run_suite(suite=tmp_path / "benchmarks" / "suite.py")
+    assert "\n" not in str(err.value)

@@ -89,6 +89,7 @@ def test_missing_file(home: Path) -> None:
     ["run", "--until-drained"],
     ["replay", "--version", "v2"],
     ["schemas", "register"],
+    ["bench", "--only", "produce"],
 ])
 def test_stopped_stack_says_run_up(args: list[str], stopped: Path) -> None:
     line = _one_error(_kappa(args, _env(stopped)))

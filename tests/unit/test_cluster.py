@@ -103,9 +103,9 @@ def test_a_home_keeps_its_node_count(tmp_path: Path) -> None:
 def test_faust_producer_asks_for_acks_all_and_idempotence() -> None:
     import faust
 
-    from stream_processors import acks
+    from stream_processors import faust_internals
 
-    acks.install()
+    faust_internals.install()
     app = faust.App("kappa-unit-acks", broker="kafka://127.0.0.1:1", web_enabled=False)
     extra = app.producer._settings_extra()  # what aiokafka gets beside Faust's defaults
     assert (extra["acks"], extra["enable_idempotence"]) == ("all", True)

@@ -1,4 +1,4 @@
-"""stream_processors.commits: Faust's committable offset without its duplicate-offset stall."""
+"""stream_processors.faust_internals.new_offset: Faust's committable offset without its duplicate-offset stall."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 from faust.transport.consumer import Consumer
 from intervaltree import IntervalTree
 
-from stream_processors.commits import FAUST_NEW_OFFSET, install, new_offset
+from stream_processors.faust_internals import FAUST_NEW_OFFSET, install, new_offset
 
 TP = ("orders", 0)
 

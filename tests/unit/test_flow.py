@@ -1,4 +1,4 @@
-"""stream_processors.flow: Faust's per-message hand-off without mode's four tasks per message.
+"""stream_processors.faust_internals.wait_first: Faust's per-message hand-off without mode's four tasks per message.
 
 The consumer is a real mode Service with Faust's ``suspend_flow`` event; the "stream buffer"
 is a real bounded asyncio queue, as in Faust, so a full buffer really suspends the callback.
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from mode import Service
 
-from stream_processors.flow import MODE_WAIT_FIRST, wait_first
+from stream_processors.faust_internals import MODE_WAIT_FIRST, wait_first
 
 
 class FetcherLike(Service):

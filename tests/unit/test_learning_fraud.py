@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from stream_processors.fraud import FraudLearner
-from stream_processors.learning_synthetic import scenario
+from tests.support.learning_synthetic import scenario
 
 
 def merged(orders: list[dict[str, Any]], labels: list[dict[str, Any]], partitions: int = 2,

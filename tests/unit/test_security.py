@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from kappa.errors import KafkaAuthFailed
 from kappa.kafka import _auth_failure, client_config, faust_broker_credentials
 from kappa.settings import Settings
-from kappa.stack.secure import _properties
+from tests.support.secure_broker import _properties
 
 KAFKA_PW = "kafka-secret-4b1d"
 CH_PW = "clickhouse-secret-9f2e"

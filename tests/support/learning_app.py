@@ -1,9 +1,9 @@
-"""A Faust app holding only the learning agents: for tests and benchmarks of issue 5 alone.
+"""A Faust app holding only the learning agents: for the tests of the learning agents alone.
 
 The real pipeline registers the same agents in its ``kappa-<version>`` app via
 :func:`stream_processors.learning.register`; this module gives the same thing standalone::
 
-    KAPPA_VERSION=v1 python -m stream_processors.learning_app worker -l info
+    KAPPA_VERSION=v1 python -m tests.support.learning_app worker -l info
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def make_app(settings: Settings, version: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m stream_processors.learning_app worker``: run the learning agents."""
+    """``python -m tests.support.learning_app worker``: run the learning agents."""
     settings = Settings()
     app = make_app(settings, settings.version)
     args = list(argv if argv is not None else sys.argv[1:])
