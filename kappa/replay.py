@@ -56,7 +56,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from kappa import lineage, topics, versions
+from kappa import lineage, versions
 from kappa.errors import KappaError
 from kappa.kafka import client_config
 from kappa.pipeline import current
@@ -182,10 +182,10 @@ def start_offsets(settings: Settings, bootstrap: str, start: StartPoint,
 
     Raises NotRetained when a fact partition's oldest retained record is newer than ``start``.
     """
-    i = topics.input_topics(settings.topic_prefix)
     c = _consumer(settings, bootstrap, f"kappa-replay-probe-{uuid.uuid4().hex[:8]}")
     try:
-        tps = _partitions(c, [i.orders, i.order_labels])
+        fact = [settings.topic_prefix + n for n, inp in current().inputs.items() if not inp.table]
+        tps = _partitions(c, fact)
         lows = {(tp.topic, tp.partition): c.get_watermark_offsets(tp, timeout=10) for tp in tps}
         truncated = [tp for tp in tps if lows[(tp.topic, tp.partition)][0] > 0]
         if start.boundary_ms is None:
@@ -223,10 +223,11 @@ def commit_start(settings: Settings, bootstrap: str, version: str,
     """
     if not offsets:
         return True
-    labels = topics.input_topics(settings.topic_prefix).order_labels  # read by the fraud consumer's group
+    # the models' label streams are read by the models' consumer group
+    labels_of = {settings.topic_prefix + m.labels for m in current().models.values()}
     per_group: dict[str, dict[tuple[str, int], int]] = {}
     for (t, p), o in offsets.items():
-        per_group.setdefault(fraud_group(version) if t == labels else processor_group(version), {})[(t, p)] = o
+        per_group.setdefault(fraud_group(version) if t in labels_of else processor_group(version), {})[(t, p)] = o
     consumers = {g: _consumer(settings, bootstrap, g) for g in per_group}
     try:
         for g, offs in per_group.items():
@@ -268,12 +269,15 @@ def _tables_exist(backend: Any, db: str) -> set[str]:
     return {r[0] for r in backend.rows(f"SELECT name FROM system.tables WHERE database = '{db}'")}
 
 
-_BOUNDED = {  # table -> its event-time column (rows before the boundary come from the live version)
-    "orders": "event_time",
-    "scores": "event_time",
-    "revenue_windows": "window_start",
-    "drift_events": "event_time",
-}
+def _bounded() -> dict[str, str]:
+    """Table -> its event-time column (rows before the boundary come from the live version): the
+    pipeline's streams and windows, and its models' scores and drift events."""
+    pipe = current()
+    out = {o.table: (pipe.input(o.name).time or "") if o.kind == "stream" else "window_start"
+           for o in Names(pipe, "v").outputs() if o.kind in ("stream", "window")}
+    if pipe.models:
+        out.update(scores="event_time", drift_events="event_time")
+    return {t: c for t, c in out.items() if c}
 
 
 def apply_boundary(backend: Any, live: str, version: str, boundary_ms: int,
@@ -283,8 +287,10 @@ def apply_boundary(backend: Any, live: str, version: str, boundary_ms: int,
 
     old, new = database(live), database(version)
     at = f"fromUnixTimestamp64Milli(toInt64({boundary_ms}), 'UTC')"
-    scopes = {t: f"{col} < {at}" for t, col in _BOUNDED.items()}
-    scopes["model_quality"] = f"model = 'fraud' AND bucket < {at}"
+    scopes = {t: f"{col} < {at}" for t, col in _bounded().items()}
+    models = current().models
+    if models:
+        scopes["model_quality"] = f"model IN ({', '.join(repr(m) for m in models)}) AND bucket < {at}"
     if offsets:
         before = " OR ".join(
             f"(topic = '{t}' AND toInt32OrZero(splitByChar('/', source)[-2]) = {p} "
@@ -315,6 +321,29 @@ _BREAKDOWNS = {  # view -> (dimension, measure) shown when a view differs
     "rejected_events": ("splitByChar(':', reason)[1]", "count()"),
     "model_quality": ("model", "argMax(roc_auc, bucket_index)"),
 }
+
+
+def _stats() -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+    """(view -> aggregates compared, view -> (dimension, measure) shown when it differs): the
+    e-commerce contract's own for the default pipeline, else derived from the definition."""
+    pipe = current()
+    if pipe.database == "kappa" and "orders" in pipe.inputs and "revenue_per_minute" in pipe.windows:
+        return _STATS, _BREAKDOWNS
+    stats: dict[str, str] = {}
+    breakdowns: dict[str, tuple[str, str]] = {}
+    names = Names(pipe, "v")
+    for inp in names.streams():
+        stats[inp.name] = "count() AS rows, countIf(late) AS late"
+    for w in pipe.windows.values():
+        sums = ", ".join(f"round(sum({a}), 6) AS {a}" for a in w.aggregations)
+        stats[w.name] = f"count() AS rows, {sums}"
+        breakdowns[w.name] = (w.keys[0], f"sum({next(iter(w.aggregations))})")
+    if pipe.models:
+        stats["model_quality"] = _STATS["model_quality"]
+        breakdowns["model_quality"] = _BREAKDOWNS["model_quality"]
+    stats["rejected_events"] = "count() AS rows"
+    breakdowns["rejected_events"] = _BREAKDOWNS["rejected_events"]
+    return stats, breakdowns
 
 
 @dataclass
@@ -368,11 +397,15 @@ def verify(settings: Settings, backend: Any, live: str | None, version: str) -> 
     report = Verification(live, version)
     dbs = [database(v) for v in (live, version) if v]
     present = [_tables_exist(backend, db) for db in dbs]
-    for view, measures in _STATS.items():
+    from sinks.rows import tables_of
+
+    stats, breakdowns = _stats()
+    first_table = next(iter(tables_of(current())))
+    for view, measures in stats.items():
         got = []
         for db, have in zip(dbs, present, strict=True):
             try:
-                row = backend.rows(f"SELECT {measures} FROM {_view_sql(view, db)}") if "orders" in have else []
+                row = backend.rows(f"SELECT {measures} FROM {_view_sql(view, db)}") if first_table in have else []
             except KappaError:
                 row = []
             names = [m.rsplit(" AS ", 1)[1] for m in measures.split(", ") if " AS " in m]
@@ -395,9 +428,9 @@ def verify(settings: Settings, backend: Any, live: str | None, version: str) -> 
         report.explanations.append(f"{version} recomputed only event time >= {cfg_new['from']}; "
                                    f"earlier rows were copied from {live}")
     for view, (old, new) in report.stats.items():
-        if view not in _BREAKDOWNS:
+        if view not in breakdowns:
             continue
-        dim, measure = _BREAKDOWNS[view]
+        dim, measure = breakdowns[view]
         sides = []
         for db in (database(live), database(version)):
             sides.append({str(r[0]): float(r[1]) for r in backend.rows(
@@ -410,7 +443,8 @@ def verify(settings: Settings, backend: Any, live: str | None, version: str) -> 
         parts = [f"{k}: {_num(a)} -> {_num(b)}" for k, a, b in changed[:8]]
         more = f" (+{len(changed) - 8} more)" if len(changed) > 8 else ""
         label = {"orders": "orders per category", "revenue_per_minute": "window orders per category",
-                 "rejected_events": "rejections per reason", "model_quality": "last ROC AUC per model"}[view]
+                 "rejected_events": "rejections per reason", "model_quality": "last ROC AUC per model"}.get(
+                     view, f"{measure} per {dim}")
         report.explanations.append(f"{view}: {label}: " + "; ".join(parts) + more)
         if view == "orders" and old.get("rows") == new.get("rows") and old.get("amount") == new.get("amount"):
             report.explanations.append("orders: same orders and amounts, only categories moved "
@@ -523,7 +557,7 @@ class _Progress:
             self.caught_up_at = now
         i = self.pipe.inputs
         lag = s.processors.by_topic()
-        shown = [i.users, i.orders, i.order_labels, *sorted(t for t in lag if t.startswith(i.samples("")))]
+        shown = [i.prefix + n for n in current().inputs] + sorted(t for t in lag if t.startswith(i.samples("")))
         parts = [f"{t.removeprefix(i.prefix)} {lag[t]:,}" for t in shown if t in lag]
         internal = sum(v for t, v in lag.items() if t not in shown)
         eta = (s.processors.total + s.sink.total) / self.rate if self.rate > 0 else float("inf")

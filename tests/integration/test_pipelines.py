@@ -147,6 +147,11 @@ def test_iot_worker_killed_mid_stream_gives_the_views_of_a_clean_run(stack: Stac
     got, want = _views(crashed), _views(clean)
     assert got["readings"] and got["windows"] and got["rejected"]
     assert got == want
+    # a replay of the clean version's log as another version, swapped in: identical on every view
+    done = kappa(clean, "replay", "--from", "earliest", "--version", f"{v}c", "--swap")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "identical on every view" in done.stdout and "swapped" in done.stdout, done.stdout[-3000:]
+    assert _views(clean) == want
 
 
 def test_a_project_made_by_kappa_init_runs_end_to_end(stack: Stack, tmp_path: Path) -> None:
