@@ -37,3 +37,14 @@ def test_mounted_config_files_exist() -> None:
             source = str(volume).split(":", 1)[0]
             if source.startswith("./"):
                 assert (REPO / source).exists(), f"{source} mounted but missing"
+
+
+def test_every_pipeline_service_runs_the_mounted_pipeline_directory() -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert compose["x-kappa-env"]["KAPPA_PIPELINE"] == "/pipeline"
+    for name in ("processor", "sink", "kappa"):
+        service = compose["services"][name]
+        assert service["environment"]["KAPPA_PIPELINE"] == "/pipeline", name
+        mounts = [v for v in service["volumes"] if v.endswith(":/pipeline:ro")]
+        assert mounts == ["${KAPPA_PIPELINE_DIR:-./examples/ecommerce}:/pipeline:ro"], name
+    assert (REPO / "examples" / "ecommerce" / "pipeline.toml").is_file()
