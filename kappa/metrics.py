@@ -63,10 +63,12 @@ CONSUMED = Counter("kappa_processor_events_total", "Events consumed by the proce
                    ["topic"])
 REJECTED = Counter("kappa_rejected_events_total", "Events rejected to a DLQ, by stage, topic and reason.",
                    ["stage", "topic", "reason"])
-DUPLICATES = Counter("kappa_processor_duplicates_total", "Orders dropped as duplicates of an earlier order_id.")
+DUPLICATES = Counter("kappa_processor_duplicates_total",
+                     "Events dropped as duplicates of an earlier one with the same declared id, by stream.",
+                     ["stream"])
 LATE_EVENTS = Counter("kappa_processor_late_events_total",
-                      "Orders after their window's end: within grace (updated) or too late (counted only).",
-                      ["kind"])  # kind: within_grace | too_late
+                      "Events after their window's end, by stream: within grace (updated) or too late "
+                      "(counted only).", ["kind", "stream"])  # kind: within_grace | too_late
 SKIPPED_REFETCHED = Counter("kappa_processor_skipped_refetched_total",
                             "Input records Faust skipped (around a rebalance) that the stage read itself.",
                             ["topic"])
@@ -224,6 +226,12 @@ def _precreate(component: str) -> None:
             SINK_ROWS.labels(table)
     elif component == "processor":
         DRIFT_DETECTIONS.labels("fraud")
-        DUPLICATES.inc(0)
-        for kind in ("within_grace", "too_late"):
-            LATE_EVENTS.labels(kind)
+        from kappa.pipeline import current
+
+        pipe = current()
+        for name, inp in pipe.inputs.items():
+            if inp.id:
+                DUPLICATES.labels(name)
+        for w in pipe.windows.values():
+            for kind in ("within_grace", "too_late"):
+                LATE_EVENTS.labels(kind, w.stream)

@@ -315,7 +315,7 @@ class StreamStage:
                 first = get(dkey)
                 verdict = Dedupe.verdict(first, p, offset)
                 if verdict is None:
-                    DUPLICATES.inc()
+                    DUPLICATES.labels(self.input.name).inc()
                     continue
                 if verdict != "new":
                     kind = verdict  # the same event again (re-delivery): keep its verdict
@@ -329,7 +329,7 @@ class StreamStage:
             if window is not None:
                 kind, fresh = prog.observe(offset, rec, et, kind)
                 if fresh and kind != "on_time":
-                    LATE_EVENTS.labels(kind).inc()
+                    LATE_EVENTS.labels(kind, self.input.name).inc()
             else:
                 prog.offset = max(prog.offset, offset)
                 if prog.watermark is None or et > prog.watermark:

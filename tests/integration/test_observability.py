@@ -213,9 +213,9 @@ def _emit_batch(role: str, rng: random.Random, tick: int) -> None:
                 metrics.REJECTED.labels("validate", topic, reason).inc(rng.randint(1, 5))
             for partition in range(2):
                 metrics.CONSUMER_LAG.labels("kappa-v1", topic, str(partition)).set(rng.randint(0, 500))
-        metrics.DUPLICATES.inc(rng.randint(1, 4))
-        metrics.LATE_EVENTS.labels("within_grace").inc(rng.randint(1, 3))
-        metrics.LATE_EVENTS.labels("too_late").inc(rng.randint(1, 2))
+        metrics.DUPLICATES.labels("orders").inc(rng.randint(1, 4))
+        metrics.LATE_EVENTS.labels("within_grace", "orders").inc(rng.randint(1, 3))
+        metrics.LATE_EVENTS.labels("too_late", "orders").inc(rng.randint(1, 2))
         for agent in ("validate", "enrich", "windows", "learn"):
             metrics.BATCH_SECONDS.labels(agent).observe(rng.uniform(0.001, 0.2))
     elif role == "sink":
