@@ -51,7 +51,8 @@ def _batch_config(settings: Settings, bootstrap: str, topics: list[str]) -> dict
 
 
 @click.command()
-@click.option("--generator", type=click.Choice(["ecommerce"]), help="Built-in event generator.")
+@click.option("--generator", metavar="NAME",
+              help="Event generator: ecommerce, or the selected pipeline's name when it declares a generator.")
 @click.option("--events", type=int, default=10_000, show_default=True,
               help="Generator: orders to publish (duplicates and invalid ones included).")
 @click.option("--seed", type=int, default=42, show_default=True, help="Generator seed.")
@@ -103,8 +104,16 @@ def produce(generator: str | None, events: int, seed: int, users: int | None, st
     metrics.serve("producer")
     check_connection(settings, ep.kafka_bootstrap)  # wrong credentials fail here, fast and clearly
 
+    if generator and generator != "ecommerce":
+        _pipeline_generator(settings, ep.kafka_bootstrap, generator, events, seed, rate)
+        return
     if generator:
+        from kappa.pipeline import DEFAULT, current
         from producers.ecommerce import GeneratorConfig, generate, publish_events
+
+        if current().path.parent != DEFAULT:
+            raise click.UsageError(f"the ecommerce generator writes the inputs of examples/ecommerce, not of pipeline "
+                                   f"{current().name!r}: use --generator {current().name} (if it declares one)")
 
         cfg = GeneratorConfig(events=events, seed=seed, users=users, start_ms=_start_ms(start),
                               drift_at=drift_at, dup_rate=dup_rate, invalid_rate=invalid_rate,
@@ -155,3 +164,26 @@ def produce(generator: str | None, events: int, seed: int, users: int | None, st
     if report.rejected:
         click.secho(f"{report.rejected} row(s) rejected (see above)", fg="red", err=True)
         sys.exit(1)
+
+
+def _pipeline_generator(settings: Any, bootstrap: str, name: str, events: int, seed: int,
+                        rate: float | None) -> None:
+    """``--generator NAME`` of the selected pipeline (``[pipeline] generator``)."""
+    from kappa.pipeline import current
+    from producers.base import Publisher
+    from producers.generators import expectations, generator_of, publish_events
+
+    pipe = current()
+    generate = generator_of(pipe)
+    if name != pipe.name or generate is None:
+        known = ["ecommerce"] + ([pipe.name] if generate is not None else [])
+        raise click.UsageError(f"no generator {name!r} for pipeline {pipe.name!r} ({pipe.path}): use "
+                               + " or ".join(f"--generator {k}" for k in known))
+    records = generate(events, seed=seed)
+    ensure_topics(settings, bootstrap, input_specs(settings.partitions, settings.topic_prefix))
+    with Publisher(settings, bootstrap, rate=rate, total=len(records)) as pub:
+        publish_events(pub, records)
+        summary = pub.flush()
+    for topic, want in expectations(records).items():
+        click.echo(f"{topic}: " + ", ".join(f"{k} {v:,}" for k, v in want.items()))
+    click.echo(str(summary))

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from kappa.pipeline import load
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.integration
@@ -124,15 +123,13 @@ def _views(env: dict[str, str]) -> dict[str, Any]:
 
 def test_iot_worker_killed_mid_stream_gives_the_views_of_a_clean_run(stack: Stack, tmp_path: Path) -> None:
     prefix = f"iotk{uuid.uuid4().hex[:8]}."
-    events = load(IOT).resolve("generate:events")(4000, seed=3)
-    rows = {"devices": [e.value for e in events if e.topic == "devices"],
-            "readings": [e.value for e in events if e.topic == "readings"]}
     v = f"k{uuid.uuid4().hex[:6]}"
     clean = _env(stack, tmp_path / "clean", prefix, IOT, KAPPA_VERSION=f"{v}a")
-    for topic in ("devices", "readings"):
-        done = kappa(clean, "produce", "--file", str(_jsonl(tmp_path / f"{topic}.jsonl", rows[topic])),
-                     "--topic", prefix + topic)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    wrong = kappa(clean, "produce", "--generator", "ecommerce", "--events", "10")
+    assert wrong.returncode == 2 and "use --generator iot" in wrong.stderr, wrong.stderr
+    done = kappa(clean, "produce", "--generator", "iot", "--events", "4000", "--seed", "3")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "readings: published 4,000" in done.stdout, done.stdout
     done = kappa(clean, "run", "--until-drained")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # another version over the same log: its worker killed -9 after its first batch's outputs
