@@ -262,15 +262,7 @@ SCENARIOS: dict[str, Callable[[Cluster, Pipe, Any, Watch], str]] = {
     "c_rolling_restart": fault_rolling,
     "d_two_brokers_down": fault_two_down,
 }
-KNOWN = {
-    "b_broker_worker_sink_killed": pytest.mark.xfail(strict=True, reason=(
-        "seen once (1 of 1 run): the `kappa run` process died of SIGSEGV inside librdkafka 2.16.1 "
-        "(rdk:main thread, dmesg) in the steady run and again in the drain run, and the drain run's "
-        "worker stopped consuming revenue partials [1,3,4,5] (committed 28-64 of ~300): open")),
-}
-
-
-@pytest.mark.parametrize("scenario", [pytest.param(s, marks=KNOWN.get(s, ())) for s in SCENARIOS])
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_cluster_fault_mid_stream(scenario: str, cluster3: Cluster, stack: Stack, tmp_path: Path) -> None:
     tag = f"{scenario[0]}{os.urandom(4).hex()}"
     pipe = Pipe(cluster3, tmp_path / "cluster-run", f"rel{tag}.", f"r{tag}", partitions=PARTITIONS)
