@@ -73,7 +73,8 @@ _TYPES: dict[str, Callable[[Any], bool]] = {
     "float": _is_number,
     "double": _is_number,
 }
-_BOUNDS = {"gt": operator.gt, "ge": operator.ge, "lt": operator.lt, "le": operator.le}
+_BOUNDS: dict[str, Callable[[Any, Any], bool]] = {
+    "gt": operator.gt, "ge": operator.ge, "lt": operator.lt, "le": operator.le}
 
 
 def compile_rule(rule: Rule, field_type: str, resolve: Callable[[str], Any]) -> _Check:
@@ -113,7 +114,10 @@ def compile_rule(rule: Rule, field_type: str, resolve: Callable[[str], Any]) -> 
 
         def check(rec: Mapping[str, Any], now_ms: int | None) -> str | None:
             value = rec.get(name)
-            if typed(value) and all(op(value, bound) for op, bound in bounds):  # type: ignore[arg-type]
+            if typed(value):
+                for op, bound in bounds:
+                    if not op(value, bound):
+                        return reason(detail, value=value)
                 return None
             return reason(detail, value=value)
     elif rule.check == "in":
@@ -170,14 +174,18 @@ def compile_rules(inp: Input, resolve: Callable[[str], Any]) -> Validator:
         ftype = inp.schema.field(rule.field).type if rule.field else ""  # type: ignore[union-attr]
         checks.append((rule, compile_rule(rule, ftype, resolve)))
 
+    plain = [check for _, check in checks]
+
     def validate(rec: Mapping[str, Any], now_ms: int | None) -> str | None:
-        for rule, check in checks:
-            try:
+        i = 0
+        try:
+            for i, check in enumerate(plain):  # noqa: B007 - i names the failing rule below
                 reason = check(rec, now_ms)
-            except Exception as exc:
-                return f"rule_error: {rule.function or rule.code}: {type(exc).__name__}: {exc}"
-            if reason:
-                return reason
+                if reason:
+                    return reason
+        except Exception as exc:
+            rule = checks[i][0]
+            return f"rule_error: {rule.function or rule.code}: {type(exc).__name__}: {exc}"
         return None
 
     return validate

@@ -327,15 +327,23 @@ class PartitionWindows:
         """Apply one first-seen event to every window holding it that is not closed here; return
         its lateness. ``kind`` forces the lateness decided the first time this event was seen
         (the caller's first-occurrence record), so a re-application keeps its original verdict."""
+        values = [event[k] for k in self.spec.keys]
+        return self._add(offset, event, event_time, kind, values, self._keys(event_time, values))
+
+    def _keys(self, event_time: int, values: list[Any]) -> list[tuple[int, str]]:
+        """(start, key) of every window holding ``event_time`` (:meth:`WindowSpec.key`, once)."""
+        suffix = "|" + "|".join(map(str, values)) if values else ""
+        return [(start, f"{start}{suffix}") for start in self.spec.starts(event_time)]
+
+    def _add(self, offset: int, event: Mapping[str, Any], event_time: int, kind: str | None,
+             values: list[Any], keys: list[tuple[int, str]]) -> str:
         spec = self.spec
         kind = kind or spec.classify(event_time, self.watermark)
         if kind != "too_late":
-            values = [event[k] for k in spec.keys]
             wm, closing = self.watermark, spec.size_ms + spec.grace_ms
-            for start in spec.starts(event_time):
+            for start, key in keys:
                 if wm is not None and start + closing <= wm:
                     continue  # closed on this partition: never changed
-                key = spec.key(start, values)
                 win = self.windows.get(key)
                 if win is None:
                     win = self.windows[key] = [start, *values, *_empty(spec)]
@@ -358,9 +366,12 @@ class PartitionWindows:
         """One event of the current batch, in offset order: applied unless already (re-delivery).
         Returns its lateness (``kind`` when given and already applied) and whether it is new here."""
         fresh = not self.applied(offset)
+        values = [event[k] for k in self.spec.keys]
+        keys = self._keys(event_time, values)
         if fresh:
-            kind = self.add(offset, event, event_time, kind)
-        self._touched.update(self.holding(event, event_time))
+            kind = self._add(offset, event, event_time, kind, values, keys)
+        windows = self.windows
+        self._touched.update(key for _, key in keys if key in windows)
         return kind or "on_time", fresh
 
     def end_batch(self, partition: int, last_offset: int | None) -> list[tuple[str, bytes]]:
