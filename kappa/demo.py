@@ -16,7 +16,6 @@ from typing import Any
 
 from kappa import stack, topics
 from kappa.kafka import ensure_topics
-from kappa.lag import group_lag, matching_topics
 from kappa.runner import Pipeline
 from kappa.settings import Settings
 
@@ -29,12 +28,6 @@ class DemoReport:
 
     lines: list[str]
     reconciled: bool
-
-
-def _published(pipeline: Pipeline) -> int:
-    t = pipeline.inputs
-    found = matching_topics(pipeline.admin, [t.orders])
-    return group_lag(pipeline.admin, "kappa-demo-probe", found).end if found else 0
 
 
 def _publish(settings: Settings, events: int, seed: int, echo: Callable[[str], None]) -> dict[str, Any]:
@@ -138,7 +131,7 @@ def run_demo(settings: Settings, events: int = 20_000, seed: int = 42,
     pipeline.prepare()
     ensure_topics(settings, pipeline.ep.kafka_bootstrap, topics.output_topics(version).specs(settings.partitions))
     manifest_path = settings.home / "manifests" / "demo.json"
-    if manifest_path.exists() and _published(pipeline) > 0:
+    if manifest_path.exists() and pipeline.published() > 0:
         manifest = json.loads(manifest_path.read_text())
         echo(f"3/4 the log already holds the demo's {manifest['events']:,} events: not publishing again")
     else:

@@ -40,6 +40,9 @@ from typing import Any
 
 from kappa.errors import ConfigError
 from kappa.pipeline import DEFAULT, load
+from producers.generators import (
+    Event,  # kinds here: user | user_update | order | duplicate | invalid | too_late | label
+)
 from schemas.rules import for_input, reason_code
 
 __all__ = ["Event", "GeneratorConfig", "Manifest", "generate", "manifest_of", "publish_events"]
@@ -98,16 +101,6 @@ class GeneratorConfig:
     """Mean order rate in event time at a diurnal multiplier of 1."""
     grace_ms: int = 60_000
 
-
-@dataclass(frozen=True)
-class Event:
-    """One message to publish: unprefixed topic (``users``/``orders``/``order_labels``), key, value."""
-
-    topic: str
-    key: str
-    value: dict[str, Any]
-    kind: str
-    """user | user_update | order | duplicate | invalid | too_late | label."""
 
 
 @dataclass
