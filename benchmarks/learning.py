@@ -7,7 +7,7 @@ plumbing is measured by the pipeline benchmarks). Rows:
 * ``samples learner, one-at-a-time``: :class:`SampleLearner.learn` (exact progressive validation);
 * ``samples learner, mini-batch B``: ``predict_proba_many`` + ``learn_many`` per batch of B;
 * ``river loop, fraud features``: predict_proba_one + learn_one on the fraud features alone;
-* ``fraud learner``: :class:`FraudLearner` (merge, watermark, pending features, metrics, drift),
+* ``fraud learner``: :class:`OnlineModel` of the fraud model (merge, watermark, pending features, metrics, drift),
   events = orders + labels; plus the pickle+zlib checkpoint size and time.
 
     .venv/bin/python benchmarks/learning.py [--repeat 5]
@@ -29,9 +29,13 @@ if str(REPO) not in sys.path:  # the synthetic scenario is a test helper (tests/
 
 from river import datasets, evaluate, metrics  # noqa: E402
 
-from stream_processors.fraud import FraudLearner, fraud_model, order_features  # noqa: E402
+from kappa.pipeline import DEFAULT, load  # noqa: E402
+from stream_processors.operators.model import OnlineModel, model_spec  # noqa: E402
 from stream_processors.samples import SampleLearner, default_model  # noqa: E402
 from tests.support.learning_synthetic import scenario  # noqa: E402
+
+FRAUD = model_spec(load(DEFAULT), "fraud")
+"""The e-commerce fraud model (examples/ecommerce [models.fraud]) under the generic operator."""
 
 
 def best_of(repeat: int, fn: Callable[[], int]) -> tuple[int, float]:
@@ -45,7 +49,7 @@ def best_of(repeat: int, fn: Callable[[], int]) -> tuple[int, float]:
 
 
 def run(repeat: int = 3, fraud_orders: int = 20_000,
-        state: dict[str, FraudLearner] | None = None) -> list[dict[str, float | str | int]]:
+        state: dict[str, OnlineModel] | None = None) -> list[dict[str, float | str | int]]:
     """Rows ``{"stage", "events", "seconds", "events_per_s"}`` (best of ``repeat``)."""
     args = argparse.Namespace(repeat=repeat, fraud_orders=fraud_orders)
     phishing = list(datasets.Phishing()) * 8  # 10 000 samples
@@ -81,9 +85,9 @@ def run(repeat: int = 3, fraud_orders: int = 20_000,
                        for i, lb in enumerate(labels)], key=lambda e: e[1])
 
     def river_fraud() -> int:
-        model = fraud_model()
+        model = FRAUD.factory()
         for o in orders:
-            x = order_features(o)
+            x = FRAUD.features(o)
             model.predict_proba_one(x)
             model.learn_one(x, truth[o["order_id"]])
         return 2 * len(orders)
@@ -91,7 +95,7 @@ def run(repeat: int = 3, fraud_orders: int = 20_000,
     state = {} if state is None else state
 
     def fraud_learner() -> int:
-        lrn = FraudLearner(sources=("o/0", "o/1", "o/2", "o/3", "l/0", "l/1", "l/2", "l/3"))
+        lrn = OnlineModel(FRAUD, sources=("o/0", "o/1", "o/2", "o/3", "l/0", "l/1", "l/2", "l/3"))
         for off, (kind, t, oid, data, src) in enumerate(events):
             lrn.add(kind, t, oid, data, src, off)
             if off % 500 == 0:
@@ -110,7 +114,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--fraud-orders", type=int, default=20_000)
     args = parser.parse_args()
-    state: dict[str, FraudLearner] = {}
+    state: dict[str, OnlineModel] = {}
     rows = [(str(r["stage"]), int(r["events"]), float(r["seconds"]))
             for r in run(args.repeat, args.fraud_orders, state)]
 

@@ -61,7 +61,7 @@ from kappa.errors import KappaError
 from kappa.kafka import client_config
 from kappa.pipeline import current
 from kappa.pipeline.derive import Names
-from kappa.runner import DrainState, Pipeline, fraud_group, processor_group, sink_group
+from kappa.runner import DrainState, Pipeline, model_groups, processor_group, sink_group
 from kappa.settings import Settings
 from kappa.stack import endpoints
 
@@ -216,7 +216,7 @@ def start_offsets(settings: Settings, bootstrap: str, start: StartPoint,
 
 def commit_start(settings: Settings, bootstrap: str, version: str,
                  offsets: dict[tuple[str, int], int]) -> bool:
-    """Commit ``offsets`` for the processors of ``version`` (labels: its fraud consumer group)
+    """Commit ``offsets`` for the processors of ``version`` (labels: their model's consumer group)
     unless either group committed any already.
 
     Returns False when the group has progress of its own (a resumed replay keeps it).
@@ -224,10 +224,11 @@ def commit_start(settings: Settings, bootstrap: str, version: str,
     if not offsets:
         return True
     # the models' label streams are read by the models' consumer group
-    labels_of = {settings.topic_prefix + m.labels for m in current().models.values()}
+    groups = model_groups(version)
+    labels_of = {settings.topic_prefix + m.labels: groups[name] for name, m in current().models.items()}
     per_group: dict[str, dict[tuple[str, int], int]] = {}
     for (t, p), o in offsets.items():
-        per_group.setdefault(fraud_group(version) if t in labels_of else processor_group(version), {})[(t, p)] = o
+        per_group.setdefault(labels_of.get(t, processor_group(version)), {})[(t, p)] = o
     consumers = {g: _consumer(settings, bootstrap, g) for g in per_group}
     try:
         for g, offs in per_group.items():
@@ -273,10 +274,11 @@ def _bounded() -> dict[str, str]:
     """Table -> its event-time column (rows before the boundary come from the live version): the
     pipeline's streams and windows, and its models' scores and drift events."""
     pipe = current()
-    out = {o.table: (pipe.input(o.name).time or "") if o.kind == "stream" else "window_start"
-           for o in Names(pipe, "v").outputs() if o.kind in ("stream", "window")}
+    kinds = {"stream": "", "window": "window_start", "scores": "event_time"}
+    out = {o.table: (pipe.input(o.name).time or "") if o.kind == "stream" else kinds[o.kind]
+           for o in Names(pipe, "v").outputs() if o.kind in kinds}
     if pipe.models:
-        out.update(scores="event_time", drift_events="event_time")
+        out.update(drift_events="event_time")
     return {t: c for t, c in out.items() if c}
 
 
@@ -747,7 +749,7 @@ def cleanup(settings: Settings, old: str, echo: Callable[[str], None] = print,
     check_version(old)
     ep = endpoints(settings)
     admin = AdminClient(client_config(settings, ep.kafka_bootstrap))
-    groups = [processor_group(old), fraud_group(old), sink_group(old)]
+    groups = [processor_group(old), *model_groups(old).values(), sink_group(old)]
     recorded = versions.read_live(settings)
     if recorded is not None and recorded.version == old:  # refuse before waiting on its groups
         raise ReplayError(f"refusing to drop {old}: it is the live version (the serving views read "

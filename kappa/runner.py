@@ -36,7 +36,7 @@ from kappa.runlock import RunLock
 from kappa.settings import Settings
 from kappa.stack import endpoints
 
-__all__ = ["DrainState", "Pipeline", "fraud_group", "processor_group", "sink_group"]
+__all__ = ["DrainState", "Pipeline", "model_groups", "processor_group", "sink_group"]
 
 
 def processor_group(version: str) -> str:
@@ -44,9 +44,11 @@ def processor_group(version: str) -> str:
     return str(Names(current(), version).group)
 
 
-def fraud_group(version: str) -> str:
-    """Consumer group of the fraud model's consumers: labels and the merge (stream_processors.learning)."""
-    return str(Names(current(), version).label_group("fraud"))
+def model_groups(version: str) -> dict[str, str]:
+    """Consumer group of each declared model's consumers: its labels and its merge
+    (stream_processors.learning), by model."""
+    names = Names(current(), version)
+    return {m: names.label_group(m) for m in names.pipeline.models}
 
 
 def sink_group(version: str) -> str:
@@ -75,10 +77,10 @@ class DrainState:
     sink: GroupLag
     partials: frozenset[str] = frozenset()
     """The processors' internal partials topics (idle window ticks flow through them)."""
-    fraud: GroupLag | None = None
-    """The fraud consumer's group alone (its partitions are also in ``processors``)."""
+    models: tuple[GroupLag, ...] = ()
+    """Each model consumer's group alone (their partitions are also in ``processors``)."""
     internal: frozenset[str] = frozenset()
-    """Topics between two stages (the partials, the fraud merge): consumed, but not inputs."""
+    """Topics between two stages (the partials, the models' merges): consumed, but not inputs."""
     missing: tuple[str, ...] = ()
     """Topics some stage reads or writes that the cluster metadata did not list: never drained
     then (after a broker restart, metadata can come back without them for a while)."""
@@ -113,9 +115,8 @@ class DrainState:
         for lag in (self.processors, self.sink):
             for (topic, p), (committed, end) in lag.per_partition.items():
                 if topic not in self.partials:
-                    fraud = self.fraud is not None and (topic, p) in self.fraud.per_partition
-                    out.append((self.fraud.group if fraud and self.fraud else lag.group,
-                                topic, p, committed, end))
+                    group = next((m.group for m in self.models if (topic, p) in m.per_partition), lag.group)
+                    out.append((group, topic, p, committed, end))
         return out
 
     def behind(self, limit: int = 4) -> str:
@@ -245,26 +246,28 @@ class Pipeline:
         meta = self._metadata()
         in_topics = matching_topics(self.admin, [names.input_topic(n) for n in pipe.inputs],
                                     [i.samples_pattern, *internal], meta=meta)
-        # labels and the merge: the models' own group (stream_processors.learning)
-        learned = {names.input_topic(m.labels) for m in pipe.models.values()}
-        fraud_events = names.learning_prefix + "fraud_events"
-        fraud_topics = {t: n for t, n in in_topics.items() if t in learned or t == fraud_events}
+        # labels and the merge: each model's own group (stream_processors.learning)
+        groups = model_groups(self.version)
+        merges = {names.model_events(m) for m in pipe.models}
+        model_topics = {m: {t: n for t, n in in_topics.items()
+                            if t in (names.input_topic(model.labels), names.model_events(m))}
+                        for m, model in pipe.models.items()}
+        taken = {t for topics_ in model_topics.values() for t in topics_}
         in_topics = {t: n for t, n in in_topics.items() if not t.endswith("-changelog")
-                     and not t.endswith(".checkpoints") and t not in fraud_topics}
+                     and not t.endswith(".checkpoints") and t not in taken}
         out_topics = matching_topics(
             self.admin, [*self.outputs.all, *(names.dlq(n) for n in pipe.inputs)], meta=meta)
         processors = group_lag(self.admin, processor_group(self.version), in_topics)
-        fraud = None
-        if fraud_topics:
-            fraud = group_lag(self.admin, fraud_group(self.version), fraud_topics)
-            processors = GroupLag(processors.group, processors.per_partition | fraud.per_partition)
+        models = tuple(group_lag(self.admin, groups[m], topics_) for m, topics_ in model_topics.items() if topics_)
+        for lag in models:
+            processors = GroupLag(processors.group, processors.per_partition | lag.per_partition)
         # every topic the stages of this version read or write, named, not discovered: a topic
         # the metadata does not list is a stage nobody can call drained
-        listed = set(in_topics) | set(fraud_topics) | set(out_topics)
+        listed = set(in_topics) | taken | set(out_topics)
         missing = tuple(t for t in names.required_topics() if t not in listed)
         partials = frozenset(names.partials(w) for w in pipe.windows)
         return DrainState(processors, group_lag(self.admin, sink_group(self.version), out_topics),
-                          partials, fraud, partials | {fraud_events}, missing)
+                          partials, models, partials | merges, missing)
 
     # -- processes --------------------------------------------------------------------
     def _start(self, child: _Child) -> None:

@@ -89,7 +89,8 @@ class OutputTopics:
 
     @property
     def scores(self) -> str:
-        return self.prefix + "scores"
+        """The first model's scores (the e-commerce fraud scores)."""
+        return self._first("scores") or self.prefix + "scores"
 
     @property
     def drift(self) -> str:

@@ -1,7 +1,7 @@
 """Which schema every topic carries: the one place the topic -> schema mapping lives.
 
 Inputs are matched after removing the input topic prefix (``KAPPA_TOPIC_PREFIX``); outputs
-by the versioned names of :mod:`kappa.topics`.
+by the versioned names the definition derives (:mod:`kappa.pipeline.derive`).
 
 >>> schema_for_topic("orders"), schema_for_topic("t1.orders", prefix="t1.")
 ('orders', 'orders')
@@ -17,9 +17,9 @@ import re
 
 from kappa.errors import KappaError
 from kappa.pipeline import current
-from kappa.topics import SAMPLES_PREFIX, InputTopics, output_topics
+from kappa.topics import SAMPLES_PREFIX, InputTopics
 
-__all__ = ["OUTPUT_SCHEMAS", "UnknownTopic", "input_schemas", "schema_for_topic", "topic_schemas"]
+__all__ = ["UnknownTopic", "input_schemas", "output_schemas", "schema_for_topic", "topic_schemas"]
 
 
 def input_schemas() -> dict[str, str]:
@@ -31,17 +31,19 @@ def input_schemas() -> dict[str, str]:
     return {name: inp.schema.name for name, inp in current().inputs.items()}
 
 
-OUTPUT_SCHEMAS = {
-    "enriched": "enriched_order",
-    "revenue": "revenue_window",
-    "scores": "fraud_score",
-    "model_quality": "model_quality",
-    "drift": "drift_event",
-    "rejected": "rejected_event",
-}
-"""Attribute of :class:`kappa.topics.OutputTopics` -> schema name."""
+def output_schemas(version: str) -> dict[str, str]:
+    """Output topic of ``version`` of the selected pipeline -> schema name (a file's, or
+    ``derived:...``): :meth:`kappa.pipeline.derive.Names.outputs`.
 
-_OUTPUT = re.compile(r"^kappa\.([^.]+)\.")
+    >>> output_schemas("v1")["kappa.v1.scores"]
+    'fraud_score'
+    """
+    from kappa.pipeline.derive import Names
+
+    return {o.topic: o.schema for o in Names(current(), version).outputs()}
+
+
+_OUTPUT = re.compile(r"^([^.]+)\.([^.]+)\.")
 
 
 class UnknownTopic(KappaError):
@@ -53,11 +55,10 @@ def schema_for_topic(topic: str, prefix: str = "") -> str:
     if topic.endswith(".dlq"):
         return "rejected_event"
     match = _OUTPUT.match(topic)
-    if match:
-        outputs = output_topics(match.group(1))
-        for attr, name in OUTPUT_SCHEMAS.items():
-            if getattr(outputs, attr) == topic:
-                return name
+    if match and match.group(1) == current().database:
+        found = output_schemas(match.group(2)).get(topic)
+        if found:
+            return found
     bare = topic[len(prefix):] if prefix and topic.startswith(prefix) else topic
     inputs = input_schemas()
     if bare in inputs:
@@ -86,7 +87,5 @@ def topic_schemas(version: str, prefix: str = "") -> dict[str, str]:
     for bare, name in input_schemas().items():
         out[inputs.prefix + bare] = name
         out[inputs.dlq(inputs.prefix + bare)] = "rejected_event"
-    outputs = output_topics(version)
-    for attr, name in OUTPUT_SCHEMAS.items():
-        out[getattr(outputs, attr)] = name
+    out.update(output_schemas(version))
     return out

@@ -93,19 +93,23 @@ class DerivedTable:
 
 
 def tables(pipeline: Pipeline) -> dict[str, DerivedTable]:
-    """The tables of the pipeline's stream and window outputs (Kappa's own tables —
-    rejected_events, model_quality, scores, drift_events, sink_offsets — are the same for every
+    """The tables of the pipeline's stream, window and model-score outputs (Kappa's own tables
+    — rejected_events, model_quality, drift_events, sink_offsets — are the same for every
     pipeline: ``sinks/migrations``)."""
     names = Names(pipeline, "v")
     out: dict[str, DerivedTable] = {}
     for o in names.outputs():
-        if o.kind not in ("stream", "window"):
+        if o.kind not in ("stream", "window", "scores"):
             continue
         schema = json.loads(schema_json(pipeline, o))
         if o.kind == "stream":
             inp = pipeline.input(o.name)
             low = set(inp.low_cardinality) | _LOW
             order: tuple[str, ...] = (inp.id,) if inp.id else ("source_partition", "source_offset")
+            version = "kafka_offset"
+        elif o.kind == "scores":
+            low = set(_LOW)
+            order = (pipeline.models[o.name].on,)
             version = "kafka_offset"
         else:
             w = pipeline.windows[o.name]

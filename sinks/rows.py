@@ -95,9 +95,6 @@ class Table:
 
 
 KAPPA_TABLES: tuple[Table, ...] = (
-    Table("scores", "fraud_score", (
-        ("order_id", _S), ("fraud_score", _F), ("model", _S), ("labelled_before", _I),
-        ("event_time", TS), ("pipeline_version", _S), *LINEAGE), "event_time"),
     Table("model_quality", "model_quality", (
         ("model", _S), ("bucket", TS), ("labelled", _I), ("accuracy", _F), ("roc_auc", _F),
         ("log_loss", _F), ("drift_detections", _I), ("pipeline_version", _S), ("bucket_index", _I),
@@ -124,12 +121,11 @@ def tables_of(pipeline: Pipeline) -> dict[str, Table]:
     out: dict[str, Table] = {}
     for name, derived in tables(pipeline).items():
         o = outputs[name]
-        time = pipeline.input(o.name).time if o.kind == "stream" else None
+        time = (pipeline.input(o.name).time if o.kind == "stream" else "event_time" if o.kind == "scores"
+                else None)
         cols = tuple((c, arrow_type(ct)) for c, ct in derived.columns)
         out[name] = Table(name, o.schema, cols, time)
     for own in KAPPA_TABLES:
-        if own.name == "scores" and not pipeline.models:
-            continue  # the models' scores (their schema is the model's, e.g. the e-commerce fraud_score)
         out.setdefault(own.name, own)
     return out
 

@@ -258,7 +258,8 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
         pipe.stages[s], pipe.states[s] = stage, state
         pipe.routes[s] = out.route(stream_outputs[s].topic, stream_outputs[s].schema,
                                    partials_topic=names.partials(window.name) if window else None,
-                                   learn=(model.on, inp.time or "") if model else None)
+                                   learn=(names.model_events(model.name), model.on, inp.time or "")
+                                   if model else None)
         _stage_agent(pipe, app.topic(*sources, **raw), s, batch_events, batch_within)
         if window is not None:
             merge = RevenueStage(version, state, grace_ms, idle_s=idle_s, spec=stage.window,
@@ -325,5 +326,4 @@ def _register_learning(app: faust.App, settings: Settings, version: str, out: Ou
         return
     register = getattr(module, "register", None)
     if register is not None:
-        out.fraud_events = module.fraud_events_topic(version)
         register(app, settings, version)

@@ -48,8 +48,8 @@ class Route:
     window_topic: str | None = None
     window_encoder: Encoder | None = None
     partials_topic: str | None = None
-    feeds_learning: bool = False
-    """The stream a model learns: its valid events also go to the fraud merge topic ..."""
+    learn_topic: str | None = None
+    """The stream a model learns: its valid events also go to the model's merge topic ..."""
     learn_on: str = ""
     """... keyed by the model's join field ..."""
     learn_time: str = ""
@@ -69,21 +69,19 @@ class Outputs:
                "message.max.bytes": 1_000_000}))  # no compression: aiokafka here lacks lz4/snappy
         self.registry = registry
         self.rejected_topic = rejected_topic
-        self.fraud_events: str | None = None
-        """When learning runs: the fraud merge topic, fed here in input-partition offset order."""
         self.rejected = Encoder(registry, f"{rejected_topic}-value", "rejected_event")
         self._errors: list[str] = []
         self._acked: dict[tuple[str, int], int] = {}
 
     def route(self, stream_topic: str | None = None, stream_schema: str | None = None,
               window_topic: str | None = None, window_schema: str | None = None,
-              partials_topic: str | None = None, learn: tuple[str, str] | None = None) -> Route:
+              partials_topic: str | None = None, learn: tuple[str, str, str] | None = None) -> Route:
         """A :class:`Route` with the encoders of its topics (subjects ``<topic>-value``);
-        ``learn``: (join field, time field) when a model learns from the stream."""
+        ``learn``: (merge topic, join field, time field) when a model learns from the stream."""
         enc = self._encoder
-        on, at = learn or ("", "")
+        merge, on, at = learn or (None, "", "")
         return Route(stream_topic, enc(stream_topic, stream_schema), window_topic, enc(window_topic, window_schema),
-                     partials_topic, learn is not None, on, at)
+                     partials_topic, merge, on, at)
 
     def _encoder(self, topic: str | None, schema: str | None) -> Encoder | None:
         return Encoder(self.registry, f"{topic}-value", schema) if topic and schema else None
@@ -119,12 +117,12 @@ class Outputs:
         if out.partials and route.partials_topic:
             self.produce_many(route.partials_topic, [k.encode() for k, _ in out.partials],
                               [v for _, v in out.partials])
-        if self.fraud_events and route.feeds_learning and out.enriched:
-            # Straight from the stream stage, so each input partition's events reach the fraud
+        if route.learn_topic and out.enriched:
+            # Straight from the stream stage, so each input partition's events reach the model's
             # merge in offset order (its per-source lateness test is then deterministic); the
             # source offset lets the learner drop what a restarted stage sends again.
-            self.produce_many(self.fraud_events, [k.encode() for k, _ in out.enriched],
-                              [orjson.dumps({"kind": "order", "time": r[route.learn_time], "id": r[route.learn_on],
+            self.produce_many(route.learn_topic, [k.encode() for k, _ in out.enriched],
+                              [orjson.dumps({"kind": "event", "time": r[route.learn_time], "id": r[route.learn_on],
                                            "src": f"{r['source_topic']}/{r['source_partition']}",
                                            "off": r["source_offset"], "data": r})
                                for _, r in out.enriched], partition=0)

@@ -1,38 +1,38 @@
-"""Online learning in the Faust app: ``samples.*`` learners and the fraud model, checkpointed.
+"""Online learning in the Faust app: ``samples.*`` learners and the pipeline's declared models, checkpointed.
 
-Call :func:`register` once on the app (``kappa-<version>``). It adds:
+Call :func:`register` once on the app (``D-<version>``). It adds:
 
 * ``learn-samples`` (agent): every ``samples.*`` topic existing at start (Faust has no pattern
   subscription), one
   :class:`~stream_processors.samples.SampleLearner` per topic, in offset order.
-* orders reach the merge straight from the order stage (``stream_processors.io.Outputs``, in
-  input-partition offset order), labels of all partitions from :class:`FraudConsumer`, into
-  the single-partition internal topic ``kappa.<V>.learning.fraud_events`` (JSON), so one global
-  model sees everything in one place. Each merge record names its source (input topic/partition)
-  and its offset there: the learner orders by event time with that as the tie-break, and drops
-  what a restarted upstream stage sends again.
-* the fraud model (:class:`FraudConsumer`, a thread started by the task ``fraud_model``, in the
-  consumer group ``kappa-<V>-fraud``): forwards the labels and runs the
-  :class:`~stream_processors.fraud.FraudLearner` on the merge, read with confluent-kafka in
-  batches (Faust's per-event cost there would fill a worker's event loop, and Faust can skip
-  records around a rebalance), applying
-  events in event-time order behind the watermark over all input partitions. When the topic
-  has been quiet ``fraud_idle_seconds`` it publishes the *provisional* tail:
-  the buffer applied to a copy of the learner, whose scores and quality
-  rows the definitive ones overwrite later. The tail never enters the learner or its
-  checkpoint, so what the model learns — and hence every score and metric — is a function of
-  the log, not of when the inputs paused (see :mod:`stream_processors.fraud`).
+* per declared model ``[models.<m>]`` (:mod:`stream_processors.operators.model`): its stream's
+  valid events reach the merge straight from the stream stage (``stream_processors.io.Outputs``,
+  in input-partition offset order), its labels of all partitions from :class:`ModelConsumer`,
+  into the single-partition internal topic ``D.<V>.learning.<m>_events`` (JSON), so one model
+  sees everything in one place. Each merge record names its source (input topic/partition) and
+  its offset there: the learner orders by event time with that as the tie-break, and drops what
+  a restarted upstream stage sends again.
+* the model's loop (:class:`ModelConsumer`, a thread started by the task ``model-<m>``, in the
+  consumer group ``D-<V>-<m>``): forwards the labels and runs the
+  :class:`~stream_processors.operators.model.OnlineModel` on the merge, read with confluent-kafka
+  in batches (Faust's per-event cost there would fill a worker's event loop, and Faust can skip
+  records around a rebalance), applying events in event-time order behind the watermark over all
+  input partitions. When the topic has been quiet ``fraud_idle_seconds`` it publishes the
+  *provisional* tail: the buffer applied to a copy of the learner, whose scores and quality rows
+  the definitive ones overwrite later. The tail never enters the learner or its checkpoint, so
+  what the model learns — and hence every score and metric — is a function of the log, not of
+  when the inputs paused (see :mod:`stream_processors.operators.model`).
 
 Durability: the samples agent consumes in batches with acks disabled (``take_events``), the
-fraud consumer with manual commits. For a batch: write the outputs, flush them, then write a checkpoint —
-the LZ4-compressed pickle of the learner, which holds model, metrics, detector, pending
-features *and the last applied input offset* — to the compacted topic
-``kappa.<V>.learning.checkpoints`` and flush it; only then does Faust ack (and later commit)
-the batch, or the fraud consumer commit it. A kill -9 at any point restarts from a checkpoint
-whose offsets are >= the committed ones: re-delivered input at or below the checkpointed
-offset is skipped, so no label is learned twice, and the outputs a crash may repeat are
-update-style (same key, same value). A restarted learner publishes its tail again
-(after ``fraud_idle_seconds``) even when no input is left to re-deliver.
+model consumers with manual commits. For a batch: write the outputs, flush them, then write a
+checkpoint — the LZ4-compressed pickle of the learner, which holds model, metrics, detector,
+pending features *and the last applied input offset* — to the compacted topic
+``D.<V>.learning.checkpoints`` (key: the model's name, or ``samples/<topic>``) and flush it;
+only then does Faust ack (and later commit) the batch, or the model consumer commit it. A kill
+-9 at any point restarts from a checkpoint whose offsets are >= the committed ones: re-delivered
+input at or below the checkpointed offset is skipped, so no label is learned twice, and the
+outputs a crash may repeat are update-style (same key, same value). A restarted learner
+publishes its tail again (after ``fraud_idle_seconds``) even when no input is left to re-deliver.
 """
 
 from __future__ import annotations
@@ -55,17 +55,18 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from kappa import metrics
 from kappa.errors import KappaError
 from kappa.kafka import TopicSpec, admin, client_config, ensure_topics, producer_config
-from kappa.runner import fraud_group
+from kappa.pipeline import current
+from kappa.pipeline.derive import Names, Output
 from kappa.settings import Settings
 from kappa.stack.manager import endpoints
-from kappa.topics import input_specs, input_topics, output_topics
+from kappa.topics import input_specs, input_topics
 from schemas.serde import DecodeError, Decoder, Encoder, Registry, subject
 from stream_processors.base import Message
-from stream_processors.fraud import FraudLearner
+from stream_processors.operators.model import OnlineModel, model_spec
 from stream_processors.samples import Emitted, SampleLearner, model_name
 from stream_processors.snapshot import snapshot
 
-__all__ = ["FraudConsumer", "Learning", "checkpoint_topic", "fraud_events_topic", "load_checkpoints",
+__all__ = ["Learning", "ModelConsumer", "ModelRun", "checkpoint_topic", "load_checkpoints", "model_events_topic",
            "register"]
 
 log = logging.getLogger(__name__)
@@ -75,19 +76,23 @@ _REJOINING = (KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, Kafka
               KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError._WAIT_COORD, KafkaError._TRANSPORT,
               KafkaError.REQUEST_TIMED_OUT, KafkaError._TIMED_OUT)
 """Commit errors of a group between generations or a coordinator moving: retried, not fatal
-(after a broker restart the fraud consumer's first commit answered UNKNOWN_MEMBER_ID, and the
-worker died with its revenue batch in flight: make reliability)."""
+(after a broker restart the model consumer's first commit answered UNKNOWN_MEMBER_ID, and the
+worker died with its window batch in flight: make reliability)."""
 _MAX_BYTES = 64 * 1024 * 1024
 
 
+def _names(version: str) -> Names:
+    return Names(current(), version)
+
+
 def checkpoint_topic(version: str) -> str:
-    """Compacted topic of the learners' checkpoints (key: ``samples/<topic>`` or ``fraud``)."""
-    return output_topics(version).prefix + "learning.checkpoints"
+    """Compacted topic of the learners' checkpoints (key: ``samples/<topic>`` or the model's name)."""
+    return _names(version).checkpoints
 
 
-def fraud_events_topic(version: str) -> str:
-    """Single-partition internal topic where orders and labels meet (JSON records)."""
-    return output_topics(version).prefix + "learning.fraud_events"
+def model_events_topic(version: str, model: str) -> str:
+    """Single-partition internal topic where a model's events and labels meet (JSON records)."""
+    return _names(version).model_events(model)
 
 
 _LZ4_MAGIC = b"\x04\x22\x4d\x18"
@@ -101,8 +106,9 @@ def _decompress(blob: bytes) -> bytes:
 
 
 def load_checkpoints(settings: Settings, bootstrap: str, version: str,
-                     timeout: float = 30.0) -> dict[str, Any]:
-    """Latest checkpoint per key, unpickled (empty when there is none yet)."""
+                     timeout: float = 30.0, keys: Callable[[str], bool] | None = None) -> dict[str, Any]:
+    """Latest checkpoint per key (those ``keys`` accepts: default all), unpickled (empty when
+    there is none yet)."""
     topic = checkpoint_topic(version)
     consumer = Consumer(client_config(settings, bootstrap, **{
         "group.id": f"kappa-{version}-checkpoint-reader", "enable.auto.commit": False,
@@ -130,72 +136,59 @@ def load_checkpoints(settings: Settings, bootstrap: str, version: str,
                     continue
                 position = int(msg.offset() or 0) + 1
                 latest[(msg.key() or b"").decode()] = msg.value() or b""
-        return {k: pickle.loads(_decompress(v)) for k, v in latest.items() if v}
+        return {k: pickle.loads(_decompress(v)) for k, v in latest.items() if v and (keys is None or keys(k))}
     finally:
         consumer.close()
 
 
 class Learning:
-    """The learners of one pipeline version and their Kafka plumbing (outputs + checkpoints)."""
+    """The learning plumbing of one pipeline version (outputs, checkpoints) and its ``samples.*``
+    learners; each declared model runs on its own instance (:class:`ModelRun`)."""
 
-    def __init__(self, settings: Settings, version: str) -> None:
+    def __init__(self, settings: Settings, version: str, *, load_samples: bool = True) -> None:
         self.settings = settings
         self.version = version
         ep = endpoints(settings)
         self.bootstrap = ep.kafka_bootstrap
         self.registry = Registry(ep.schema_registry_url)
+        self.pipeline = current()
+        self.names = Names(self.pipeline, version, settings.topic_prefix)
         self.inputs = input_topics(settings.topic_prefix)
-        self.outputs = output_topics(version)
+        self.out: dict[tuple[str, str], Output] = {(o.kind, o.name): o for o in self.names.outputs()}
+        labels = {self.names.input_topic(m.labels) for m in self.pipeline.models.values()}
         ensure_topics(settings, self.bootstrap, [
-            *self.outputs.specs(settings.partitions),
-            TopicSpec(checkpoint_topic(version), 1, {
+            *self.names.output_specs(settings.partitions),
+            TopicSpec(self.names.checkpoints, 1, {
                 "cleanup.policy": "compact", "max.message.bytes": str(_MAX_BYTES),
                 "min.cleanable.dirty.ratio": "0.1", "segment.ms": "600000"}),
-            TopicSpec(fraud_events_topic(version), 1, {"retention.ms": "-1"}),
-            *[t for t in input_specs(settings.partitions, settings.topic_prefix)
-              if t.name == self.inputs.order_labels],
+            *[TopicSpec(self.names.model_events(m), 1, {"retention.ms": "-1"}) for m in self.pipeline.models],
+            *[t for t in input_specs(settings.partitions, settings.topic_prefix) if t.name in labels],
         ])
         self.producer = Producer(producer_config(settings, self.bootstrap, **{
             "partitioner": "murmur2_random",
             "linger.ms": 5, "message.max.bytes": _MAX_BYTES + 1_000_000}))
-        self.enc_quality = Encoder(self.registry, subject(self.outputs.model_quality), "model_quality")
-        self.enc_score = Encoder(self.registry, subject(self.outputs.scores), "fraud_score")
-        self.enc_rejected = Encoder(self.registry, subject(self.outputs.rejected), "rejected_event")
-        self.enc_drift = Encoder(self.registry, subject(self.outputs.drift), "drift_event")
+        self.quality_topic = self.out[("model_quality", "")].topic if self.pipeline.models else \
+            self.names.output_prefix + "model_quality"
+        self.drift_topic = self.out[("drift", "")].topic if self.pipeline.models else \
+            self.names.output_prefix + "drift"
+        self.enc_quality = Encoder(self.registry, subject(self.quality_topic), "model_quality")
+        self.enc_rejected = Encoder(self.registry, subject(self.names.rejected), "rejected_event")
+        self.enc_drift = Encoder(self.registry, subject(self.drift_topic), "drift_event")
         self.dec_sample = Decoder(self.registry, "sample")
-        self.dec_label = Decoder(self.registry, "order_labels")
         self.stale = True
-        self.reload()
+        self.samples: dict[str, SampleLearner] = {}
+        if load_samples:
+            self.reload()
 
     def reload(self) -> None:
-        """(Re)load every learner from its latest checkpoint: at start and after a rebalance,
-        since another worker may have advanced a learner while it was not ours."""
-        saved = load_checkpoints(self.settings, self.bootstrap, self.version)
-        self.samples: dict[str, SampleLearner] = {
-            k.split("/", 1)[1]: v for k, v in saved.items() if k.startswith("samples/")}
+        """(Re)load every samples learner from its latest checkpoint: at start and after a
+        rebalance, since another worker may have advanced a learner while it was not ours."""
+        saved = load_checkpoints(self.settings, self.bootstrap, self.version,
+                                 keys=lambda k: k.startswith("samples/"))
+        self.samples = {k.split("/", 1)[1]: v for k, v in saved.items() if k.startswith("samples/")}
         self.stale = False
-        self._load_fraud(saved)
-        log.info("learning %s: resumed %d samples learners %s, fraud labelled=%d",
-                 self.version, len(self.samples),
-                 {t: s.progress.labelled for t, s in self.samples.items()}, self.fraud.progress.labelled)
-
-    def reload_fraud(self) -> None:
-        """(Re)load the fraud learner alone (its consumer was assigned the merge partition)."""
-        self._load_fraud(load_checkpoints(self.settings, self.bootstrap, self.version))
-        log.info("learning %s: fraud model resumed at labelled=%d, merge offset %d",
-                 self.version, self.fraud.progress.labelled, self.fraud.offset)
-
-    def _load_fraud(self, saved: dict[str, Any]) -> None:
-        settings, version = self.settings, self.version
-        self.fraud: FraudLearner = saved.get("fraud") or FraudLearner(
-            version, lag_ms=int(settings.fraud_lag_seconds * 1000),
-            horizon_ms=int(settings.fraud_horizon_hours * 3_600_000),
-            drift_policy=settings.drift_policy, drift_delta=settings.drift_delta,
-            sources=tuple(f"{t}/{p}" for t in (self.inputs.orders, self.inputs.order_labels)
-                          for p in range(settings.partitions)))
-        self._fraud_counts = dict(self.fraud.counts)
-        self.tail_due = True  # a restart or rebalance may have lost the last tail publication
-        self.quiet_since = time.monotonic()
+        log.info("learning %s: resumed %d samples learners %s", self.version, len(self.samples),
+                 {t: s.progress.labelled for t, s in self.samples.items()})
 
     def samples_topics(self) -> list[str]:
         """Every existing ``samples.*`` topic of this prefix (the pattern's matches, at start)."""
@@ -214,17 +207,15 @@ class Learning:
             except BufferError:
                 self.producer.poll(0.05)
 
-    def _emit(self, out: Emitted, scores: Sequence[dict[str, Any]] = ()) -> None:
+    def _emit(self, out: Emitted) -> None:
         for rec in out.quality:
             key = f"{rec['model']}|{rec['bucket_index']}"
-            self._produce(self.outputs.model_quality, self.enc_quality.encode(rec), key.encode())
+            self._produce(self.quality_topic, self.enc_quality.encode(rec), key.encode())
             for name in ("accuracy", "roc_auc", "log_loss"):
                 metrics.MODEL_METRIC.labels(rec["model"], name).set(rec[name])
         for rec in out.drift:
-            self._produce(self.outputs.drift, self.enc_drift.encode(rec), rec["model"].encode())
+            self._produce(self.drift_topic, self.enc_drift.encode(rec), rec["model"].encode())
             metrics.DRIFT_DETECTIONS.labels(rec["model"]).inc()
-        for rec in scores:
-            self._produce(self.outputs.scores, self.enc_score.encode(rec), rec["order_id"].encode())
         self.producer.poll(0)
 
     def flush(self) -> None:
@@ -234,14 +225,11 @@ class Learning:
             raise KappaError(f"{left} learning records not delivered to Kafka at {self.bootstrap} in 60 s; "
                              "the batch will be re-processed after a restart")
 
-    async def _flush(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.flush)
-
     def checkpoint_sync(self, items: dict[str, Any]) -> None:
         """Flush outputs, then write and flush the checkpoints of ``items`` (key -> learner)."""
         self.flush()
         for key, learner in items.items():
-            self._produce(checkpoint_topic(self.version), snapshot(learner), key.encode())
+            self._produce(self.names.checkpoints, snapshot(learner), key.encode())
         self.flush()
 
     async def checkpoint(self, items: dict[str, Any]) -> None:
@@ -295,57 +283,111 @@ class Learning:
         log.warning("rejecting %s/%d/%d: %s", topic, partition, offset, why)
         rec = rejection(Message(topic, partition, offset, None, value), f"undecodable: {why}",
                         int(time.time() * 1000))
-        self._produce(self.outputs.rejected, self.enc_rejected.encode(rec), rec["source"].encode())
+        self._produce(self.names.rejected, self.enc_rejected.encode(rec), rec["source"].encode())
 
-    # -- fraud -------------------------------------------------------------------------------
+class ModelRun:
+    """One declared model of the version: its learner, its labels forwarded to its merge topic,
+    the merge learned; on its own :class:`Learning` (own producer), driven by a :class:`ModelConsumer`."""
+
+    def __init__(self, base: Learning, name: str) -> None:
+        self.base = base
+        self.settings = base.settings
+        self.version = base.version
+        self.name = name
+        pipe, names = base.pipeline, base.names
+        self.model = pipe.models[name]
+        self.spec = model_spec(pipe, name)
+        self.topic = names.model_events(name)
+        self.labels = names.input_topic(self.model.labels)
+        self.group = names.label_group(name)
+        labels = pipe.input(self.model.labels)
+        self.label_time = labels.time or ""
+        scores = base.out[("scores", name)]
+        self.scores_topic = scores.topic
+        self.enc_score = Encoder(base.registry, subject(scores.topic), scores.schema)
+        self.dec_label = Decoder(base.registry, labels.schema.name)
+        self.sources = tuple(f"{names.input_topic(i.name)}/{p}" for i in (pipe.input(self.model.stream), labels)
+                             for p in range(i.partitions or self.settings.partitions))
+        self.reload()
+
+    def reload(self) -> None:
+        """(Re)load the learner from its latest checkpoint (its consumer was assigned the merge)."""
+        saved = load_checkpoints(self.settings, self.base.bootstrap, self.version,
+                                 keys=lambda k: k == self.name).get(self.name)
+        settings = self.settings
+        self.learner: OnlineModel = saved or OnlineModel(
+            self.spec, self.version, lag_ms=int(settings.fraud_lag_seconds * 1000),
+            horizon_ms=int(settings.fraud_horizon_hours * 3_600_000),
+            drift_policy=settings.drift_policy, drift_delta=settings.drift_delta, sources=self.sources)
+        self.learner.spec = self.spec  # the running definition's features and model factory
+        self._counts = dict(self.learner.counts)
+        self.tail_due = True  # a restart or rebalance may have lost the last tail publication
+        self.quiet_since = time.monotonic()
+        log.info("learning %s: model %s resumed at labelled=%d, merge offset %d",
+                 self.version, self.name, self.learner.progress.labelled, self.learner.offset)
+
+    def _emit(self, out: Emitted, scores: Sequence[dict[str, Any]] = ()) -> None:
+        self.base._emit(out)
+        on = self.model.on
+        for rec in scores:
+            self.base._produce(self.scores_topic, self.enc_score.encode(rec), str(rec[on]).encode())
+        self.base.producer.poll(0)
+
+    def flush(self) -> None:
+        self.base.flush()
+
+    def checkpoint_sync(self, items: dict[str, Any]) -> None:
+        self.base.checkpoint_sync(items)
+
     def forward_labels(self, rows: Sequence[tuple[str, int, int, bytes | None]]) -> None:
-        """Decode a batch of labels (in bulk) and append them to the fraud events topic (JSON).
+        """Decode a batch of labels (in bulk) and append them to the merge topic (JSON).
 
-        Orders reach that topic from the order stage itself (stream_processors.io.Outputs).
+        The stream's events reach that topic from the stream stage itself (stream_processors.io.Outputs).
         """
         decoded = self.dec_label.decode_many([value or b"" for _, _, _, value in rows])
-        topic_out = fraud_events_topic(self.version)
+        on = self.model.on
         for (topic, partition, offset, value), rec in zip(rows, decoded, strict=True):
             if isinstance(rec, DecodeError):
-                self._reject(topic, partition, offset, value, rec.reason)
+                self.base._reject(topic, partition, offset, value, rec.reason)
                 continue
-            event = {"kind": "label", "time": rec["label_time"], "id": rec["order_id"],
+            event = {"kind": "label", "time": rec[self.label_time], "id": rec[on],
                      "src": f"{topic}/{partition}", "off": offset, "data": rec}
-            self._produce(topic_out, orjson.dumps(event), rec["order_id"].encode())
-        self.producer.poll(0)
+            self.base._produce(self.topic, orjson.dumps(event), str(rec[on]).encode())
+        self.base.producer.poll(0)
 
-    def learn_fraud(self, rows: Sequence[tuple[int, bytes | None]]) -> None:
+    def learn(self, rows: Sequence[tuple[int, bytes | None]]) -> None:
         """Add merged ``(offset, value)`` events and apply what the watermark releases."""
+        learner = self.learner
         for offset, value in rows:
             ev = orjson.loads(value or b"{}")
-            # an order waits in the buffer as the bytes read (parsed again when released)
-            data = value if ev["kind"] == "order" and value else ev["data"]
-            self.fraud.add(ev["kind"], ev["time"], ev["id"], data, ev["src"], offset, ev.get("off"))
-        before = self.fraud.progress.labelled
-        out, scores = self.fraud.release()
-        out.extend(self.fraud.flush())
+            # an event waits in the buffer as the bytes read (parsed again when released)
+            data = value if ev["kind"] != "label" and value else ev["data"]
+            learner.add(ev["kind"], ev["time"], ev["id"], data, ev["src"], offset, ev.get("off"))
+        before = learner.progress.labelled
+        out, scores = learner.release()
+        out.extend(learner.flush())
         self.tail_due, self.quiet_since = True, time.monotonic()
         self._emit(out, scores)
-        metrics.MODEL_LABELLED.labels("fraud").inc(self.fraud.progress.labelled - before)
-        for what, n in self.fraud.counts.items():
-            if n > self._fraud_counts.get(what, 0):
-                metrics.MODEL_EVENTS.labels("fraud", what).inc(n - self._fraud_counts.get(what, 0))
-        self._fraud_counts = dict(self.fraud.counts)
+        metrics.MODEL_LABELLED.labels(self.name).inc(learner.progress.labelled - before)
+        for what, n in learner.counts.items():
+            if n > self._counts.get(what, 0):
+                metrics.MODEL_EVENTS.labels(self.name, what).inc(n - self._counts.get(what, 0))
+        self._counts = dict(learner.counts)
 
     def tail_ready(self, now: float) -> bool:
-        """True when the fraud stream has been quiet ``fraud_idle_seconds`` since its last batch
+        """True when the merge has been quiet ``fraud_idle_seconds`` since its last batch
         (or restart) and its tail is not published yet."""
         return self.tail_due and now - self.quiet_since >= self.settings.fraud_idle_seconds
 
     def publish_tail(self) -> None:
         """Queue the provisional tail (buffer applied to a copy; the learner is unchanged)."""
-        out, scores = self.fraud.provisional()
+        out, scores = self.learner.provisional()
         self._emit(out, scores)
         self.tail_due = False
 
 
-class FraudConsumer(threading.Thread):
-    """The fraud model's loop: labels forwarded and the merge topic learned, read with
+class ModelConsumer(threading.Thread):
+    """A model's loop: labels forwarded and the merge topic learned, read with
     confluent-kafka in batches — not through Faust.
 
     Why not Faust agents: Faust costs ~120 us per event in its own machinery (benchmarks/
@@ -353,7 +395,7 @@ class FraudConsumer(threading.Thread):
     filled a worker's event loop; and around a rebalance Faust can skip records and commit past
     them (seen in 2-worker runs, see stream_processors.dimensions), which would lose labels.
 
-    One consumer per worker in the group ``kappa-<V>-fraud``, subscribed to ``order_labels``
+    One consumer per worker and model in the group ``D-<V>-<model>``, subscribed to the labels
     and the merge topic. Labels: decoded, appended to the merge, flushed, then their offsets
     committed (a re-sent label is dropped by the learner by source offset). The single merge
     partition goes to one worker; its learner is reloaded from the checkpoint on every
@@ -369,14 +411,14 @@ class FraudConsumer(threading.Thread):
     provisional tail.
     """
 
-    def __init__(self, lrn: Learning, on_fatal: Callable[[str], None], batch: int = 2000,
+    def __init__(self, lrn: ModelRun, on_fatal: Callable[[str], None], batch: int = 2000,
                  poll_s: float = 0.2) -> None:
-        super().__init__(name=f"kappa-fraud-{lrn.version}", daemon=True)
+        super().__init__(name=f"kappa-{lrn.name}-{lrn.version}", daemon=True)
         self.lrn, self.on_fatal, self.batch, self.poll_s = lrn, on_fatal, batch, poll_s
-        self.topic = fraud_events_topic(lrn.version)
-        self.labels = lrn.inputs.order_labels
-        self.consumer = Consumer(client_config(lrn.settings, lrn.bootstrap, **{
-            "group.id": fraud_group(lrn.version), "enable.auto.commit": False,
+        self.topic = lrn.topic
+        self.labels = lrn.labels
+        self.consumer = Consumer(client_config(lrn.settings, lrn.base.bootstrap, **{
+            "group.id": lrn.group, "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 3_000, "fetch.message.max.bytes": _MAX_BYTES}))
         self.owned = False
@@ -390,7 +432,7 @@ class FraudConsumer(threading.Thread):
 
     def _assigned(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         if self._mine(partitions):
-            self.lrn.reload_fraud()  # another worker may have advanced it while it was not ours
+            self.lrn.reload()  # another worker may have advanced it while it was not ours
             self.owned, self.uncommitted, self.checkpointed = True, None, None
 
     def _revoked(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
@@ -411,7 +453,7 @@ class FraudConsumer(threading.Thread):
                 self.step()
             self.checkpoint()
         except Exception:
-            self.on_fatal("fraud-model")
+            self.on_fatal(f"model-{self.lrn.name}")
         finally:
             self.consumer.close()
 
@@ -422,7 +464,7 @@ class FraudConsumer(threading.Thread):
         rows: list[tuple[int, bytes | None]] = []
         for m in self.consumer.consume(self.batch, self.poll_s):
             if m.error():
-                log.warning("fraud consumer: %s", m.error())
+                log.warning("model %s consumer: %s", self.lrn.name, m.error())
             elif m.topic() == self.topic:
                 rows.append((int(m.offset() or 0), m.value()))
             else:
@@ -438,7 +480,7 @@ class FraudConsumer(threading.Thread):
             # drops what its sources already gave (redelivered_upstream)
             self._commit([TopicPartition(self.labels, p, o) for p, o in ends.items()])
         if rows:
-            lrn.learn_fraud(rows)
+            lrn.learn(rows)
             self.uncommitted = rows[-1][0] + 1
             if now - self.checkpointed_at >= lrn.settings.fraud_checkpoint_seconds:
                 self.checkpoint()
@@ -457,7 +499,7 @@ class FraudConsumer(threading.Thread):
         if self.uncommitted is None:
             return
         if self.checkpointed != self.uncommitted:
-            self.lrn.checkpoint_sync({"fraud": self.lrn.fraud})
+            self.lrn.checkpoint_sync({self.lrn.name: self.lrn.learner})
             self.checkpointed = self.uncommitted
         # A commit the group refuses (after a broker restart the member rejoins under a new id)
         # is retried at the next checkpoint; the checkpoint already holds the merge offset, so
@@ -474,8 +516,9 @@ class FraudConsumer(threading.Thread):
             err = exc.args[0]
             if err.fatal() or err.code() not in _REJOINING:
                 raise
-            log.warning("fraud consumer: commit of %s not accepted (%s); retried at the next checkpoint",
-                        ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in offsets), err.str())
+            log.warning("model %s consumer: commit of %s not accepted (%s); retried at the next checkpoint",
+                        self.lrn.name, ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in offsets),
+                        err.str())
             return False
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -483,12 +526,11 @@ class FraudConsumer(threading.Thread):
         self.stopping.set()
         self.join(timeout)
 
-
 def register(app: Any, settings: Settings, version: str) -> Learning:
-    """Add the samples agent and the fraud model's consumer (a task) to the Faust ``app``.
+    """Add the samples agent and, per declared model, its consumer (a task) to the Faust ``app``.
 
-    Returns the samples' state; the fraud model runs on its own :class:`Learning` (own producer
-    and encoders) in a :class:`FraudConsumer` thread.
+    Returns the samples' state; each model runs on its own :class:`Learning` (own producer and
+    encoders) in a :class:`ModelConsumer` thread.
     """
     lrn = Learning(settings, version)
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
@@ -519,20 +561,28 @@ def register(app: Any, settings: Settings, version: str) -> Learning:
             except Exception:
                 fatal("learn-samples")
 
-    @app.task
-    async def fraud_model() -> None:
-        loop = asyncio.get_running_loop()
-        model = await loop.run_in_executor(None, Learning, settings, version)
-        consumer = FraudConsumer(model, fatal)
-        consumer.start()
-        try:
-            await asyncio.Event().wait()  # until the worker stops (the task is cancelled)
-        finally:
-            await loop.run_in_executor(None, consumer.stop)
+    def model_task(name: str) -> Any:
+        async def run_model() -> None:
+            loop = asyncio.get_running_loop()
+
+            def start() -> ModelRun:
+                return ModelRun(Learning(settings, version, load_samples=False), name)
+
+            consumer = ModelConsumer(await loop.run_in_executor(None, start), fatal)
+            consumer.start()
+            try:
+                await asyncio.Event().wait()  # until the worker stops (the task is cancelled)
+            finally:
+                await loop.run_in_executor(None, consumer.stop)
+
+        run_model.__name__ = run_model.__qualname__ = f"model_{name}"
+        return run_model
+
+    tasks = [app.task(model_task(name)) for name in lrn.pipeline.models]
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
         lrn.stale = True
 
-    lrn.agents = (learn_samples, fraud_model)  # type: ignore[attr-defined]
+    lrn.agents = (learn_samples, *tasks)  # type: ignore[attr-defined]
     return lrn

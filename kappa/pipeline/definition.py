@@ -20,6 +20,7 @@ import json
 import re
 import sys
 import tomllib
+import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dc_field
@@ -171,15 +172,29 @@ class Window:
 
 @dataclass(frozen=True)
 class Model:
-    """An online model scoring a stream and learning from a label stream joined on a key."""
+    """An online model scoring a stream and learning from a label stream joined on a key
+    (the generic operator: :mod:`stream_processors.operators.model`)."""
 
     name: str
     stream: str
     labels: str
     on: str
     label: str
-    learner: str | None = None
     features: tuple[str, ...] = ()
+    """Declared feature fields of the stream (numbers, booleans 0/1, strings one-hot) ..."""
+    features_function: str | None = None
+    """... or ``module:function`` of an event's features (a dict of floats)."""
+    model: str | None = None
+    """``module:function`` returning a fresh River classifier (default: logistic regression)."""
+    roc_thresholds: int = 10
+    scores: str = ""
+    """Output name of the scores: topic ``D.V.<scores>``, table ``<scores>`` (``<name>_scores``)."""
+    schema: str | None = None
+    """A declared scores schema (default: derived: the key, ``<name>_score``, model, ...)."""
+
+    @property
+    def score_field(self) -> str:
+        return f"{self.name}_score"
 
 
 @dataclass(frozen=True)
@@ -311,7 +326,7 @@ class _Loader:
             raise self.fail("inputs", "declare at least one input")
         enrich = {n: self.enrich(n, v, inputs) for n, v in top.get("enrich", {}).items()}
         windows = {n: self.window(n, v, inputs, enrich) for n, v in top.get("windows", {}).items()}
-        models = {n: self.model(n, v, inputs) for n, v in top.get("models", {}).items()}
+        models = {n: self.model(n, v, inputs, enrich) for n, v in top.get("models", {}).items()}
         views = {n: self.view(n, v) for n, v in top.get("views", {}).items()}
         samples = meta.get("samples", {})
         if not isinstance(samples, dict):
@@ -505,20 +520,43 @@ class _Loader:
             raise self.fail(entry, f"table {table!r}: use lowercase letters, digits and _")
         return Window(name, stream, size, hop, tuple(keys), dict(aggs), v.get("schema"), grace, table)
 
-    def model(self, name: str, value: Any, inputs: Mapping[str, Input]) -> Model:
+    def model(self, name: str, value: Any, inputs: Mapping[str, Input], enrich: Mapping[str, Enrich]) -> Model:
         entry = f"models.{name}"
-        v = self.table(entry, value, {"stream", "labels", "on", "label", "learner", "features"},
-                       {"stream", "labels", "on", "label"})
+        v = self.table(entry, value, {"stream", "labels", "on", "label", "features", "model", "roc_thresholds",
+                                      "scores", "schema"},
+                       {"stream", "labels", "on", "label", "features"})
         for key in ("stream", "labels"):
             if v[key] not in inputs:
                 raise self.fail(entry, f"{key} {v[key]!r} is not an input ({', '.join(inputs)})")
+        if inputs[v["stream"]].table or inputs[v["labels"]].table:
+            raise self.fail(entry, "stream and labels are streams, not table inputs")
         self.need_field(entry, inputs[v["stream"]].schema, v["on"], "join key (on)")
         self.need_field(entry, inputs[v["labels"]].schema, v["on"], "join key (on)")
         self.need_field(entry, inputs[v["labels"]].schema, v["label"], "label")
-        features = tuple(v.get("features", ()))
-        for f in features:
-            self.need_field(entry, inputs[v["stream"]].schema, f, "feature")
-        return Model(name, v["stream"], v["labels"], v["on"], v["label"], v.get("learner"), features)
+        label = inputs[v["labels"]].schema.field(v["label"])
+        if label is not None and label.type != "boolean":
+            raise self.fail(entry, f"label {v['label']!r} is {label.type}: models predict a boolean label")
+        features, function = v["features"], None
+        if isinstance(features, str):
+            function, features = self.reference(entry, "features", features), ()
+        elif isinstance(features, list) and features and all(isinstance(f, str) for f in features):
+            joined = enrich[v["stream"]].fields if v["stream"] in enrich else {}
+            for f in features:
+                if f not in joined:
+                    self.need_field(entry, inputs[v["stream"]].schema, f, "feature")
+        else:
+            raise self.fail(entry, "features = [\"field\", ...] (fields of the stream) or \"module:function\"")
+        model = None if v.get("model") is None else self.reference(entry, "model", v["model"])
+        thresholds = v.get("roc_thresholds", 10)
+        if not isinstance(thresholds, int) or isinstance(thresholds, bool) or thresholds < 2:
+            raise self.fail(entry, f"roc_thresholds {thresholds!r}: an integer >= 2")
+        scores = v.get("scores", f"{name}_scores")
+        if not isinstance(scores, str) or not _NAME.match(scores):
+            raise self.fail(entry, f"scores {scores!r}: use lowercase letters, digits and _")
+        if v.get("schema") is not None:
+            self.schema(entry, v["schema"])
+        return Model(name, v["stream"], v["labels"], v["on"], v["label"], tuple(features), function, model,
+                     thresholds, scores, v.get("schema"))
 
     def view(self, name: str, value: Any) -> View:
         entry = f"views.{name}"
@@ -528,12 +566,14 @@ class _Loader:
         return View(name, v["sql"])
 
     def check_names(self, pipe: Pipeline) -> None:
-        """Names in the serving database (a view per stream input and per window, declared views,
-        Kappa's own views) must not clash; a declared view named as a stream replaces its view."""
+        """Names in the serving database (a view per stream input, per window and per model's
+        scores, declared views, Kappa's own views) must not clash; a declared view named as a
+        stream (or scores) replaces its view."""
         seen: dict[str, str] = {}
         # a declared view may replace the derived view of a stream (e.g. to add a model's score)
         names = ([(f"inputs.{n}", n) for n, i in pipe.inputs.items() if not i.table and n not in pipe.views]
                  + [(f"windows.{n}", n) for n in pipe.windows]
+                 + [(f"models.{n}", m.scores) for n, m in pipe.models.items() if m.scores not in pipe.views]
                  + [(f"views.{n}", n) for n in pipe.views])
         reserved = {"rejected_events", "model_quality", "drift_events", "lineage"}
         for entry, out in names:
@@ -544,7 +584,16 @@ class _Loader:
                                        "rename one of them")
             seen[out] = entry
 
+    def reference(self, entry: str, key: str, value: Any) -> str:
+        if not isinstance(value, str) or ":" not in value:
+            raise self.fail(entry, f"{key} {value!r}: \"module:function\" (module.py beside {PROJECT_FILE})")
+        return value
+
     def check_functions(self, pipe: Pipeline) -> None:
+        for m in pipe.models.values():
+            for key, ref in (("features", m.features_function), ("model", m.model)):
+                if ref and not callable(_resolve_checked(self, f"models.{m.name}", pipe, ref)):
+                    raise self.fail(f"models.{m.name}", f"{key} {ref} is not a function")
         for inp in pipe.inputs.values():
             for i, r in enumerate(inp.rules):
                 if r.function:
@@ -572,6 +621,19 @@ def _field(raw: Any) -> Field:
     return Field(raw["name"], str(t), nullable, raw.get("doc", ""))
 
 
+def _packages(qual: str) -> None:
+    """Register the parent packages of ``qual`` (``kappa_pipelines``, ``kappa_pipelines.<p>``):
+    pickle imports an object's module by its dotted name (a River model holding a function of
+    the pipeline's module, in a checkpoint)."""
+    parts = qual.split(".")[:-1]
+    for i in range(1, len(parts) + 1):
+        name = ".".join(parts[:i])
+        if name not in sys.modules:
+            pkg = types.ModuleType(name)
+            pkg.__path__ = []
+            sys.modules[name] = pkg
+
+
 def resolve(root: Path, pipeline: str, ref: str) -> Any:
     """``"module:attr"``: ``module`` is a file ``<root>/<module>.py`` if there is one, else imported."""
     if not isinstance(ref, str) or ":" not in ref:
@@ -582,6 +644,7 @@ def resolve(root: Path, pipeline: str, ref: str) -> Any:
         qual = f"kappa_pipelines.{pipeline}.{mod_name}"
         module = sys.modules.get(qual)
         if module is None:
+            _packages(qual)
             spec = importlib.util.spec_from_file_location(qual, local)
             assert spec is not None and spec.loader is not None
             module = importlib.util.module_from_spec(spec)

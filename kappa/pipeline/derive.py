@@ -6,7 +6,7 @@ Names of version ``V`` of a pipeline whose serving database is ``D``:
 - inputs ``<prefix><input>`` (unversioned: they are the log), their DLQs ``<prefix><input>.dlq``;
 - outputs ``D.V.<output>``: a stream's valid events ``D.V.<stream>.enriched`` (the enrichment's
   ``output``) or ``D.V.<stream>.valid``; a window's revisions ``D.V.<window>``; the models'
-  ``D.V.scores``, ``D.V.model_quality``, ``D.V.drift``; rejections ``D.V.rejected``;
+  ``D.V.<scores>`` (each model's), ``D.V.model_quality``, ``D.V.drift``; rejections ``D.V.rejected``;
 - consumer groups ``D-V`` (the stream processors), ``D-V-sink``, ``D-V-<model>`` (labels);
 - tables in database ``D_V``, views in ``D``.
 
@@ -28,7 +28,8 @@ from typing import Any
 
 from kappa.pipeline.definition import Field, Input, Pipeline, Window
 
-__all__ = ["LINEAGE_FIELDS", "Names", "Output", "derived_schema_text", "schema_json", "stream_schema", "window_schema"]
+__all__ = ["LINEAGE_FIELDS", "Names", "Output", "derived_schema_text", "schema_json", "scores_schema", "stream_schema",
+           "window_schema"]
 
 LINEAGE_FIELDS: tuple[dict[str, Any], ...] = (
     {"name": "late", "type": "boolean", "default": False,
@@ -135,9 +136,10 @@ class Names:
         for w in pipe.windows.values():
             yield Output("window", w.name, self.window_output(w.name), w.schema or f"derived:window:{w.name}",
                          w.table, "|".join(("window_start", *w.keys)))
+        for m in pipe.models.values():
+            yield Output("scores", m.name, self.output_prefix + m.scores, m.schema or f"derived:scores:{m.name}",
+                         m.scores, m.on)
         if pipe.models:
-            on = sorted({m.on for m in pipe.models.values()})
-            yield Output("scores", "", self.output_prefix + "scores", "fraud_score", "scores", "/".join(on))
             yield Output("model_quality", "", self.output_prefix + "model_quality", "model_quality",
                          "model_quality", "model|bucket")
             yield Output("drift", "", self.output_prefix + "drift", "drift_event", "drift_events", "model")
@@ -163,6 +165,15 @@ class Names:
         """Prefix of the models' internal topics (their merge topic, checkpoints)."""
         return self.output_prefix + "learning."
 
+    def model_events(self, model: str) -> str:
+        """Single-partition internal topic where a model's scored events and labels meet."""
+        return f"{self.learning_prefix}{model}_events"
+
+    @property
+    def checkpoints(self) -> str:
+        """Compacted topic of the learners' checkpoints (key: the model, or ``samples/<topic>``)."""
+        return self.learning_prefix + "checkpoints"
+
     def required_topics(self) -> list[str]:
         """Every topic the stages of the version read or write (``--until-drained`` waits until
         each is listed and consumed): inputs, partials, the models' merge, stream/window outputs,
@@ -170,8 +181,7 @@ class Names:
         pipe = self.pipeline
         out = [self.input_topic(n) for n in pipe.inputs]
         out += [self.partials(w) for w in pipe.windows]
-        if pipe.models:
-            out.append(self.learning_prefix + "fraud_events")
+        out += [self.model_events(m) for m in pipe.models]
         out += [o.topic for o in self.outputs() if o.kind != "drift"]
         return out
 
@@ -273,13 +283,42 @@ def window_schema(pipeline: Pipeline, window: str) -> dict[str, Any]:
             "doc": f"Update-style value of one {window} window of pipeline {pipeline.name}.", "fields": out}
 
 
+def scores_schema(pipeline: Pipeline, model: str) -> dict[str, Any]:
+    """Avro schema of a model's scores: the join key, ``<model>_score`` (P(label) at scoring
+    time), the model, how many labels it had learned, the event's time, the version.
+
+    >>> from kappa.pipeline import DEFAULT, load
+    >>> [f["name"] for f in scores_schema(load(DEFAULT), "fraud")["fields"]]
+    ['order_id', 'fraud_score', 'model', 'labelled_before', 'event_time', 'pipeline_version']
+    """
+    m = pipeline.models[model]
+    key = pipeline.input(m.stream).schema.field(m.on)
+    assert key is not None
+    ts = {"type": "long", "logicalType": "timestamp-millis"}
+    fields: list[dict[str, Any]] = [
+        {"name": m.on, "type": _avro_type(key, False), "doc": f"The scored {m.stream} event."},
+        {"name": m.score_field, "type": "double", "doc": f"P({m.label}) from the online model at scoring time."},
+        {"name": "model", "type": "string", "doc": f"Model name, `{model}`."},
+        {"name": "labelled_before", "type": "long", "doc": "Labels the model had learned when it scored the event."},
+        {"name": "event_time", "type": ts, "doc": f"Event time of the {m.stream} event."},
+        {"name": "pipeline_version", "type": "string", "doc": "Lineage: pipeline version."},
+    ]
+    name = "".join(p.capitalize() for p in model.split("_"))
+    return {"type": "record", "name": f"{name}Score", "namespace": f"kappa.{pipeline.name}",
+            "doc": f"The {model} model's score of one {m.stream} event, predicted before its label is learned.",
+            "fields": fields}
+
+
 def derived_schema_text(pipeline: Pipeline, name: str) -> str:
-    """Text of a derived schema ``derived:stream:<stream>`` or ``derived:window:<window>``."""
+    """Text of a derived schema ``derived:stream:<stream>``, ``derived:window:<window>`` or
+    ``derived:scores:<model>``."""
     _, kind, of = name.split(":", 2)
     if kind == "stream":
         return json.dumps(stream_schema(pipeline, of))
     if kind == "window" and of in pipeline.windows:
         return json.dumps(window_schema(pipeline, of))
+    if kind == "scores" and of in pipeline.models:
+        return json.dumps(scores_schema(pipeline, of))
     raise KeyError(f"no derived schema {name!r} in pipeline {pipeline.name}")
 
 

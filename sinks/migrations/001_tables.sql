@@ -1,27 +1,12 @@
 -- Storage of pipeline version ${version} in database ${db}: the tables every pipeline has, keyed
 -- so that a re-delivered row replaces its earlier copy (exactly-once results), with lineage
 -- (kafka_topic/partition/offset, pipeline_version, ingested_at) on every row. The tables of a
--- pipeline's streams and windows are derived from its definition (sinks/ddl.py; the e-commerce
--- orders and revenue_windows were created here before, with the same DDL).
+-- pipeline's streams, windows and model scores are derived from its definition (sinks/ddl.py;
+-- the e-commerce orders, revenue_windows and scores were created here before, with the same DDL).
 -- Every table takes inserts, so every table keeps a deduplication window for
 -- insert_deduplication_token (re-sent batches are dropped by the engine).
 
 CREATE DATABASE IF NOT EXISTS ${db};
-
-CREATE TABLE IF NOT EXISTS ${db}.scores (
-    order_id String,
-    fraud_score Float64,
-    model LowCardinality(String),
-    labelled_before Int64,
-    event_time DateTime64(3, 'UTC'),
-    pipeline_version LowCardinality(String),
-    kafka_topic LowCardinality(String),
-    kafka_partition Int32,
-    kafka_offset Int64,
-    ingested_at DateTime64(3, 'UTC')
-) ENGINE = ReplacingMergeTree(kafka_offset)
-ORDER BY order_id
-SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE TABLE IF NOT EXISTS ${db}.model_quality (
     model LowCardinality(String),

@@ -20,7 +20,7 @@ from river import datasets, evaluate, metrics
 from kappa.kafka import TopicSpec, client_config, ensure_topics
 from kappa.topics import input_topics, output_topics
 from schemas.serde import Decoder, Encoder, Registry, subject
-from stream_processors.learning import fraud_events_topic, load_checkpoints
+from stream_processors.learning import load_checkpoints, model_events_topic
 from stream_processors.samples import default_model
 from tests.conftest import REPO, Stack
 from tests.support.learning_synthetic import scenario
@@ -203,7 +203,7 @@ def test_fraud_scores_drift_detected_and_auc_recovers(run: Run) -> None:
     n, drift_at = 6000, 3000
     orders, labels = scenario(n, drift_at=drift_at, seed=11)
     out = output_topics(run.version)
-    merge = fraud_events_topic(run.version)
+    merge = model_events_topic(run.version, "fraud")
     ensure_topics(run.settings, run.stack.kafka_bootstrap, [
         TopicSpec(merge, 1), TopicSpec(input_topics(run.prefix).order_labels, run.settings.partitions)])
     # orders enter the fraud merge as the order stage writes them (stream_processors.io.Outputs):

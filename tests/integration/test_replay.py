@@ -5,7 +5,7 @@ replays build other versions beside it. Tests run in file order and share that s
 names are unique per run (``<prefix>v1``...): a version is bound to the log it first ran on
 (:mod:`kappa.lineage`), and a broker given by KAPPA_KAFKA_BOOTSTRAP outlives the session.
 
-The fraud model is a function of the log (stream_processors/fraud.py: event-time merge behind a
+The fraud model is a function of the log (stream_processors/operators/model.py: event-time merge behind a
 watermark, provisional tail), so row-for-row comparisons include each order's fraud_score and
 every model_quality metric. Exception: a ``--from`` replay starts the fraud model cold at the
 boundary (kappa/replay.py), so its scores from there on are not the live ones.

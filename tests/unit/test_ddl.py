@@ -60,8 +60,23 @@ CREATE TABLE IF NOT EXISTS ${db}.revenue_windows (
 ORDER BY (window_start, category, currency)
 SETTINGS non_replicated_deduplication_window = 1000;
 
+CREATE TABLE IF NOT EXISTS ${db}.scores (
+    order_id String,
+    fraud_score Float64,
+    model LowCardinality(String),
+    labelled_before Int64,
+    event_time DateTime64(3, 'UTC'),
+    pipeline_version LowCardinality(String),
+    kafka_topic LowCardinality(String),
+    kafka_partition Int32,
+    kafka_offset Int64,
+    ingested_at DateTime64(3, 'UTC')
+) ENGINE = ReplacingMergeTree(kafka_offset)
+ORDER BY order_id
+SETTINGS non_replicated_deduplication_window = 1000;
 """
-"""What sinks/migrations/001_tables.sql created for the e-commerce streams and windows before they were derived."""
+"""What sinks/migrations/001_tables.sql created for the e-commerce streams, windows and scores before they were
+derived."""
 _S, _I, _I32, _F, _B = pa.string(), pa.int64(), pa.int32(), pa.float64(), pa.bool_()
 TS = pa.timestamp("ms", tz="UTC")
 HAND_WRITTEN_ARROW = {
@@ -72,6 +87,8 @@ HAND_WRITTEN_ARROW = {
                ("pipeline_version", _S), *LINEAGE],
     "revenue_windows": [("window_start", TS), ("category", _S), ("currency", _S), ("orders", _I),
                         ("revenue", _F), ("revision", _I), ("final", _B), ("pipeline_version", _S), *LINEAGE],
+    "scores": [("order_id", _S), ("fraud_score", _F), ("model", _S), ("labelled_before", _I),
+               ("event_time", TS), ("pipeline_version", _S), *LINEAGE],
 }
 """The sink's hand-written Arrow columns of those tables (sinks/rows.py before)."""
 
@@ -85,7 +102,7 @@ def _migration_table(name: str) -> tuple[list[tuple[str, str]], str, str]:
     return cols, m.group(2), m.group(3).strip("()")  # type: ignore[return-value]
 
 
-@pytest.mark.parametrize("table", ["orders", "revenue_windows"])
+@pytest.mark.parametrize("table", ["orders", "revenue_windows", "scores"])
 def test_the_ecommerce_tables_derive_as_the_migration_wrote_them(table: str) -> None:
     derived = tables(load(DEFAULT))[table]
     columns, version, order_by = _migration_table(table)
@@ -93,7 +110,7 @@ def test_the_ecommerce_tables_derive_as_the_migration_wrote_them(table: str) -> 
     assert derived.version_column == version and ", ".join(derived.order_by) == order_by
 
 
-@pytest.mark.parametrize("table", ["orders", "revenue_windows"])
+@pytest.mark.parametrize("table", ["orders", "revenue_windows", "scores"])
 def test_the_ecommerce_tables_derive_the_sinks_arrow_columns(table: str) -> None:
     derived = tables(load(DEFAULT))[table]
     assert [(n, arrow_type(t)) for n, t in derived.columns] == HAND_WRITTEN_ARROW[table]

@@ -99,7 +99,7 @@ def test_drain_state_names_the_group_and_partition_a_stalled_run_waits_on() -> N
     processors = GroupLag("kappa-v1-processors", {("orders", 0): (5, 5), ("orders", 1): (7, 9),
                                                   ("kappa-v1-partials", 0): (3, 4)} | fraud.per_partition)
     state = DrainState(processors, GroupLag("kappa-v1-sink", {("kappa.v1.orders.enriched", 0): (1, 2)}),
-                       "kappa-v1-partials", fraud)
+                       "kappa-v1-partials", (fraud,))
     assert state.behind() == ("kappa-v1-fraud kappa.v1.learning.fraud_events[0] at 10 of 40; "
                               "kappa-v1-processors orders[1] at 7 of 9; "
                               "kappa-v1-sink kappa.v1.orders.enriched[0] at 1 of 2")

@@ -1,4 +1,5 @@
-"""FraudLearner: delayed labels, deterministic merge, drift and checkpoints (pure logic)."""
+"""The fraud model (the generic OnlineModel under the e-commerce spec): delayed labels, deterministic merge,
+drift and checkpoints (pure logic)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from stream_processors.fraud import FraudLearner
+from stream_processors.operators.model import OnlineModel
+from tests.support.fraud import FraudLearner
 from tests.support.learning_synthetic import scenario
 
 
@@ -23,7 +25,7 @@ def merged(orders: list[dict[str, Any]], labels: list[dict[str, Any]], partition
     return events
 
 
-def run(learner: FraudLearner, events: list[Any], start: int = 0) -> tuple[list[Any], list[Any], list[Any]]:
+def run(learner: OnlineModel, events: list[Any], start: int = 0) -> tuple[list[Any], list[Any], list[Any]]:
     quality, drift, scores = [], [], []
     for off, (kind, t, oid, data, src) in enumerate(events[start:], start=start):
         learner.add(kind, t, oid, data, src, off)
@@ -113,7 +115,7 @@ def test_checkpoint_restore_redelivery_is_skipped_and_result_identical() -> None
     for off, (kind, t, oid, data, src) in enumerate(ev[:600]):
         part.add(kind, t, oid, data, src, off)
         part.release()
-    restored: FraudLearner = pickle.loads(pickle.dumps(part))
+    restored: OnlineModel = pickle.loads(pickle.dumps(part))
     run(restored, ev, start=450)  # 150 events delivered again after the "crash"
     assert restored.counts["redelivered"] == 150
     assert restored.progress.labelled == 500 == ref.progress.labelled
@@ -187,7 +189,7 @@ def interleave(sources: dict[str, list[Any]], seed: int, resend: float = 0.0) ->
 
 def publish(merged: list[tuple[str, Any]], seed: int, tails: float = 0.0, restarts: float = 0.0,
             as_read: bool = False,
-            ) -> tuple[dict[str, Any], dict[tuple[str, int], Any], list[Any], FraudLearner]:
+            ) -> tuple[dict[str, Any], dict[tuple[str, int], Any], list[Any], OnlineModel]:
     """Feed ``merged`` in random batches like the fraud-model agent: release after each batch,
     sometimes publish the provisional tail (a quiet stream), sometimes "kill -9" and resume from
     the last checkpoint with its uncommitted batches re-delivered. Returns what the topics hold
@@ -279,7 +281,7 @@ def test_a_checkpoint_from_before_source_offsets_still_loads() -> None:
     old = FraudLearner(lag_ms=0)
     old.buffer = [(orders[0]["event_time"], 1, "o-000000", 7, orders[0])]  # type: ignore[list-item]  # old 5-field entry
     del old.source_offset
-    lrn: FraudLearner = pickle.loads(pickle.dumps(old))
+    lrn: OnlineModel = pickle.loads(pickle.dumps(old))
     assert lrn.source_offset == {}
     assert [s["order_id"] for s in lrn.release(-1)[1]] == ["o-000000"]
 
@@ -321,7 +323,7 @@ def test_the_fraud_consumer_commits_the_last_merge_offsets_only_after_the_quiet_
     the last batch must not be committed before the provisional tail of that batch is flushed."""
     from types import SimpleNamespace
 
-    from stream_processors.learning import FraudConsumer
+    from stream_processors.learning import ModelConsumer
 
     trace: list[str] = []
     clock = [100.0]
@@ -354,9 +356,9 @@ def test_the_fraud_consumer_commits_the_last_merge_offsets_only_after_the_quiet_
 
     class Lrn:
         settings = SimpleNamespace(fraud_checkpoint_seconds=30.0, fraud_idle_seconds=2.0)
-        tail_due, quiet_since, fraud = False, 0.0, None
+        tail_due, quiet_since, name, learner = False, 0.0, "fraud", None
 
-        def learn_fraud(self, rows: list[Any]) -> None:
+        def learn(self, rows: list[Any]) -> None:
             trace.append(f"learn {[o for o, _ in rows]}")
             self.tail_due, self.quiet_since = True, clock[0]
 
@@ -373,7 +375,7 @@ def test_the_fraud_consumer_commits_the_last_merge_offsets_only_after_the_quiet_
         def checkpoint_sync(self, _items: Any) -> None:
             trace.append("checkpoint")
 
-    fc = FraudConsumer.__new__(FraudConsumer)
+    fc = ModelConsumer.__new__(ModelConsumer)
     fc.lrn, fc.consumer, fc.topic, fc.labels = Lrn(), Consumer(), "merge", "labels"  # type: ignore[assignment]
     fc.owned, fc.uncommitted, fc.checkpointed_at, fc.batch, fc.poll_s = True, None, clock[0], 10, 0.2
     fc.checkpointed = None
@@ -390,7 +392,7 @@ def test_a_commit_refused_while_the_group_rejoins_is_retried_not_fatal() -> None
     checkpoint itself not written twice; a fatal error still raises."""
     from confluent_kafka import KafkaError, KafkaException
 
-    from stream_processors.learning import FraudConsumer
+    from stream_processors.learning import ModelConsumer
 
     trace: list[str] = []
     answers = [KafkaError.UNKNOWN_MEMBER_ID, None]
@@ -404,12 +406,12 @@ def test_a_commit_refused_while_the_group_rejoins_is_retried_not_fatal() -> None
             trace.append(f"commit {offsets[0].offset}")
 
     class Lrn:
-        fraud = None
+        name, learner = "fraud", None
 
         def checkpoint_sync(self, _items: Any) -> None:
             trace.append("checkpoint")
 
-    fc = FraudConsumer.__new__(FraudConsumer)
+    fc = ModelConsumer.__new__(ModelConsumer)
     fc.lrn, fc.consumer, fc.topic = Lrn(), Consumer(), "merge"  # type: ignore[assignment]
     fc.uncommitted, fc.checkpointed, fc.checkpointed_at = 7, None, 0.0
     fc.checkpoint()

@@ -103,6 +103,65 @@ def test_a_mistake_names_the_file_the_entry_and_why(tmp_path: Path, change: tupl
     assert why in message, message
 
 
+CHECKS = {"type": "record", "name": "Check", "fields": [
+    {"name": "event_id", "type": "string"}, {"name": "broken", "type": "boolean"}, {"name": "note", "type": "string"},
+    {"name": "checked_at", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}
+MODELLED = GOOD + """
+[inputs.checks]
+key = "event_id"
+time = "checked_at"
+
+[models.broken]
+stream = "events"
+labels = "checks"
+on = "event_id"
+label = "broken"
+features = ["value", "site"]
+"""
+
+
+def test_a_model_loads_and_derives_its_scores(tmp_path: Path) -> None:
+    from kappa.pipeline.derive import Names
+    from stream_processors.operators.model import model_spec
+
+    path = project(tmp_path, MODELLED)
+    (path / "schemas" / "checks.avsc").write_text(json.dumps(CHECKS))
+    pipe = load(path)
+    m = pipe.models["broken"]
+    assert (m.scores, m.score_field, m.features, m.roc_thresholds) == ("broken_scores", "broken_score",
+                                                                         ("value", "site"), 10)
+    names = Names(pipe, "v1")
+    assert [(o.topic, o.table, o.key) for o in names.outputs() if o.kind == "scores"] == [
+        ("t.v1.broken_scores", "broken_scores", "event_id")]
+    assert "t.v1.learning.broken_events" in names.required_topics()
+    assert [i.name for i in names.streams()] == ["events"]  # the labels feed the model, not a view
+    spec = model_spec(pipe, "broken")
+    assert spec.features({"value": 2, "site": "lyon", "label": "x"}) == {"value": 2.0, "site=lyon": 1.0}
+
+
+@pytest.mark.parametrize(("change", "why"), [
+    (('label = "broken"', 'label = "note"'), "label 'note' is string: models predict a boolean label"),
+    (('features = ["value", "site"]', 'features = ["value", "sight"]'),
+     "feature 'sight' is not a field of schema events"),
+    (('features = ["value", "site"]', 'features = 3'), "features = [\"field\", ...]"),
+    (('features = ["value", "site"]', 'features = "nope:f"'), "no module 'nope'"),
+    (('features = ["value", "site"]', 'features = ["value"]\nmodel = "river"'), "model 'river': \"module:function\""),
+    (('features = ["value", "site"]', 'features = ["value"]\nscores = "per_site"'),
+     "clashes with the one of [windows.per_site]"),
+    (('on = "event_id"\nlabel', 'on = "note"\nlabel'), "join key (on) 'note' is not a field of schema events"),
+])
+def test_a_model_mistake_names_the_file_the_entry_and_why(tmp_path: Path, change: tuple[str, str], why: str) -> None:
+    old, new = change
+    assert old in MODELLED
+    path = project(tmp_path, MODELLED.replace(old, new, 1))
+    (path / "schemas" / "checks.avsc").write_text(json.dumps(CHECKS))
+    with pytest.raises(PipelineError) as info:
+        load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path / 'pipeline.toml'}: [models.broken] "), message
+    assert why in message, message
+
+
 def test_not_a_project(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="kappa init"):
         load(tmp_path)

@@ -8,11 +8,12 @@ import threading
 import cramjam
 import pytest
 
-from stream_processors.fraud import FraudLearner
+from stream_processors.operators.model import OnlineModel
 from stream_processors.snapshot import blob, snapshot
+from tests.support.fraud import FraudLearner
 
 
-def _learner() -> FraudLearner:
+def _learner() -> OnlineModel:
     lrn = FraudLearner(lag_ms=0, sources=("o/0", "l/0"))
     for i in range(2000):
         lrn.add("order", 1000 + i, f"o{i}", {"amount": float(i), "currency": "EUR", "category": "books",

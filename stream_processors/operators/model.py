@@ -1,17 +1,19 @@
-"""The fraud model: score each order at its event time, learn it when its (delayed) label arrives.
+"""Online models on a labelled stream: score each event at its event time, learn it when its
+(delayed) label arrives — a generic operator; a pipeline declares it under ``[models.<name>]``
+(stream, label stream, join key, label, features, model; :mod:`kappa.pipeline`).
 
 Semantics (deterministic: a pure function of the log, live, replayed or restarted):
 
-* Orders (at ``event_time``) and labels (at ``label_time``) of every input partition (a
-  *source*: ``orders/<p>``, ``order_labels/<p>``) are merged into one single-partition topic.
-  The model applies them in the total order ``(time, kind, order_id, source, source offset)``,
-  labels before orders at equal times — a key made of the events alone, never of their arrival.
-  So **a score is the prediction of the model that has learned exactly the labels with
-  label_time <= the order's event_time** (and whose orders it had seen).
+* Events (at their stream's time field) and labels (at the label stream's) of every input
+  partition (a *source*: ``<stream>/<p>``, ``<labels>/<p>``) are merged into one
+  single-partition topic. The model applies them in the total order ``(time, kind, key, source,
+  source offset)``, labels before events at equal times — a key made of the events alone, never
+  of their arrival. So **a score is the prediction of the model that has learned exactly the
+  labels with a label time <= the event's time** (and whose events it had seen).
 * Event-time merge: events wait in a buffer until the *watermark* passes them; watermark = min
   over all sources of the latest time seen on it, minus ``lag_ms``, and only events strictly
   before it are applied. Why nothing can still arrive that sorts before an applied event: per
-  source, arrival order is offset order (the order stage writes each partition's orders in
+  source, arrival order is offset order (the stream stage writes each partition's events in
   offset order, the label forwarder each partition's labels), an event re-sent by a restarted
   upstream stage (source offset <= the last one seen from that source) is dropped
   (``redelivered_upstream``), and an event more than ``lag_ms`` behind the latest time of *its
@@ -21,36 +23,36 @@ Semantics (deterministic: a pure function of the log, live, replayed or restarte
   non-late events, cut at the watermark, whatever the interleaving of the sources, the batch
   boundaries or the restarts (the checkpoint holds the buffer, the per-source times and offsets,
   and the last merged offset: re-delivered merge records are skipped, ``redelivered``).
-  Default lag: 60 s (``fraud_lag_seconds``), the window grace, which covers the generator's
-  out-of-orderness.
+  Default lag: 60 s (``fraud_lag_seconds``, the settings' name for every model's lag), the
+  window grace.
 * The tail: events at or after the watermark wait for more input, and when the inputs stop
-  (end of the log, or a pause) the watermark stops too. :meth:`FraudLearner.provisional` then
+  (end of the log, or a pause) the watermark stops too. :meth:`OnlineModel.provisional` then
   applies the whole buffer to a *copy* of the learner and returns what the copy publishes:
-  scores and ModelQuality rows, update-style (keyed by order_id and model|bucket), which the
+  scores and ModelQuality rows, update-style (keyed by the join key and model|bucket), which the
   definitive values overwrite once more input moves the watermark past them. The learner itself
   — its model, metrics, ADWIN, checkpoint — only ever advances along the watermark order. Why
-  not release the tail for good when the stream goes quiet (as this module once did), or once
-  the inputs are consumed to their end offsets: both cut the sequence at a point set by when
-  the producers paused, so a replay reading the same log without that pause would learn in
-  another order. A provisional tail never changes the sequence; at the end of a log the buffer
-  holds exactly the non-late events at or after the final watermark (a function of the log),
-  so a live run, its replay and a restarted learner publish identical rows. Drift events come
-  from the definitive sequence only: they are facts, not rows a later value can overwrite.
+  not release the tail for good when the stream goes quiet, or once the inputs are consumed to
+  their end offsets: both cut the sequence at a point set by when the producers paused, so a
+  replay reading the same log without that pause would learn in another order. A provisional
+  tail never changes the sequence; at the end of a log the buffer holds exactly the non-late
+  events at or after the final watermark (a function of the log), so a live run, its replay and
+  a restarted learner publish identical rows. Drift events come from the definitive sequence
+  only: they are facts, not rows a later value can overwrite.
 * A source that is behind (or has no events at all) holds the watermark back: everything
   newer waits in the buffer, and the provisional tail publishes it when the stream is quiet.
   There is deliberately no "idle source" timeout: giving up on a slow source depends on
   timing — in a replay of a long log, the label forwarder runs days of event time ahead of
-  the order stage, and must be waited for. The buffer is bounded by how far the sources are
+  the stream stage, and must be waited for. The buffer is bounded by how far the sources are
   apart, not by wall-clock time.
-* An order's features are kept until its label arrives, then learned (``learn_one``) after its
-  prediction is scored against the label: the progressive metrics of ``fraud`` compare the
-  prediction made at scoring time with the label. Features expire ``horizon_ms`` after the
-  order's event time (counted ``features_expired``).
-* A label whose order is unknown is counted (``orphan_label``) and kept ``horizon_ms``; when its
-  order arrives in that time, the order is scored then learned at once (``orphan_matched``);
+* An event's features are kept until its label arrives, then learned (``learn_one``) after its
+  prediction is scored against the label: the progressive metrics compare the prediction made
+  at scoring time with the label. Features expire ``horizon_ms`` after the event's time
+  (counted ``features_expired``).
+* A label whose event is unknown is counted (``orphan_label``) and kept ``horizon_ms``; when its
+  event arrives in that time, the event is scored then learned at once (``orphan_matched``);
   otherwise it is dropped and counted (``orphan_expired``). Never silently lost.
-* Duplicates (an order id in two partitions, an order or a label delivered twice) are dropped
-  by order_id (``duplicate``): a label is never learned twice; the first in merge order wins.
+* Duplicates (a key in two partitions, an event or a label delivered twice) are dropped by key
+  (``duplicate``): a label is never learned twice; the first in merge order wins.
 * Quality buckets are event-time minutes (``bucket_ms`` = 60 000): the bucket of a record is the
   minute of the last applied event; the record holds the cumulative metrics as of its end.
   Its ``bucket`` (a time) and ``bucket_index`` are both the minute start in epoch ms.
@@ -58,24 +60,24 @@ Semantics (deterministic: a pure function of the log, live, replayed or restarte
   model learns beside the champion and replaces it once its log loss over the labels since the
   detection is lower, after ``challenger_min`` labels; the default) or ``none`` (report only).
 
-Features and model (why): fraud is rare (a few %) and its signal sits in thresholds and
-combinations — a large amount *in EUR* whatever the currency, a foreign IP, a days-old account,
-night hours, a cheap order in one category. So the features are indicator features a linear
-model can combine: cumulative amount thresholds in EUR (reference rates :data:`EUR_RATES`),
-account-age thresholds, the hour of day, one-hots, and category x amount band. All come from
-the enriched order as of its event time (nothing from the label). The model is a logistic
-regression with Adam (per-weight step sizes: rare indicators learn as fast as frequent ones);
-no StandardScaler, which would blow rare one-hots up to large values and make SGD unstable.
-Its ROC AUC uses :data:`ROC_THRESHOLDS` thresholds instead of River's default 10: fraud
-probabilities are mostly below 0.1, where 10 evenly spaced thresholds see a single bin.
+What a model is — features, River model, label — comes from its :class:`ModelSpec`, built from
+the definition by :func:`model_spec`; the spec is not part of the pickled state (a checkpoint
+holds the learner's data, the spec names the code), so a checkpoint restores under the spec of
+the running definition (:func:`bound_spec`).
 
->>> f = order_features({"amount": 99.0, "currency": "EUR", "category": "books",
-...     "payment_method": "card", "ip_country": "FR", "event_time": 3_600_000,
-...     "user_country": "DE", "user_signup_time": 0, "user_segment": "new"})
->>> f["ip_mismatch"], f["unknown_user"], f["currency=EUR"], f["hour=01"], f["account_age<7d"]
-(1.0, 0.0, 1.0, 1.0, 1.0)
->>> sorted(k for k in f if k.startswith("amount_eur") or "&" in k)
-['amount_eur>=25', 'amount_eur>=50', 'books&amount_eur<120']
+>>> spec = ModelSpec("demo", "id", "y", features=lambda e: {"x": float(e["x"])})
+>>> lrn = OnlineModel(spec, lag_ms=0, sources=("e/0", "l/0"))
+>>> lrn.add("event", 1000, "a", {"x": 1.0}, "e/0", 0, source_offset=0)
+True
+>>> lrn.add("label", 1500, "a", {"y": True}, "l/0", 1, source_offset=0)
+True
+>>> lrn.watermark, len(lrn.release()[1])  # the event (t=1000) is before the watermark
+(1000, 0)
+>>> _, tail = lrn.provisional()  # what a quiet stream publishes; the state is unchanged
+>>> [(s["id"], s["demo_score"]) for s in tail], lrn.progress.labelled, len(lrn.buffer)
+([('a', 0.5)], 0, 2)
+>>> pickle.loads(pickle.dumps(lrn)).spec is spec
+True
 """
 
 from __future__ import annotations
@@ -83,7 +85,9 @@ from __future__ import annotations
 import heapq
 import math
 import pickle
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from river import linear_model, optim
@@ -91,105 +95,136 @@ from river import linear_model, optim
 from stream_processors.learning_metrics import Progressive
 from stream_processors.samples import DRIFT_DETECTOR, Emitted
 
-__all__ = ["DRIFT_POLICIES", "EUR_RATES", "ROC_THRESHOLDS", "FraudLearner", "fraud_model",
-           "order_features"]
+if TYPE_CHECKING:
+    from kappa.pipeline.definition import Pipeline
 
-MODEL = "fraud"
-LABEL, ORDER = 0, 1
+__all__ = ["DRIFT_POLICIES", "ModelSpec", "OnlineModel", "bound_spec", "default_model", "field_features",
+           "model_spec"]
+
+LABEL, EVENT = 0, 1
 DRIFT_POLICIES = ("reset", "challenger", "none")
 _NEVER = -(2**62)
 _DAY_MS = 86_400_000
-ROC_THRESHOLDS = 200
-"""Thresholds of the fraud model's River ROCAUC: within 0.001 of the exact AUC on generator data
-(10, River's default, reads ~0.60 for an exact 0.71); costs ~90 us per label."""
-EUR_RATES: dict[str, float] = {
-    "EUR": 1.0, "USD": 0.92, "GBP": 1.17, "JPY": 0.0062, "CHF": 1.05, "CAD": 0.68, "AUD": 0.61,
-    "SEK": 0.088, "NOK": 0.087, "DKK": 0.134, "PLN": 0.23, "CZK": 0.04}
-"""Reference EUR value of one unit of each accepted currency (feature scaling, not accounting)."""
-_AMOUNT_EUR = (25, 50, 100, 200, 400, 800)
-_AGE_DAYS = (1, 7, 30, 365)
-_BANDS_EUR = (30, 60, 120, 250, 500)
 
 
-def fraud_model() -> Any:
-    """Default fraud model: logistic regression with Adam on indicator features (see above)."""
+def default_model() -> Any:
+    """A model's default: logistic regression with Adam (per-weight step sizes, so rare
+    indicator features learn as fast as frequent ones)."""
     return linear_model.LogisticRegression(optimizer=optim.Adam(0.01))
 
 
-def order_features(order: dict[str, Any]) -> dict[str, float]:
-    """Features of an enriched order known at order time (no label leakage)."""
-    t = int(order["event_time"])
-    hour = (t // 3_600_000) % 24
-    country = order.get("user_country")
-    signup = order.get("user_signup_time")
-    eur = max(float(order["amount"]), 0.0) * EUR_RATES.get(order["currency"], 1.0)
-    f = {
-        "log_amount_eur": math.log1p(eur),
-        f"currency={order['currency']}": 1.0,
-        f"category={order['category']}": 1.0,
-        f"payment={order['payment_method']}": 1.0,
-        f"hour={hour:02d}": 1.0,
-        "unknown_user": 1.0 if country is None else 0.0,
-        "ip_mismatch": 1.0 if country is not None and order["ip_country"] != country else 0.0,
-    }
-    for threshold in _AMOUNT_EUR:
-        if eur >= threshold:
-            f[f"amount_eur>={threshold}"] = 1.0
-    band = next((str(b) for b in _BANDS_EUR if eur < b), "inf")
-    f[f"{order['category']}&amount_eur<{band}"] = 1.0
-    if signup is not None:
-        days = max(t - int(signup), 0) / _DAY_MS
-        f["log_account_age_days"] = math.log1p(days)
-        for limit in _AGE_DAYS:
-            if days < limit:
-                f[f"account_age<{limit}d"] = 1.0
-    if order.get("user_segment"):
-        f[f"segment={order['user_segment']}"] = 1.0
-    return f
+def field_features(fields: Sequence[str]) -> Callable[[Mapping[str, Any]], dict[str, float]]:
+    """The features of declared ``fields``: numbers as they are, booleans 0/1, strings one-hot
+    (``field=value``), missing values left out.
+
+    >>> field_features(("value", "metric", "ok"))({"value": 2, "metric": "temperature", "ok": True})
+    {'value': 2.0, 'metric=temperature': 1.0, 'ok': 1.0}
+    """
+    names = tuple(fields)
+
+    def features(event: Mapping[str, Any]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name in names:
+            v = event.get(name)
+            if v is None:
+                continue
+            if isinstance(v, str):
+                out[f"{name}={v}"] = 1.0
+            else:
+                out[name] = float(v)
+        return out
+
+    return features
 
 
-class FraudLearner:
-    """The whole state of the fraud model; pickled as its checkpoint.
+_BOUND: dict[tuple[str, str], ModelSpec] = {}
+
+
+@dataclass(eq=False)
+class ModelSpec:
+    """What a model is: its name, join key ``on``, ``label`` field, features and River model.
+
+    Pickled by name (``pipeline``, ``name``) and restored as the spec bound to that name in this
+    process (:func:`bound_spec`): a checkpoint holds data, never code.
+    """
+
+    name: str
+    on: str
+    label: str
+    features: Callable[[Mapping[str, Any]], dict[str, float]]
+    factory: Callable[[], Any] = default_model
+    roc_thresholds: int = 10
+    """Thresholds of the River ROCAUC (10: River's default; more when probabilities are small)."""
+    pipeline: str = ""
+    score_field: str = field(default="")
+
+    def __post_init__(self) -> None:
+        self.score_field = self.score_field or f"{self.name}_score"
+        _BOUND[(self.pipeline, self.name)] = self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return bound_spec, (self.pipeline, self.name)
+
+
+def bound_spec(pipeline: str, name: str) -> ModelSpec:
+    """The spec of model ``name`` of ``pipeline`` in this process: the last one built, else the
+    selected pipeline's (:func:`kappa.pipeline.current`)."""
+    spec = _BOUND.get((pipeline, name))
+    if spec is None:
+        from kappa.errors import ConfigError
+        from kappa.pipeline import current
+
+        pipe = current()
+        if pipe.name != pipeline or name not in pipe.models:
+            raise ConfigError(f"a checkpoint of model {name!r} of pipeline {pipeline!r} cannot be restored: "
+                              f"the selected pipeline is {pipe.name!r} ({pipe.path}) with models "
+                              f"{', '.join(pipe.models) or 'none'}")
+        spec = model_spec(pipe, name)
+    return spec
+
+
+def model_spec(pipeline: Pipeline, name: str) -> ModelSpec:
+    """The spec of ``[models.<name>]`` of ``pipeline``: its features function (a reference) or
+    declared feature fields, its model factory (default :func:`default_model`)."""
+    m = pipeline.models[name]
+    if m.features_function:
+        features = pipeline.resolve(m.features_function)
+    else:
+        features = field_features(m.features)
+    factory = pipeline.resolve(m.model) if m.model else default_model
+    return ModelSpec(name, m.on, m.label, features, factory, m.roc_thresholds, pipeline.name)
+
+
+class OnlineModel:
+    """The whole state of one model; pickled as its checkpoint (its spec by name).
 
     Feed it with :meth:`add` (one merged event and its offset in the merged stream), then
     :meth:`release` to apply what the watermark allows; :meth:`provisional` gives the quiet
     stream's tail without applying it. ``offset`` is the last merged offset added: re-delivered
     events at or below it are skipped.
-
-    >>> lrn = FraudLearner(lag_ms=0, sources=("o/0", "l/0"))
-    >>> order = {"amount": 9.0, "currency": "EUR", "category": "books", "payment_method": "card",
-    ...          "ip_country": "FR", "event_time": 1000}
-    >>> lrn.add("order", 1000, "a", order, "o/0", 0, source_offset=0)
-    True
-    >>> lrn.add("label", 1500, "a", {"is_fraud": False}, "l/0", 1, source_offset=0)
-    True
-    >>> lrn.watermark, len(lrn.release()[1])  # the order (t=1000) is before the watermark
-    (1000, 0)
-    >>> _, tail = lrn.provisional()  # what a quiet stream publishes; the state is unchanged
-    >>> [s["order_id"] for s in tail], lrn.progress.labelled, len(lrn.buffer)
-    (['a'], 0, 2)
     """
 
-    def __init__(self, version: str = "v1", *, lag_ms: int = 5_000, horizon_ms: int = 7 * _DAY_MS,
+    def __init__(self, spec: ModelSpec, version: str = "v1", *, lag_ms: int = 5_000, horizon_ms: int = 7 * _DAY_MS,
                  bucket_ms: int = 60_000, drift_policy: str = "challenger", drift_delta: float = 0.002,
                  challenger_min: int = 200, sources: tuple[str, ...] = ()) -> None:
         if drift_policy not in DRIFT_POLICIES:
             from kappa.errors import ConfigError
 
             raise ConfigError(f"drift policy {drift_policy!r} is not one of {', '.join(DRIFT_POLICIES)}")
+        self.spec = spec
         self.version = version
         self.lag_ms = lag_ms
         self.horizon_ms = horizon_ms
         self.bucket_ms = bucket_ms
         self.drift_policy = drift_policy
         self.challenger_min = challenger_min
-        self.model = fraud_model()
-        self.progress = Progressive(drift_delta, roc_thresholds=ROC_THRESHOLDS)
+        self.model = self.spec.factory()
+        self.progress = Progressive(drift_delta, roc_thresholds=spec.roc_thresholds)
         self.challenger: Any = None
         self.duel = [0.0, 0.0, 0]  # champion loss, challenger loss, labels since detection
         self.pending: dict[str, tuple[dict[str, float] | bytes, int, dict[Any, float] | float]] = {}
-        """Scored orders waiting for their label: (features, or the merge record they come from;
-        event time; predicted probabilities, or the probability of fraud of a binary model)."""
+        """Scored events waiting for their label: (features, or the merge record they come from;
+        event time; predicted probabilities, or the probability of True of a binary model)."""
         self.orphans: dict[str, tuple[bool, int]] = {}
         self.learned: dict[str, int] = {}
         self.buffer: list[tuple[int, int, str, str, int, int, dict[str, Any] | bytes]] = []
@@ -208,14 +243,14 @@ class FraudLearner:
         self.__dict__.update(state)
 
     # -- input -----------------------------------------------------------------------------
-    def add(self, kind: str, time: int, order_id: str, data: dict[str, Any] | bytes, source: str,
+    def add(self, kind: str, time: int, key: str, data: dict[str, Any] | bytes, source: str,
             offset: int, source_offset: int | None = None) -> bool:
-        """Buffer one merged event (``kind`` "order" or "label"); False when already applied.
+        """Buffer one merged event (``kind`` "event" or "label"); False when already applied.
 
         ``offset`` is its offset in the merged stream, ``source_offset`` its offset in its input
         partition ``source`` (None when unknown: then no upstream re-delivery check). ``data`` is
         the event's record, or the JSON merge record holding it under ``"data"``: the buffer
-        holds ``fraud_lag_seconds`` of orders and is pickled with every checkpoint, and bytes
+        holds ``fraud_lag_seconds`` of events and is pickled with every checkpoint, and bytes
         cost a fifth of a dict there (and in memory); they are parsed when released.
         """
         if offset <= self.offset:
@@ -238,7 +273,7 @@ class FraudLearner:
             return True
         if time > seen:
             self.source_time[source] = time
-        heapq.heappush(self.buffer, (time, LABEL if kind == "label" else ORDER, order_id, source,
+        heapq.heappush(self.buffer, (time, LABEL if kind == "label" else EVENT, key, source,
                                      -1 if source_offset is None else source_offset, offset, data))
         return True
 
@@ -254,13 +289,13 @@ class FraudLearner:
 
         ``-1`` is for the end of a finite input (tests, benchmarks): it commits the learner to
         the tail, which a live stream must not do (see :meth:`provisional`).
-        Returns the ModelQuality/DriftEvent records and the FraudScore records to publish.
+        Returns the ModelQuality/DriftEvent records and the score records to publish.
         """
         bound = self.watermark if until is None else (2**62 if until == -1 else until)
         out = Emitted()
         scores: list[dict[str, Any]] = []
         while self.buffer and self.buffer[0][0] < bound:
-            time, kind, order_id, _, _, _, data = heapq.heappop(self.buffer)
+            time, kind, key, _, _, _, data = heapq.heappop(self.buffer)
             self._enter(time, out)
             if time > self.released:
                 self.released = time
@@ -270,9 +305,9 @@ class FraudLearner:
                 data = orjson.loads(raw)["data"]
             assert isinstance(data, dict)
             if kind == LABEL:
-                self._label(order_id, bool(data["is_fraud"]), time, out)
+                self._label(key, data[self.spec.label], time, out)
             else:
-                self._order(order_id, data, time, out, scores, raw)
+                self._event(key, data, time, out, scores, raw)
         return out, scores
 
     def provisional(self) -> tuple[Emitted, list[dict[str, Any]]]:
@@ -282,7 +317,7 @@ class FraudLearner:
         """
         if not self.buffer:
             return Emitted(), []
-        twin: FraudLearner = pickle.loads(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
+        twin: OnlineModel = pickle.loads(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
         out, scores = twin.release(-1)
         out.extend(twin.flush())
         return Emitted(quality=out.quality), scores
@@ -291,7 +326,7 @@ class FraudLearner:
         """The current (partial) bucket's quality record."""
         out = Emitted()
         if self.bucket is not None:
-            out.quality.append(self.progress.quality(MODEL, self.bucket, self.bucket, self.version))
+            out.quality.append(self.progress.quality(self.spec.name, self.bucket, self.bucket, self.version))
         return out
 
     # -- application -----------------------------------------------------------------------
@@ -301,7 +336,7 @@ class FraudLearner:
     def _enter(self, time: int, out: Emitted) -> None:
         bucket = time // self.bucket_ms * self.bucket_ms
         if self.bucket is not None and bucket > self.bucket:
-            out.quality.append(self.progress.quality(MODEL, self.bucket, self.bucket, self.version))
+            out.quality.append(self.progress.quality(self.spec.name, self.bucket, self.bucket, self.version))
         if self.bucket is None or bucket > self.bucket:
             self.bucket = bucket
 
@@ -319,43 +354,43 @@ class FraudLearner:
                 if what:
                     self._count(what)
 
-    def _order(self, order_id: str, data: dict[str, Any], time: int, out: Emitted,
+    def _event(self, key: str, data: dict[str, Any], time: int, out: Emitted,
                scores: list[dict[str, Any]], raw: bytes | None = None) -> None:
-        if order_id in self.pending or order_id in self.learned:
+        if key in self.pending or key in self.learned:
             self._count("duplicate")
             return
-        x = order_features(data)
+        x = self.spec.features(data)
         proba = self.model.predict_proba_one(x)
         self._count("scored")
-        scores.append({"order_id": order_id, "fraud_score": float(proba.get(True, 0.0)), "model": MODEL,
+        scores.append({self.spec.on: key, self.spec.score_field: float(proba.get(True, 0.0)), "model": self.spec.name,
                        "labelled_before": self.progress.labelled, "event_time": time,
                        "pipeline_version": self.version})
-        # Kept until the label: as compact as the checkpoint (which pickles every pending order)
+        # Kept until the label: as compact as the checkpoint (which pickles every pending event)
         # allows: the merge record's bytes when there are any (the features are recomputed from
         # them, a pure function) and the probability of fraud alone.
         p = proba.get(True, 0.0)
-        self.pending[order_id] = (x if raw is None else raw, time,
+        self.pending[key] = (x if raw is None else raw, time,
                                   p if proba == {False: 1.0 - p, True: p} else proba)
-        if order_id in self.orphans:
-            y, label_time = self.orphans.pop(order_id)
+        if key in self.orphans:
+            y, label_time = self.orphans.pop(key)
             self._count("orphan_matched")
-            self._label(order_id, y, max(label_time, time), out)
+            self._label(key, y, max(label_time, time), out)
 
-    def _label(self, order_id: str, y: bool, time: int, out: Emitted) -> None:
-        if order_id in self.learned:
+    def _label(self, key: str, y: bool, time: int, out: Emitted) -> None:
+        if key in self.learned:
             self._count("duplicate")
             return
-        if order_id not in self.pending:
-            if order_id in self.orphans:
+        if key not in self.pending:
+            if key in self.orphans:
                 self._count("duplicate")
             else:
                 self._count("orphan_label")
-                self.orphans[order_id] = (y, time)
+                self.orphans[key] = (y, time)
             return
-        kept, _event_time, p = self.pending.pop(order_id)
-        x = kept if isinstance(kept, dict) else order_features(orjson.loads(kept)["data"])
+        kept, _event_time, p = self.pending.pop(key)
+        x = kept if isinstance(kept, dict) else self.spec.features(orjson.loads(kept)["data"])
         proba = p if isinstance(p, dict) else {False: 1.0 - p, True: p}
-        self.learned[order_id] = time
+        self.learned[key] = time
         drifted = self.progress.update(y, proba)
         self._count("learned")
         if self.challenger is not None:
@@ -382,9 +417,9 @@ class FraudLearner:
     def _on_drift(self, time: int, out: Emitted) -> None:
         action = self.drift_policy
         if action == "reset":
-            self.model = fraud_model()
+            self.model = self.spec.factory()
         elif action == "challenger" and self.challenger is None:
-            self.challenger = fraud_model()
+            self.challenger = self.spec.factory()
             self.duel = [0.0, 0.0, 0]
-        out.drift.append({"model": MODEL, "detector": DRIFT_DETECTOR, "labelled": self.progress.labelled,
+        out.drift.append({"model": self.spec.name, "detector": DRIFT_DETECTOR, "labelled": self.progress.labelled,
                           "event_time": time, "action": action, "pipeline_version": self.version})
