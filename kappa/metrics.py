@@ -11,6 +11,10 @@ How they are used (deploy/prometheus/rules, deploy/grafana/dashboards):
   ``SINK_INSERT_FAILURES.labels(table)``): a counter that first appears at 1 has no
   ``increase()`` in Prometheus, so the first event would not show on the dashboards;
 - keep label values stable and few (topic, table, model, reason code), never ids.
+
+Every ``kappa_*`` series also carries ``pipeline`` (the selected pipeline's ``[pipeline] name``):
+:func:`serve` exposes the metrics through :class:`PipelineLabel`, which adds it when Prometheus
+scrapes, so the hot path keeps its label tuples and one Prometheus can watch several pipelines.
 """
 
 from __future__ import annotations
@@ -18,11 +22,15 @@ from __future__ import annotations
 import atexit
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from kappa.errors import ConfigError
+from kappa.pipeline import current
 from kappa.settings import get_settings
 from kappa.stack.process import free_port, port_free
 
@@ -38,6 +46,7 @@ __all__ = [
     "MODEL_EVENTS",
     "MODEL_LABELLED",
     "MODEL_METRIC",
+    "PIPELINE_LABEL",
     "PRODUCED",
     "REJECTED",
     "SINK_BATCH_ROWS",
@@ -47,6 +56,7 @@ __all__ = [
     "SKIPPED_REFETCHED",
     "STALLS_REREAD",
     "TARGETS_DIR",
+    "PipelineLabel",
     "list_targets",
     "serve",
     "targets_dir",
@@ -100,6 +110,45 @@ DRIFT_DETECTIONS = Counter("kappa_model_drift_detections_total", "Drift detectio
 COMPONENT_UP = Gauge("kappa_component_up", "1 while the component runs and is healthy.", ["component"])
 
 
+PIPELINE_LABEL = "pipeline"
+"""The label :class:`PipelineLabel` adds to every ``kappa_*`` sample (and ``_register`` to the target)."""
+
+
+class PipelineLabel(Collector):
+    """The ``kappa_*`` metrics of ``source`` with ``pipeline="<name>"`` added to every sample.
+
+    Why at scrape time: the label is the same for every series of a process (a process runs one
+    pipeline), so adding it to each ``labels(...)`` call would cost every batch and every call
+    site; here it costs one dict per sample per scrape. Other series (``process_*``,
+    ``python_*``) are left as they are.
+
+    >>> from prometheus_client import CollectorRegistry, generate_latest
+    >>> source = CollectorRegistry()
+    >>> Counter("kappa_demo_events_total", "Demo.", ["topic"], registry=source).labels("t").inc()
+    >>> registry = CollectorRegistry()
+    >>> registry.register(PipelineLabel("iot", source))
+    >>> [ln for ln in generate_latest(registry).decode().splitlines() if ln.startswith("kappa_demo_events_total")]
+    ['kappa_demo_events_total{pipeline="iot",topic="t"} 1.0']
+    """
+
+    def __init__(self, pipeline: str, source: Collector = REGISTRY) -> None:
+        self.pipeline = pipeline
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.source.collect():  # fresh Metric objects on every collect
+            if family.name.startswith("kappa_"):
+                family.samples = [s._replace(labels={PIPELINE_LABEL: self.pipeline, **s.labels})
+                                  for s in family.samples]
+            yield family
+
+
+def _labelled(pipeline: str) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(PipelineLabel(pipeline))
+    return registry
+
+
 TARGETS_DIR = Path("metrics") / "targets"
 """Under ``KAPPA_HOME``: one Prometheus file_sd JSON per live endpoint (``<component>-<pid>.json``)."""
 
@@ -129,7 +178,7 @@ def _read_target(path: Path) -> tuple[str, str, int] | None:
         return None
 
 
-def _register(home: Path, component: str, host: str, port: int) -> Path:
+def _register(home: Path, component: str, host: str, port: int, pipeline: str) -> Path:
     """Write this process's file_sd target atomically and remove it at exit.
 
     Why: ports are picked at random so several workers never collide; Prometheus finds them
@@ -148,9 +197,10 @@ def _register(home: Path, component: str, host: str, port: int) -> Path:
     path = folder / f"{component}-{pid}.json"
     tmp = path.with_name(path.name + ".tmp")  # not *.json: Prometheus never reads half a file
     # target label `service`, not `component`: kappa_component_up has its own `component` label,
-    # and a clash would make Prometheus rename it to exported_component
+    # and a clash would make Prometheus rename it to exported_component. `pipeline` is on the
+    # samples too (the same value): the local scrape config honors theirs, and `up` gets this one
     tmp.write_text(json.dumps([{"targets": [address],
-                                "labels": {"service": component, "pid": str(pid)}}]))
+                                "labels": {"service": component, "pid": str(pid), PIPELINE_LABEL: pipeline}}]))
     tmp.replace(path)
 
     def _unregister() -> None:
@@ -191,14 +241,17 @@ def serve(component: str, port: int = 0) -> int:
 
     ``port`` 0 means ``KAPPA_METRICS_PORT`` (the first free port from that base) or, when that
     is 0 too, any free port. The address is ``KAPPA_METRICS_HOST`` (127.0.0.1 by default;
-    containers set 0.0.0.0 so Prometheus in another container can scrape).
+    containers set 0.0.0.0 so Prometheus in another container can scrape). Every ``kappa_*``
+    series is served with the selected pipeline's name as ``pipeline`` (:class:`PipelineLabel`).
     """
     settings = get_settings()
+    pipeline = current().name
+    registry = _labelled(pipeline)
     host = settings.metrics_host
     for attempt in range(5):
         chosen = port or (_pick_port(settings.metrics_port) if settings.metrics_port else free_port())
         try:
-            start_http_server(chosen, addr=host)
+            start_http_server(chosen, addr=host, registry=registry)
             break
         except OSError as exc:  # lost the race for a free port to another process
             if port or attempt == 4:
@@ -206,7 +259,7 @@ def serve(component: str, port: int = 0) -> int:
                     f"cannot serve metrics of {component} on {host}:{chosen}: {exc}; pick another "
                     "port (KAPPA_METRICS_PORT) or leave it 0"
                 ) from exc
-    _register(settings.home.resolve(), component, host, chosen)
+    _register(settings.home.resolve(), component, host, chosen, pipeline)
     _precreate(component)
     COMPONENT_UP.labels(component).set(1)
     return chosen
@@ -216,8 +269,10 @@ def _precreate(component: str) -> None:
     """Export 0-valued series for counters that may stay at zero (failures, drift detections).
 
     Without them a panel or alert over ``rate()``/``increase()`` has no data until the first
-    failure, and the first increment is invisible to ``increase()``.
+    failure, and the first increment is invisible to ``increase()``. Label values come from the
+    selected pipeline's definition: its tables, declared ids, windows and models.
     """
+    pipe = current()
     if component == "sink":
         from sinks.rows import TABLES  # the selected pipeline's tables
 
@@ -225,10 +280,9 @@ def _precreate(component: str) -> None:
             SINK_INSERT_FAILURES.labels(table)
             SINK_ROWS.labels(table)
     elif component == "processor":
-        DRIFT_DETECTIONS.labels("fraud")
-        from kappa.pipeline import current
-
-        pipe = current()
+        for model in pipe.models:
+            DRIFT_DETECTIONS.labels(model)
+            MODEL_LABELLED.labels(model)
         for name, inp in pipe.inputs.items():
             if inp.id:
                 DUPLICATES.labels(name)

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from kappa import metrics
+from kappa.pipeline import DEFAULT, load
 from kappa.settings import Settings
 from kappa.stack.process import is_ours
 from kappa.stack.prometheus import DEPLOY, LocalPrometheus, marker
@@ -119,6 +120,17 @@ def test_prometheus_discovers_every_component(prometheus: LocalPrometheus, metri
     assert all(t["health"] == "up" for t in kappa), [t["lastError"] for t in kappa]
     # the addresses Prometheus scrapes are the ones `kappa status` prints
     assert {t["labels"]["instance"] for t in kappa} == {a for _, a in metrics.list_targets(metrics_source.home)}
+
+
+def test_every_series_carries_its_pipeline(prometheus: LocalPrometheus, metrics_source: MetricsSource) -> None:
+    """The emitters run the default pipeline: each of their Kappa series and targets says so."""
+    name = load(DEFAULT).name
+    wait_for(lambda: _up_services(prometheus) >= set(metrics_source.components), "every component scraped")
+    wait_for(lambda: prometheus.query('count({__name__=~"kappa_.+", job="kappa"}) > 50'), "the emitters' series")
+    assert not prometheus.query(f'{{__name__=~"kappa_.+", pipeline!="{name}"}}')
+    assert prometheus.query(f'count({{__name__=~"kappa_.+", pipeline="{name}"}})')
+    assert not prometheus.query(f'up{{job="kappa", pipeline!="{name}"}}')  # from the target file
+    assert not prometheus.query('{exported_pipeline!=""}'), "the target's label must not rename the sample's"
 
 
 def test_every_dashboard_expression_returns_data(prometheus: LocalPrometheus,

@@ -60,6 +60,9 @@ def test_real_pipeline_metrics(stack: Stack, tmp_path: Path) -> None:
             for rule in group["rules"]:
                 assert rule["health"] in ("ok", "unknown"), (rule["name"], rule.get("lastError"))
         assert _value(prom, "sum(kappa_producer_events_total)") > 0
+        # the default pipeline's name on every series of the run (kappa.metrics.PipelineLabel)
+        assert not prom.query('{__name__=~"kappa_.+", pipeline!="ecommerce"}')
+        assert _value(prom, 'count({__name__=~"kappa_.+", pipeline="ecommerce"})') > 20
         _, err = producer.communicate(timeout=120)
         assert producer.returncode == 0, err
 
