@@ -55,7 +55,7 @@ from typing import Any
 from kappa.errors import ConfigError
 from stream_processors.operators.windows import WindowSpecError, parse_duration
 
-__all__ = ["SIDES", "JoinSpec", "JoinSpecError", "PartitionJoin", "parse_join"]
+__all__ = ["SIDES", "JoinSpec", "JoinSpecError", "PartitionJoin", "join_spec", "parse_join"]
 
 SIDES = ("left", "right")
 _RESERVED = frozenset({"left_id", "right_id", "left_time", "right_time", "matched", "revision", "final",
@@ -169,6 +169,15 @@ def parse_join(name: str, table: Mapping[str, Any], grace_ms: int = 0) -> JoinSp
     how = table.get("how", "inner")
     return JoinSpec(name, left, right, table["on"], lower, upper, grace, how if isinstance(how, str) else repr(how),
                     fields)
+
+
+def join_spec(decl: Any, grace_ms: int) -> JoinSpec:
+    """The spec of a loaded ``[joins.<name>]`` (:class:`kappa.pipeline.definition.Join`); ``grace_ms``
+    when it declares no grace."""
+    fields = {out: ("left" if ref.partition(".")[0] == decl.left else "right", ref.partition(".")[2])
+              for out, ref in decl.fields.items()}
+    return JoinSpec(decl.name, decl.left, decl.right, decl.on, decl.lower_ms, decl.upper_ms,
+                    grace_ms if decl.grace_ms is None else decl.grace_ms, decl.how, fields)
 
 
 Stored = list[Any]

@@ -72,6 +72,7 @@ __all__ = [
     "SessionSpec",
     "SessionSpecError",
     "parse_session",
+    "session_spec",
 ]
 
 SESSION_FUNCTIONS = (*FUNCTIONS, "first", "last")
@@ -249,6 +250,16 @@ def parse_session(name: str, table: Mapping[str, Any], grace_ms: int = 0) -> Ses
     return SessionSpec(name, gap, grace, tuple(keys),
                        tuple(_parse_aggregation(n, t, f"{where}.aggregations.{n}") for n, t in aggs.items()),
                        stream if isinstance(stream, str) else None)
+
+
+def session_spec(decl: Any, grace_ms: int) -> SessionSpec:
+    """The spec of a loaded ``[sessions.<name>]`` (:class:`kappa.pipeline.definition.Session`);
+    ``grace_ms`` when it declares no grace."""
+    grace = grace_ms if decl.grace_ms is None else decl.grace_ms
+    where = f"sessions.{decl.name}.aggregations"
+    return SessionSpec(decl.name, decl.gap_ms, grace, tuple(decl.keys),
+                       tuple(_parse_aggregation(n, t, f"{where}.{n}") for n, t in decl.aggregations.items()),
+                       decl.stream)
 
 
 Session = list[Any]
