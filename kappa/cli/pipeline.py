@@ -48,10 +48,30 @@ def derived(version: str, prefix: str, partitions: int) -> dict[str, Any]:
                 "order_by": list(derived_tables[o.table].order_by) if o.table in derived_tables else None}
                for o in names.outputs()]
     return {"pipeline": pipe.name, "file": str(pipe.path), "description": pipe.description,
+            "operators": operators(pipe),
             "database": pipe.database, "version": version, "tables_database": names.tables_db,
             "inputs": inputs, "outputs": outputs, "groups": groups,
             "views": {f"{pipe.database}.{v}": what for v, what in names.views().items()},
             "until_drained": consumed + [names.input_topic(m.labels) for m in pipe.models.values()]}
+
+
+def operators(pipe: Any) -> list[str]:
+    """One line per declared session window and interval join: what its operator computes."""
+    from kappa.settings import get_settings
+    from stream_processors.operators.joins import join_spec
+    from stream_processors.operators.sessions import session_spec
+
+    grace = int(get_settings().window_grace_seconds * 1000)
+    out = []
+    for decl in pipe.sessions.values():
+        s = session_spec(decl, grace)
+        out.append(f"sessions.{s.name}: {s.stream} per {', '.join(s.keys)}, gap {s.gap_ms} ms, grace {s.grace_ms} ms, "
+                   f"rows keyed by {', '.join(s.keys)}, session_start ({', '.join(a.name for a in s.aggregations)})")
+    for decl in pipe.joins.values():
+        j = join_spec(decl, grace)
+        out.append(f"joins.{j.name}: {j.how} {j.left} x {j.right} on {j.on}, {j.right}.time - {j.left}.time in "
+                   f"[{j.lower_ms}, {j.upper_ms}] ms, grace {j.grace_ms} ms")
+    return out
 
 
 @pipeline.command()
@@ -89,6 +109,10 @@ def show(version: str | None, as_json: bool) -> None:
     echo("\nviews")
     for v, what in data["views"].items():
         echo(f"  {v:<30} {what}")
+    if data["operators"]:
+        echo("\nsessions and joins (checked; not run by this Kappa version yet)")
+        for line in data["operators"]:
+            echo(f"  {line}")
     echo(f"\n--until-drained waits for: {', '.join(data['until_drained'])} (and every output landed)")
 
 

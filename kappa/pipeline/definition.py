@@ -22,7 +22,7 @@ import sys
 import tomllib
 import types
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any
@@ -33,11 +33,13 @@ __all__ = [
     "Enrich",
     "Field",
     "Input",
+    "Join",
     "Model",
     "Pipeline",
     "PipelineError",
     "Rule",
     "Schema",
+    "Session",
     "View",
     "Window",
     "load",
@@ -171,6 +173,37 @@ class Window:
 
 
 @dataclass(frozen=True)
+class Session:
+    """Session windows per key over a stream: inactivity gap, grace, aggregations (``name = "fn(field)"``)."""
+
+    name: str
+    stream: str
+    gap_ms: int
+    keys: tuple[str, ...]
+    aggregations: Mapping[str, str]
+    grace_ms: int | None = None
+    """None: the settings' ``window_grace_seconds``."""
+    table: str = ""
+
+
+@dataclass(frozen=True)
+class Join:
+    """An interval join of two co-partitioned streams on a key: ``right.time - left.time`` in [lower, upper]."""
+
+    name: str
+    left: str
+    right: str
+    on: str
+    lower_ms: int
+    upper_ms: int
+    how: str
+    fields: Mapping[str, str]
+    """Output field -> ``"<stream>.<field>"``."""
+    grace_ms: int | None = None
+    table: str = ""
+
+
+@dataclass(frozen=True)
 class Model:
     """An online model scoring a stream and learning from a label stream joined on a key
     (the generic operator: :mod:`stream_processors.operators.model`)."""
@@ -223,6 +256,8 @@ class Pipeline:
     """``module:function`` generating sample events (:mod:`producers.generators`), if any."""
     samples: Mapping[str, Path] = dc_field(default_factory=dict)
     """Sample data files per input (JSONL or CSV), published by ``kappa demo``."""
+    sessions: Mapping[str, Session] = dc_field(default_factory=dict)
+    joins: Mapping[str, Join] = dc_field(default_factory=dict)
 
     @property
     def root(self) -> Path:
@@ -308,7 +343,8 @@ class _Loader:
         return found
 
     def pipeline(self) -> Pipeline:
-        top = self.table("", self.doc, {"pipeline", "inputs", "enrich", "windows", "models", "views"},
+        top = self.table("", self.doc, {"pipeline", "inputs", "enrich", "windows", "models", "views",
+                                          "sessions", "joins"},
                          {"pipeline", "inputs"})
         meta = self.table("pipeline", top["pipeline"],
                           {"name", "database", "schemas", "description", "generator", "samples"}, {"name"})
@@ -340,6 +376,9 @@ class _Loader:
                 raise self.fail("pipeline", f"samples.{inp}: no file {files[inp]}")
         pipe = Pipeline(name, database, self.file, self.schema_dir, inputs, enrich, windows, models, views,
                         meta.get("description", ""), meta.get("generator"), files)
+        sessions = {n: self.session(n, v, inputs, enrich) for n, v in top.get("sessions", {}).items()}
+        joins = {n: self.join(n, v, inputs) for n, v in top.get("joins", {}).items()}
+        pipe = replace(pipe, sessions=sessions, joins=joins)
         self.check_names(pipe)
         self.check_functions(pipe)
         if pipe.generator is not None and not callable(_resolve_checked(self, "pipeline", pipe, pipe.generator)):
@@ -558,6 +597,108 @@ class _Loader:
         return Model(name, v["stream"], v["labels"], v["on"], v["label"], tuple(features), function, model,
                      thresholds, scores, v.get("schema"))
 
+    def stream(self, entry: str, key: str, name: Any, inputs: Mapping[str, Input]) -> Input:
+        """The stream input ``name`` (not a table, with an event time) that ``key`` of ``entry`` names."""
+        inp = inputs.get(name) if isinstance(name, str) else None
+        if inp is None or inp.table:
+            streams = [n for n, i in inputs.items() if not i.table]
+            raise self.fail(entry, f"{key} {name!r} is not a stream input ({', '.join(streams)})")
+        if inp.time is None:
+            raise self.fail(entry, f"input {inp.name} declares no event time (time = \"field\")")
+        return inp
+
+    def session(self, name: str, value: Any, inputs: Mapping[str, Input], enrich: Mapping[str, Enrich]) -> Session:
+        entry = f"sessions.{name}"
+        v = self.table(entry, value, {"stream", "gap", "grace", "keys", "aggregations", "table"},
+                       {"stream", "gap", "keys"})
+        inp = self.stream(entry, "stream", v["stream"], inputs)
+        fields = {f.name: f for f in inp.schema.fields}
+        if inp.name in enrich:
+            fields.update({out: Field(out, "enriched") for out in enrich[inp.name].fields})
+        gap = self.duration(entry, "gap", v["gap"])
+        if gap <= 0:
+            raise self.fail(entry, "gap must be a positive duration (the inactivity that ends a session, e.g. 30m)")
+        keys = v["keys"]
+        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+            raise self.fail(entry, "keys = [\"field\", ...] (sessions are per key)")
+        for k in keys:
+            if k not in fields:
+                raise self.fail(entry, f"key {k!r} is not a field of {inp.name} ({', '.join(fields)})")
+        if inp.key not in keys:
+            raise self.fail(entry, f"keys must include {inp.key!r}, the field {inp.name} is keyed by: every event "
+                                   "of a session key must be in one partition")
+        aggs = v.get("aggregations", {"events": "count"})
+        if not isinstance(aggs, dict) or not aggs:
+            raise self.fail(entry, "aggregations = { name = \"count\" | \"first(field)\" | \"sum(field)\" | ... }")
+        reserved = {"session_start", "session_end", "revision", "final", "retracted", "pipeline_version"}
+        for out, spec in aggs.items():
+            m = re.fullmatch(r"\s*(count|sum|min|max|avg|first|last)\s*(?:\(\s*([A-Za-z_][A-Za-z0-9_]*)?\s*\))?\s*",
+                             str(spec))
+            if not m:
+                raise self.fail(entry, f"aggregations.{out} = {spec!r}: use count, sum(f), min(f), max(f), avg(f), "
+                                       "first(f) or last(f)")
+            fn, arg = m.group(1), m.group(2)
+            if fn != "count" or arg is not None:
+                if arg is None:
+                    raise self.fail(entry, f"aggregations.{out}: {fn} needs a field, e.g. {fn}(url)")
+                f = fields.get(arg)
+                if f is None:
+                    raise self.fail(entry, f"aggregations.{out}: {arg!r} is not a field of {inp.name}")
+                if fn in ("sum", "min", "max", "avg") and not f.numeric:
+                    raise self.fail(entry, f"aggregations.{out}: {fn}({arg}) needs a number, {arg} is {f.type}")
+            if out in keys or out in reserved:
+                raise self.fail(entry, f"aggregations.{out}: clashes with a key or a column of the session's own "
+                                       f"({', '.join(sorted(reserved))})")
+        grace = None if v.get("grace") is None else self.duration(entry, "grace", v["grace"])
+        table = v.get("table", name)
+        if not isinstance(table, str) or not _NAME.match(table):
+            raise self.fail(entry, f"table {table!r}: use lowercase letters, digits and _")
+        return Session(name, inp.name, gap, tuple(keys), dict(aggs), grace, table)
+
+    def signed(self, entry: str, key: str, value: Any) -> int:
+        """A duration that may be negative (``"-5m"``)."""
+        if isinstance(value, str) and value.strip().startswith("-"):
+            return -self.duration(entry, key, value.strip()[1:])
+        return self.duration(entry, key, value)
+
+    def join(self, name: str, value: Any, inputs: Mapping[str, Input]) -> Join:
+        entry = f"joins.{name}"
+        v = self.table(entry, value, {"left", "right", "on", "lower", "upper", "grace", "how", "fields", "table"},
+                       {"left", "right", "on", "upper"})
+        left, right = (self.stream(entry, k, v[k], inputs) for k in ("left", "right"))
+        if left.name == right.name:
+            raise self.fail(entry, f"left and right are both {left.name!r}: join two different streams")
+        for inp in (left, right):
+            self.need_field(entry, inp.schema, v["on"], "join key (on)")
+            if inp.key != v["on"]:
+                raise self.fail(entry, f"input {inp.name} is keyed by {inp.key!r}, not by the join key {v['on']!r}: "
+                                       "both streams must be keyed by it (co-partitioned)")
+        if left.partitions != right.partitions:
+            raise self.fail(entry, f"{left.name} and {right.name} have different partition counts "
+                                   f"({left.partitions} and {right.partitions}): co-partitioned inputs must agree")
+        lower = self.signed(entry, "lower", v.get("lower", "0s"))
+        upper = self.signed(entry, "upper", v["upper"])
+        if lower > upper:
+            raise self.fail(entry, f"lower ({lower} ms) is above upper ({upper} ms): the interval is "
+                                   "right.time - left.time in [lower, upper]")
+        how = v.get("how", "inner")
+        if how not in ("inner", "left"):
+            raise self.fail(entry, f"how = {how!r}: use \"inner\" or \"left\"")
+        fields = v.get("fields", {})
+        if not isinstance(fields, dict):
+            raise self.fail(entry, f"fields = {{ out = \"{right.name}.field\", ... }}")
+        for out, ref in fields.items():
+            stream, _, fld = str(ref).partition(".")
+            side = {left.name: left, right.name: right}.get(stream)
+            if side is None or side.schema.field(fld) is None:
+                raise self.fail(entry, f"fields.{out} = {ref!r}: not a field of {left.name} or {right.name} "
+                                       "(write \"<stream>.<field>\")")
+        grace = None if v.get("grace") is None else self.duration(entry, "grace", v["grace"])
+        table = v.get("table", name)
+        if not isinstance(table, str) or not _NAME.match(table):
+            raise self.fail(entry, f"table {table!r}: use lowercase letters, digits and _")
+        return Join(name, left.name, right.name, v["on"], lower, upper, how, dict(fields), grace, table)
+
     def view(self, name: str, value: Any) -> View:
         entry = f"views.{name}"
         v = self.table(entry, value, {"sql"}, {"sql"})
@@ -574,6 +715,7 @@ class _Loader:
         names = ([(f"inputs.{n}", n) for n, i in pipe.inputs.items() if not i.table and n not in pipe.views]
                  + [(f"windows.{n}", n) for n in pipe.windows]
                  + [(f"models.{n}", m.scores) for n, m in pipe.models.items() if m.scores not in pipe.views]
+                 + [(f"sessions.{n}", n) for n in pipe.sessions] + [(f"joins.{n}", n) for n in pipe.joins]
                  + [(f"views.{n}", n) for n in pipe.views])
         reserved = {"rejected_events", "model_quality", "drift_events", "lineage"}
         for entry, out in names:

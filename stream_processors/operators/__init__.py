@@ -3,4 +3,5 @@ idempotent under re-delivery (first-occurrence offsets, per-partition watermarks
 outputs with revisions). A pipeline definition (:mod:`kappa.pipeline`) says which run where.
 
 Nothing here names a pipeline's fields: ``windows`` (tumbling and hopping event-time windows),
-``dedupe``, ``asof``; the e-commerce revenue windows are bound in :mod:`stream_processors.windows`."""
+``sessions`` (session windows per key), ``joins`` (interval joins of two streams), ``dedupe``,
+``asof``; the e-commerce revenue windows are bound in :mod:`stream_processors.windows`."""

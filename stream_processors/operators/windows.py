@@ -20,6 +20,13 @@ changed. The event is ``too_late`` when every window holding it is closed (count
 nowhere, kept by the caller), ``within_grace`` when the earliest window holding it has ended
 (``end <= wm``; it is added to those of its windows that are not closed), ``on_time`` otherwise.
 
+Sliding windows: results *per slide* are hopping windows (``hop`` = the slide; it must divide
+``size``), at the cost of ``size / hop`` window updates per event. Results *per event* (a window
+``[t - size, t]`` ending at each event) are not offered: such a window is defined by one event but
+holds events of every partition, so partials cannot be pre-aggregated per partition and merged
+(stage 2 would need the raw events, i.e. a repartition of the stream by key plus a buffer of the
+last ``size`` of events per key); a small ``hop`` is the cheap approximation.
+
 Aggregations: ``count``, ``count(f)`` (non-null values), ``sum(f)``, ``min(f)``, ``max(f)``,
 ``avg(f)`` (merged sum / merged count of non-null values); nulls are skipped; ``min``/``max``/
 ``avg`` of a window without a value are None. Float sums are deterministic: within a partition

@@ -198,3 +198,87 @@ def test_a_bad_definition_is_one_line_before_anything_starts(tmp_path: Path) -> 
         assert done.returncode == 1, (args, done.stdout, done.stderr)
         assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
         assert "[inputs.events.rules[0]] field 'valeu' is not a field of schema events" in done.stderr
+
+
+# -- sessions and interval joins ----------------------------------------------------------------
+OPERATORS = GOOD + """
+[inputs.alerts]
+schema = "events"
+key = "device"
+time = "at"
+
+[sessions.visits]
+stream = "events"
+gap = "30m"
+keys = ["device"]
+aggregations = { n = "count", first_label = "first(label)", top = "max(value)", site = "last(site)" }
+
+[joins.followed]
+left = "events"
+right = "alerts"
+on = "device"
+lower = "-5m"
+upper = "1h"
+how = "left"
+fields = { label = "events.label", alert = "alerts.label" }
+"""
+
+
+def test_sessions_and_joins_load_and_give_their_operators_specs(tmp_path: Path) -> None:
+    from stream_processors.operators.joins import join_spec
+    from stream_processors.operators.sessions import session_spec
+
+    pipe = load(project(tmp_path, OPERATORS))
+    s = pipe.sessions["visits"]
+    assert (s.stream, s.gap_ms, s.keys, s.grace_ms, s.table) == ("events", 1_800_000, ("device",), None, "visits")
+    spec = session_spec(s, 5_000)
+    assert spec.grace_ms == 5_000 and [a.fn for a in spec.aggregations] == ["count", "first", "max", "last"]
+    j = pipe.joins["followed"]
+    assert (j.left, j.right, j.on, j.lower_ms, j.upper_ms, j.how) == ("events", "alerts", "device", -300_000,
+                                                                     3_600_000, "left")
+    assert dict(join_spec(j, 0).fields) == {"label": ("left", "label"), "alert": ("right", "label")}
+    assert load(project(tmp_path, GOOD)).sessions == {}
+
+
+@pytest.mark.parametrize(("change", "entry", "why"), [
+    (('gap = "30m"', 'gap = "half an hour"'), "[sessions.visits]", "'half an hour' is not a duration"),
+    (('gap = "30m"', 'gap = "0s"'), "[sessions.visits]", "gap must be a positive duration"),
+    (('gap = "30m"\n', ''), "[sessions.visits]", "missing key 'gap'"),
+    (('keys = ["device"]', 'keys = ["site"]'), "[sessions.visits]",
+     "keys must include 'device', the field events is keyed by"),
+    (('keys = ["device"]', 'keys = ["devise"]'), "[sessions.visits]", "key 'devise' is not a field of events"),
+    (('stream = "events"\ngap', 'stream = "devices"\ngap'), "[sessions.visits]",
+     "stream 'devices' is not a stream input (events, alerts)"),
+    (('top = "max(value)"', 'top = "max(label)"'), "[sessions.visits]", "max(label) needs a number, label is string"),
+    (('top = "max(value)"', 'top = "p99(value)"'), "[sessions.visits]", "use count, sum(f), min(f), max(f), avg(f), "
+                                                                        "first(f) or last(f)"),
+    (('first_label = "first(label)"', 'session_end = "first(label)"'), "[sessions.visits]",
+     "aggregations.session_end: clashes with a key or a column of the session's own"),
+    (('lower = "-5m"', 'lower = "2h"'), "[joins.followed]", "lower (7200000 ms) is above upper (3600000 ms)"),
+    (('how = "left"', 'how = "outer"'), "[joins.followed]", "how = 'outer': use \"inner\" or \"left\""),
+    (('on = "device"\nlower', 'on = "event_id"\nlower'), "[joins.followed]",
+     "input events is keyed by 'device', not by the join key 'event_id'"),
+    (('right = "alerts"', 'right = "events"'), "[joins.followed]", "left and right are both 'events'"),
+    (('alert = "alerts.label"', 'alert = "alerts.nope"'), "[joins.followed]",
+     "fields.alert = 'alerts.nope': not a field of events or alerts"),
+    (('upper = "1h"\n', ''), "[joins.followed]", "missing key 'upper'"),
+    (('[joins.followed]', '[joins.visits]'), "[joins.visits]", "clashes with the one of [sessions.visits]"),
+])
+def test_a_session_or_join_mistake_names_the_file_the_entry_and_why(tmp_path: Path, change: tuple[str, str],
+                                                                  entry: str, why: str) -> None:
+    old, new = change
+    assert old in OPERATORS
+    path = project(tmp_path, OPERATORS.replace(old, new, 1))
+    with pytest.raises(PipelineError) as info:
+        load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path / 'pipeline.toml'}: {entry} "), message
+    assert why in message, message
+
+
+def test_pipeline_show_prints_the_sessions_and_joins(tmp_path: Path) -> None:
+    shown = _kappa("pipeline", "show", "--pipeline", str(project(tmp_path, OPERATORS)))
+    assert shown.returncode == 0, shown.stderr
+    assert "sessions.visits: events per device, gap 1800000 ms" in shown.stdout
+    assert "joins.followed: left events x alerts on device, alerts.time - events.time in [-300000, 3600000] ms" \
+        in shown.stdout
