@@ -150,7 +150,7 @@ def run(settings: Settings, rate: int = 5000, seconds: float = 30.0, workers: in
         pipe._start(child)
     try:
         with Publisher(settings, pipe.ep.kafka_bootstrap) as pub:
-            topic = pipe.inputs.orders
+            topic = pipe.inputs.topic("orders")
             pub.publish_many(topic, [_order("w", i, rng) for i in range(warmup)], key_field="user_id")
             pub.flush()
             _wait_for(settings, table, "w", warmup, timeout)
@@ -191,7 +191,7 @@ def run(settings: Settings, rate: int = 5000, seconds: float = 30.0, workers: in
             "SELECT source_partition AS sp, source_offset AS so, kafka_partition AS kp, kafka_offset AS ko, "
             "toUnixTimestamp64Milli(event_time) AS ev, toUnixTimestamp64Milli(ingested_at) AS ing "
             f"FROM {table} WHERE startsWith(order_id, 'f')"))
-        stages = _stages(settings, pipe.ep.kafka_bootstrap, pipe.inputs.orders, pipe.outputs.enriched, rows)
+        stages = _stages(settings, pipe.ep.kafka_bootstrap, pipe.inputs.topic("orders"), pipe.outputs.enriched, rows)
     finally:
         pipe.stop()
     return {"p50_ms": float(stats["p50"]), "p99_ms": float(stats["p99"]), "max_ms": float(stats["mx"]),

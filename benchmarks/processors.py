@@ -46,14 +46,14 @@ def produce(settings: Settings, n: int) -> None:
     t = topics.input_topics(settings.topic_prefix)
     ensure_topics(settings, settings.kafka_bootstrap or "", topics.input_specs(settings.partitions,
                                                                             settings.topic_prefix))
-    eo, eu = Encoder(reg, f"{t.orders}-value", "orders"), Encoder(reg, f"{t.users}-value", "users")
+    eo, eu = Encoder(reg, f"{t.topic('orders')}-value", "orders"), Encoder(reg, f"{t.topic('users')}-value", "users")
     p = Producer(client_config(settings, settings.kafka_bootstrap or "", partitioner="murmur2_random",
                                **{"linger.ms": 20, "queue.buffering.max.messages": 1_000_000}))
     now = int(time.time() * 1000)
     t0 = now - 3_600_000
     rng = random.Random(1)
     for uid in range(1, 10_001):
-        p.produce(t.users, eu.encode({"user_id": uid, "country": "DE", "segment": "vip",
+        p.produce(t.topic("users"), eu.encode({"user_id": uid, "country": "DE", "segment": "vip",
                                       "signup_time": t0 - 10**9, "updated_at": t0 - 1}), str(uid))
     for i in range(n):
         uid = rng.randint(1, 10_000)
@@ -63,7 +63,7 @@ def produce(settings: Settings, n: int) -> None:
                "ip_country": "DE", "event_time": t0 + i * 3_600_000 // n}
         while True:
             try:
-                p.produce(t.orders, eo.encode(rec), str(uid))
+                p.produce(t.topic("orders"), eo.encode(rec), str(uid))
                 break
             except BufferError:
                 p.poll(0.1)
@@ -135,7 +135,7 @@ def child_raw(settings: Settings, n: int) -> tuple[float, float]:
     c = Consumer(client_config(settings, settings.kafka_bootstrap or "",
                                **{"group.id": f"bench-raw-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
                                   "enable.auto.commit": True}))
-    c.subscribe([t.orders])
+    c.subscribe([t.topic("orders")])
     got, start, cpu = 0, None, 0.0
     while got < n:
         msgs = c.consume(5000, timeout=1.0)
@@ -163,7 +163,7 @@ def child_faust(settings: Settings, n: int, lean: bool = False) -> tuple[float, 
     result: list[tuple[float, float]] = []
     state = {"got": 0, "start": 0.0, "cpu": 0.0}
 
-    @app.agent(app.topic(t.orders, value_serializer="raw"))
+    @app.agent(app.topic(t.topic("orders"), value_serializer="raw"))
     async def decode(stream):
         async for value in stream:
             if not state["got"]:

@@ -19,9 +19,12 @@ import uuid
 from confluent_kafka import Producer
 
 from kappa.kafka import TopicSpec, client_config, ensure_topics
+from kappa.pipeline import DEFAULT, load
 from kappa.settings import Settings
 from producers.base import PRODUCER_CONFIG, Publisher
-from producers.ecommerce import GeneratorConfig, generate
+
+_GEN = load(DEFAULT).module("generate")  # the e-commerce example's generator
+GeneratorConfig, generate = _GEN.GeneratorConfig, _GEN.generate
 
 
 def run(count: int, partitions: int = 4, rounds: int = 4,

@@ -53,8 +53,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=5)
     args = ap.parse_args()
 
+    from kappa.pipeline import DEFAULT, load
     from producers.base import Publisher
-    from producers.ecommerce import GeneratorConfig, generate, publish_events
+
+    gen = load(DEFAULT).module("generate")  # the e-commerce example's generator
+    GeneratorConfig, generate, publish_events = gen.GeneratorConfig, gen.generate, gen.publish_events
 
     home = Path(tempfile.mkdtemp(prefix="kappa-bench-replay-"))
     run = f"bench{uuid.uuid4().hex[:8]}"

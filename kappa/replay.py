@@ -309,43 +309,79 @@ def apply_boundary(backend: Any, live: str, version: str, boundary_ms: int,
 
 
 # -- verification -------------------------------------------------------------------------------
-_STATS = {
-    "orders": "count() AS rows, round(sum(amount), 2) AS amount, countIf(late) AS late, "
-              "countIf(fraud_score IS NOT NULL) AS scored",
-    "revenue_per_minute": "count() AS rows, sum(orders) AS orders, round(sum(revenue), 2) AS revenue",
+_KAPPA_STATS = {
     "model_quality": "count() AS rows, sum(labelled) AS labelled_sum",
     "rejected_events": "count() AS rows",
     "drift_events": "count() AS rows",
 }
-_BREAKDOWNS = {  # view -> (dimension, measure) shown when a view differs
-    "orders": ("category", "count()"),
-    "revenue_per_minute": ("category", "sum(orders)"),
+_KAPPA_BREAKDOWNS = {
     "rejected_events": ("splitByChar(':', reason)[1]", "count()"),
     "model_quality": ("model", "argMax(roc_auc, bucket_index)"),
 }
+_LABELS = {"rejected_events": "rejections per reason", "model_quality": "last ROC AUC per model"}
 
 
-def _stats() -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
-    """(view -> aggregates compared, view -> (dimension, measure) shown when it differs): the
-    e-commerce contract's own for the default pipeline, else derived from the definition."""
+@dataclass(frozen=True)
+class _Measures:
+    """What the verification compares on each view, derived from the definition."""
+
+    stats: dict[str, str]
+    """view -> aggregates compared (``expr AS name, ...``)."""
+    breakdowns: dict[str, tuple[str, str]]
+    """view -> (dimension, measure) shown when the view differs."""
+    labels: dict[str, str]
+    """view -> how its breakdown reads (``<measure> per <dimension>``)."""
+    mapped: dict[str, str]
+    """stream view -> its breakdown field when that field has a declared value map."""
+
+
+def _stats() -> _Measures:
+    """The verification's measures, from the definition: per stream view its rows, the sums of
+    its numeric fields (not the key, id or time), late rows and the non-null counts of its
+    nullable columns (enrichment, scores), broken down by its first value-mapped field, else its
+    first window key, else its first low-cardinality field; per window its rows and the sums of
+    its aggregations, by its first key; Kappa's own views as for every pipeline."""
+    from sinks.ddl import tables
+
     pipe = current()
-    if pipe.database == "kappa" and "orders" in pipe.inputs and "revenue_per_minute" in pipe.windows:
-        return _STATS, _BREAKDOWNS
+    derived = tables(pipe)
     stats: dict[str, str] = {}
     breakdowns: dict[str, tuple[str, str]] = {}
-    names = Names(pipe, "v")
-    for inp in names.streams():
-        stats[inp.name] = "count() AS rows, countIf(late) AS late"
+    labels: dict[str, str] = {}
+    mapped: dict[str, str] = {}
+    for inp in Names(pipe, "v").streams():
+        skip = {inp.key, inp.id, inp.time}
+        parts = ["count() AS rows"]
+        parts += [f"round(sum({f.name}), {2 if f.type in ('float', 'double') else 0}) AS {f.name}"
+                  for f in inp.schema.fields if f.numeric and not f.nullable and f.name not in skip]
+        parts.append("countIf(late) AS late")
+        columns = derived[inp.name].columns if inp.name in derived else ()
+        own = {f.name for f in inp.schema.fields}
+        parts += [f"countIf({c} IS NOT NULL) AS {c}_set" for c, t in columns
+                  if t.startswith("Nullable") and c not in own]
+        stats[inp.name] = ", ".join(parts)
+        keys = [k for w in pipe.windows.values() if w.stream == inp.name for k in w.keys]
+        dim = next(iter([*inp.value_maps, *keys, *inp.low_cardinality]), None)
+        if dim is not None:
+            breakdowns[inp.name] = (dim, "count()")
+            labels[inp.name] = f"{inp.name} per {dim}"
+            if dim in inp.value_maps:
+                mapped[inp.name] = dim
     for w in pipe.windows.values():
-        sums = ", ".join(f"round(sum({a}), 6) AS {a}" for a in w.aggregations)
-        stats[w.name] = f"count() AS rows, {sums}"
-        breakdowns[w.name] = (w.keys[0], f"sum({next(iter(w.aggregations))})")
+        first = next(iter(w.aggregations))
+        stats[w.name] = "count() AS rows, " + ", ".join(
+            f"round(sum({a}), {0 if fn.strip() == 'count' else 6}) AS {a}" for a, fn in w.aggregations.items())
+        if w.keys:
+            breakdowns[w.name] = (w.keys[0], f"sum({first})")
+            labels[w.name] = f"window {first} per {w.keys[0]}"
     if pipe.models:
-        stats["model_quality"] = _STATS["model_quality"]
-        breakdowns["model_quality"] = _BREAKDOWNS["model_quality"]
-    stats["rejected_events"] = "count() AS rows"
-    breakdowns["rejected_events"] = _BREAKDOWNS["rejected_events"]
-    return stats, breakdowns
+        stats["model_quality"] = _KAPPA_STATS["model_quality"]
+        breakdowns["model_quality"] = _KAPPA_BREAKDOWNS["model_quality"]
+    stats["rejected_events"] = _KAPPA_STATS["rejected_events"]
+    breakdowns["rejected_events"] = _KAPPA_BREAKDOWNS["rejected_events"]
+    if pipe.models:
+        stats["drift_events"] = _KAPPA_STATS["drift_events"]
+    return _Measures(stats, breakdowns, {**_LABELS, **labels}, mapped)
 
 
 @dataclass
@@ -401,7 +437,8 @@ def verify(settings: Settings, backend: Any, live: str | None, version: str) -> 
     present = [_tables_exist(backend, db) for db in dbs]
     from sinks.rows import tables_of
 
-    stats, breakdowns = _stats()
+    measures_of = _stats()
+    stats, breakdowns = measures_of.stats, measures_of.breakdowns
     first_table = next(iter(tables_of(current())))
     for view, measures in stats.items():
         got = []
@@ -444,13 +481,12 @@ def verify(settings: Settings, backend: Any, live: str | None, version: str) -> 
         report.breakdown_differs = True
         parts = [f"{k}: {_num(a)} -> {_num(b)}" for k, a, b in changed[:8]]
         more = f" (+{len(changed) - 8} more)" if len(changed) > 8 else ""
-        label = {"orders": "orders per category", "revenue_per_minute": "window orders per category",
-                 "rejected_events": "rejections per reason", "model_quality": "last ROC AUC per model"}.get(
-                     view, f"{measure} per {dim}")
+        label = measures_of.labels.get(view, f"{measure} per {dim}")
         report.explanations.append(f"{view}: {label}: " + "; ".join(parts) + more)
-        if view == "orders" and old.get("rows") == new.get("rows") and old.get("amount") == new.get("amount"):
-            report.explanations.append("orders: same orders and amounts, only categories moved "
-                                       "(a changed category mapping)")
+        field_ = measures_of.mapped.get(view)
+        if field_ and old == new:
+            report.explanations.append(f"{view}: same rows and sums, only {field_} moved "
+                                       f"(a changed value map of {field_})")
         if view == "model_quality":
             report.explanations.append("model_quality: the models learn from the (changed) features, "
                                        "so their metrics follow the transformation")
@@ -505,7 +541,8 @@ class _ReplayPipeline(Pipeline):
 
     def _env(self) -> dict[str, str]:
         env = super()._env()
-        env["KAPPA_CATEGORY_MAP"] = self.settings.category_map  # this version's knobs, explicitly
+        for knob in current().knobs:  # this version's knobs, explicitly
+            env[f"KAPPA_{knob.upper()}"] = self.settings.knob(knob)
         return env
 
 
@@ -574,7 +611,7 @@ def replay(settings: Settings, version: str, start: StartPoint, *, swap_views: b
            on_caught_up: Callable[[Verification], None] | None = None) -> ReplayResult:
     """Replay the retained log as ``version``; with ``swap_views`` repoint the views once caught up.
 
-    ``settings`` are the new version's (e.g. its ``category_map``). ``on_caught_up`` is called
+    ``settings`` are the new version's (e.g. its value-map knobs). ``on_caught_up`` is called
     with the verification report before the swap (tests use it to start a query loop).
     """
     from sinks import migrate
@@ -663,7 +700,7 @@ def _record(settings: Settings, version: str, start: StartPoint, caught_up: bool
     path.write_text(json.dumps({"version": version, "from": str(start),
                                 "started_at": started or datetime.now(UTC).isoformat(),
                                 "caught_up": caught_up,
-                                "settings": {"category_map": settings.category_map}}))
+                                "settings": {k: settings.knob(k) for k in current().knobs}}))
 
 
 def _existing_versions(settings: Settings, backend: Any) -> set[str]:

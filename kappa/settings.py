@@ -11,6 +11,8 @@ False
 from __future__ import annotations
 
 import functools
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -50,9 +52,9 @@ class Settings(BaseSettings):
     topic_prefix: str = ""
     """Prefix of the input topic names (tests isolate themselves with it; empty in production)."""
     window_grace_seconds: float = 60.0
-    """Event-time grace of the revenue windows: later orders are counted as too late."""
+    """Event-time grace of windows that declare none: later events are counted as too late."""
     partitions: int = 4
-    """Partitions of the keyed input topics (users, orders, order_labels)."""
+    """Partitions of the input topics that declare none (``[inputs.<name>] partitions``)."""
     metrics_port: int = 0
     """Base port of the Prometheus endpoints; 0 picks free ports."""
     metrics_host: str = "127.0.0.1"
@@ -73,15 +75,15 @@ class Settings(BaseSettings):
     first fetch of that partition, as faust-streaming sometimes does (:mod:`stream_processors.stalls`)."""
 
     processor_crash_after_batches: int = 0
-    """Crash injection (tests): a worker SIGKILLs itself once its order stage has produced and
+    """Crash injection (tests): a worker SIGKILLs itself once its stream stage has produced and
     flushed the outputs of this many batches, before acking the last one (0: never)."""
 
     processor_crash_on_close: bool = False
-    """Crash injection (tests): a worker SIGKILLs itself on its first revenue batch that closes a
+    """Crash injection (tests): a worker SIGKILLs itself on its first window batch that closes a
     window, once that batch's state is written and before its outputs are queued."""
 
     drift_policy: str = "challenger"
-    """What the fraud model does on a drift detection: ``challenger`` (default: a fresh model learns
+    """What every model does on a drift detection: ``challenger`` (default: a fresh model learns
     beside it and replaces it once better on the labels since the detection), ``reset`` or ``none``."""
     drift_delta: float = 0.002
     """ADWIN confidence of the drift detectors (smaller: fewer, surer detections)."""
@@ -89,34 +91,48 @@ class Settings(BaseSettings):
     """Samples per model_quality bucket of the ``samples.*`` streams."""
     learning_batch_size: int = 1
     """Mini-batch of the ``samples.*`` learners: 1 is exact progressive validation."""
+    # The KAPPA_FRAUD_* names are kept from the first pipeline (the contract); they apply to every
+    # [models.<name>] of any pipeline.
     fraud_horizon_hours: float = 168.0
-    """How long the fraud model keeps an order's features (and an orphan label) for its pair."""
+    """How long every model keeps an event's features (and an orphan label) for its pair."""
     fraud_lag_seconds: float = 60.0
-    """Out-of-orderness the fraud merge waits for before applying events in event-time order."""
+    """Out-of-orderness every model's merge waits for before applying events in event-time order."""
     fraud_idle_seconds: float = 2.0
-    """A quiet fraud stream publishes its provisional tail after this long (processing time; the
+    """A quiet model stream publishes its provisional tail after this long (processing time; the
     model never learns it early, so this only sets latency, not results)."""
     fraud_checkpoint_seconds: float = 30.0
-    """At most this long between two checkpoints of the fraud model (and at every pause): its
+    """At most this long between two checkpoints of every model (and at every pause): its
     merge buffer holds ``fraud_lag_seconds`` of events, so a checkpoint per batch would cost
     more than the batch. A crash re-applies at most this much input (same outputs)."""
 
     category_map: str = ""
-    """Category mapping of the version run with it, ``src=dst[,src=dst...]`` (e.g. ``books=media``):
-    valid orders' ``category`` is renamed before dedupe, windows and enrichment. A transformation
-    knob a replay as a new version may change (``kappa replay``); empty = identity."""
+    """A value-map knob, ``src=dst[,src=dst...]`` (e.g. ``books=media``; empty = identity): the one
+    the e-commerce example declares (``[inputs.orders] value_maps = { category = "category_map" }``,
+    kept as a setting for its contract). A pipeline may declare knobs of its own, read from
+    ``KAPPA_<NAME>`` (:meth:`knob`); a replay as a new version may change them (``kappa replay``)."""
 
     kafka_heap: str = "768m"
     registry_heap: str = "384m"
 
-    @property
-    def category_mapping(self) -> dict[str, str]:
-        """``category_map`` parsed.
+    def knob(self, name: str) -> str:
+        """The value of knob ``name``: this settings' field of that name, else ``KAPPA_<NAME>``.
 
-        >>> Settings(category_map="books=media, music=media").category_mapping
+        >>> Settings(category_map="a=b").knob("category_map"), Settings().knob("no_such_knob")
+        ('a=b', '')
+        """
+        if name in type(self).model_fields:
+            return str(getattr(self, name))
+        return os.environ.get(f"KAPPA_{name.upper()}", "")
+
+    def value_map(self, declared: str | Mapping[str, str]) -> dict[str, str]:
+        """A declared value map: a table as it is, a knob's ``src=dst,...`` parsed.
+
+        >>> Settings(category_map="books=media, music=media").value_map("category_map")
         {'books': 'media', 'music': 'media'}
         """
-        pairs = (item.split("=", 1) for item in self.category_map.split(",") if "=" in item)
+        if not isinstance(declared, str):
+            return dict(declared)
+        pairs = (item.split("=", 1) for item in self.knob(declared).split(",") if "=" in item)
         return {src.strip(): dst.strip() for src, dst in pairs if src.strip()}
 
     @property

@@ -21,10 +21,7 @@ from kappa.kafka import TopicSpec
 from kappa.pipeline import Input, Pipeline, current
 
 __all__ = [
-    "ORDERS",
-    "ORDER_LABELS",
     "SAMPLES_PREFIX",
-    "USERS",
     "InputTopics",
     "OutputTopics",
     "dlq",
@@ -35,9 +32,6 @@ __all__ = [
     "samples_topic",
 ]
 
-USERS = "users"
-ORDERS = "orders"
-ORDER_LABELS = "order_labels"
 SAMPLES_PREFIX = "samples."
 
 _KEEP = {"retention.ms": "-1", "retention.bytes": "-1"}
@@ -58,7 +52,7 @@ def samples_topic(dataset: str) -> str:
 class OutputTopics:
     """The topics version ``version`` of the selected pipeline writes (named by
     :class:`kappa.pipeline.derive.Names`); ``enriched`` and ``revenue`` are its first stream's
-    and first window's (the e-commerce orders and revenue per minute)."""
+    and first window's outputs (names of earlier releases; :attr:`names` has them all)."""
 
     version: str
 
@@ -89,7 +83,7 @@ class OutputTopics:
 
     @property
     def scores(self) -> str:
-        """The first model's scores (the e-commerce fraud scores)."""
+        """The first model's scores."""
         return self._first("scores") or self.prefix + "scores"
 
     @property
@@ -130,23 +124,20 @@ def output_topics(version: str) -> OutputTopics:
 class InputTopics:
     """Input topic names, optionally prefixed (``KAPPA_TOPIC_PREFIX``; tests use it to isolate).
 
-    >>> InputTopics("t1.").orders, InputTopics("").samples("Phishing")
+    >>> InputTopics("t1.").topic("orders"), InputTopics("").samples("Phishing")
     ('t1.orders', 'samples.phishing')
     """
 
     prefix: str = ""
 
-    @property
-    def users(self) -> str:
-        return self.prefix + USERS
+    def topic(self, name: str, pipeline: Pipeline | None = None) -> str:
+        """The topic of input ``name`` of ``pipeline`` (default: the selected one)."""
+        return self.prefix + (pipeline or current()).input(name).name
 
     @property
-    def orders(self) -> str:
-        return self.prefix + ORDERS
-
-    @property
-    def order_labels(self) -> str:
-        return self.prefix + ORDER_LABELS
+    def all(self) -> list[str]:
+        """The topics of every input of the selected pipeline, in declared order."""
+        return [self.prefix + name for name in current().inputs]
 
     def samples(self, dataset: str) -> str:
         return self.prefix + samples_topic(dataset)

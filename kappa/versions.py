@@ -149,7 +149,7 @@ def _warn_knobs(settings: Settings, version: str, echo: Callable[[str], None]) -
     if knobs is None:
         return
     for name, built in sorted(knobs.items()):
-        now = getattr(settings, name, None)
-        if now is not None and now != built:
+        now = settings.knob(name)
+        if now != built:
             echo(f"! {version} was built with KAPPA_{name.upper()}={built!r} but this run has {now!r}: "
                  f"new events would be transformed differently from the rest of {version}")

@@ -15,12 +15,13 @@ ones too, flagged late).
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Event", "expectations", "generator_of", "publish_events"]
+__all__ = ["Event", "Generated", "expectations", "generator_of", "publish_events", "run_generator"]
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,53 @@ class Event:
     kind: str
 
 
-def generator_of(pipeline: Any) -> Callable[..., list[Any]] | None:
+@dataclass
+class Generated:
+    """A generator run with more to say than its events (a generator may return this instead
+    of a list): what the pipeline's own report checks the run against, and how to show it."""
+
+    events: list[Event]
+    manifest: dict[str, Any] = field(default_factory=dict)
+    """JSON-able facts of the run (written to ``KAPPA_HOME/manifests``, given to the report hook)."""
+    note: str = ""
+    """One phrase about the run for ``kappa demo``'s publish line (default: the generator's name)."""
+    summary: list[str] = field(default_factory=list)
+    """Lines ``kappa produce`` prints (default: what each input must give, :func:`expectations`)."""
+
+
+def generator_of(pipeline: Any) -> Callable[..., Any] | None:
     """The pipeline's generator function, or None when it declares none."""
     ref = getattr(pipeline, "generator", None)
     return pipeline.resolve(ref) if ref else None
+
+
+def run_generator(generate: Callable[..., Any], count: int, seed: int, **options: Any) -> Generated:
+    """Call ``generate(count, seed=seed, **options)``; its result as a :class:`Generated`.
+
+    Options the generator does not take are refused by name (the generator's own knobs are
+    its keyword arguments).
+
+    >>> def gen(count, seed=1, *, rate=0.5):
+    ...     return [Event("r", str(i), {"i": i}, "valid") for i in range(count)]
+    >>> len(run_generator(gen, 3, 7, rate=0.1).events)
+    3
+    >>> run_generator(gen, 3, 7, speed=2)
+    Traceback (most recent call last):
+    ...
+    kappa.errors.ConfigError: the generator gen takes no option speed (its options: rate)
+    """
+    from kappa.errors import ConfigError
+
+    params = inspect.signature(generate).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    known = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY
+             or (p.kind is p.POSITIONAL_OR_KEYWORD and n not in ("count", "events", "seed", "now_ms"))]
+    unknown = [k for k in options if k not in known and not takes_any]
+    if unknown:
+        raise ConfigError(f"the generator {getattr(generate, '__name__', generate)} takes no option "
+                          f"{', '.join(unknown)} (its options: {', '.join(known) or 'none'})")
+    out = generate(count, seed=seed, **options)
+    return out if isinstance(out, Generated) else Generated(list(out))
 
 
 def publish_events(publisher: Any, events: Iterable[Any]) -> int:

@@ -250,7 +250,7 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
                           extra_topic_configs={"min.insync.replicas": str(rep.min_insync)})
         state = TableState(table, out)
         stage = StreamStage(version, definition, s, decoders, state, grace_ms, prefix=settings.topic_prefix,
-                            value_maps={"category": settings.category_mapping})
+                            value_maps={f: settings.value_map(m) for f, m in inp.value_maps.items()})
         enrich = definition.enrich.get(s)
         sources = [names.input_topic(s)]
         if enrich is not None:

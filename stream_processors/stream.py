@@ -293,7 +293,7 @@ class StreamStage:
             if reason:
                 reject(m, reason, now_ms, out)
                 continue
-            for f, mapping in value_maps.items():  # KAPPA_CATEGORY_MAP and the like
+            for f, mapping in value_maps.items():  # the input's declared value maps
                 rec[f] = mapping.get(rec[f], rec[f])
             valid.append((m, rec, dedupe.key(rec[ident]) if dedupe and ident else None))
         # one multi-get per partition and batch for every dedupe id and table key it needs

@@ -1,4 +1,4 @@
-"""``kappa produce``: publish from the e-commerce generator, a JSONL/CSV file or a River dataset."""
+"""``kappa produce``: publish from the pipeline's generator, a JSONL/CSV file or a River dataset."""
 
 from __future__ import annotations
 
@@ -50,40 +50,58 @@ def _batch_config(settings: Settings, bootstrap: str, topics: list[str]) -> dict
     return {"batch.size": min(limits)} if limits and min(limits) < batch else {}
 
 
+def _options(values: tuple[str, ...]) -> dict[str, Any]:
+    """``-o KEY=VALUE`` pairs: values as JSON when they parse (numbers, true/false), else strings.
+
+    >>> _options(("drift_at=5000", "rate=0.5", "name=x y"))
+    {'drift_at': 5000, 'rate': 0.5, 'name': 'x y'}
+    """
+    out: dict[str, Any] = {}
+    for item in values:
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
+            raise click.UsageError(f"--option {item!r}: write KEY=VALUE, e.g. --option drift_at=5000")
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(raw)
+        except ValueError:
+            out[key.strip().replace("-", "_")] = raw
+    return out
+
+
 @click.command()
 @click.option("--generator", metavar="NAME",
-              help="Event generator: ecommerce, or the selected pipeline's name when it declares a generator.")
+              help="The selected pipeline's generator, by the pipeline's name ([pipeline] generator; "
+                   "ecommerce for the default pipeline).")
 @click.option("--events", type=int, default=10_000, show_default=True,
-              help="Generator: orders to publish (duplicates and invalid ones included).")
+              help="Generator: events of its main input (duplicates and invalid ones included).")
 @click.option("--seed", type=int, default=42, show_default=True, help="Generator seed.")
-@click.option("--users", type=int, default=None, help="Generator: users (default events/4).")
 @click.option("--start", default=None,
               help="Generator: event-time start, ISO-8601 or epoch ms (default: end just before now).")
-@click.option("--drift-at", type=int, default=None, help="Generator: order index of the concept drift.")
-@click.option("--dup-rate", type=float, default=0.01, show_default=True)
-@click.option("--invalid-rate", type=float, default=0.01, show_default=True)
-@click.option("--late-rate", type=float, default=0.005, show_default=True)
+@click.option("--dup-rate", type=float, default=None, help="Generator: share of re-sent events (its default).")
+@click.option("--invalid-rate", type=float, default=None, help="Generator: share of invalid events (its default).")
+@click.option("--late-rate", type=float, default=None, help="Generator: share of too-late events (its default).")
+@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
+              help="Generator: one of its own keyword options (repeatable), e.g. -o drift_at=5000.")
 @click.option("--file", "path", type=click.Path(exists=True, dir_okay=False),
               help="JSONL or CSV file to publish.")
-@click.option("--topic", help="File: topic to publish to.")
+@click.option("--topic", help="File: topic to publish to (an input of the selected pipeline, or samples.<name>).")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default=None,
               help="File: force the format (default: from the extension).")
-@click.option("--schema", default=None, help="File: Avro schema to encode rows with, e.g. orders or users "
-              "(default: the one of --topic: users, orders, order_labels, samples.<name>).")
+@click.option("--schema", default=None, help="File: Avro schema to encode rows with (default: the one of --topic).")
 @click.option("--validate", is_flag=True, help="File: also reject rows that break the topic's data-quality rules "
-              "(e.g. an unknown currency), with the reason, to the topic's DLQ.")
+              "(the input's declared rules), with the reason, to the topic's DLQ.")
 @click.option("--min-time", default=None,
               help="File: earliest timestamp a row may hold, ISO-8601 or epoch ms (default 2000-01-01).")
 @click.option("--river-dataset", default=None, help="River bundled dataset, e.g. Phishing.")
 @click.option("--limit", type=int, default=None, help="River dataset: publish at most this many samples.")
 @click.option("--rate", type=float, default=None, help="Events per second (default: as fast as possible).")
 @click.option("--topic-prefix", default=None, help="Prefix of the input topics (default KAPPA_TOPIC_PREFIX).")
-def produce(generator: str | None, events: int, seed: int, users: int | None, start: str | None,
-            drift_at: int | None, dup_rate: float, invalid_rate: float, late_rate: float,
+def produce(generator: str | None, events: int, seed: int, start: str | None, dup_rate: float | None,
+            invalid_rate: float | None, late_rate: float | None, options: tuple[str, ...],
             path: str | None, topic: str | None, fmt: str | None, schema: str | None,
             validate: bool, min_time: str | None, river_dataset: str | None, limit: int | None, rate: float | None,
             topic_prefix: str | None) -> None:
-    """Publish events: --generator ecommerce, --file PATH --topic T, or --river-dataset NAME."""
+    """Publish events: --generator NAME (the pipeline's), --file PATH --topic T, or --river-dataset NAME."""
     from kappa.stack.manager import endpoints
     from producers.base import Publisher
 
@@ -98,41 +116,17 @@ def produce(generator: str | None, events: int, seed: int, users: int | None, st
             from schemas.catalog import schema_for_topic
 
             schema_for_topic(topic, settings.topic_prefix)
+    knobs = {k: v for k, v in (("start_ms", _start_ms(start)), ("dup_rate", dup_rate),
+                               ("invalid_rate", invalid_rate), ("late_rate", late_rate)) if v is not None}
+    knobs.update(_options(options))
     ep = endpoints(settings)
     from kappa import metrics
 
     metrics.serve("producer")
     check_connection(settings, ep.kafka_bootstrap)  # wrong credentials fail here, fast and clearly
 
-    if generator and generator != "ecommerce":
-        _pipeline_generator(settings, ep.kafka_bootstrap, generator, events, seed, rate)
-        return
     if generator:
-        from kappa.pipeline import DEFAULT, current
-        from producers.ecommerce import GeneratorConfig, generate, publish_events
-
-        if current().path.parent != DEFAULT:
-            raise click.UsageError(f"the ecommerce generator writes the inputs of examples/ecommerce, not of pipeline "
-                                   f"{current().name!r}: use --generator {current().name} (if it declares one)")
-
-        cfg = GeneratorConfig(events=events, seed=seed, users=users, start_ms=_start_ms(start),
-                              drift_at=drift_at, dup_rate=dup_rate, invalid_rate=invalid_rate,
-                              late_rate=late_rate, grace_ms=int(settings.window_grace_seconds * 1000))
-        records, manifest = generate(cfg)
-        ensure_topics(settings, ep.kafka_bootstrap, input_specs(settings.partitions, settings.topic_prefix))
-        pub = Publisher(settings, ep.kafka_bootstrap, rate=rate, total=len(records))
-        with pub:
-            publish_events(pub, records)
-            summary = pub.flush()
-        for line in manifest.summary_lines():
-            click.echo(line)
-        run = f"ecommerce-seed{seed}-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**6:06d}"
-        out = settings.home / "manifests" / f"{run}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"run": run, "topic_prefix": settings.topic_prefix, **manifest.to_dict()}
-        out.write_text(json.dumps(doc, indent=1))
-        click.echo(f"manifest: {out}")
-        click.echo(str(summary))
+        _pipeline_generator(settings, ep.kafka_bootstrap, generator, events, seed, rate, knobs)
         return
 
     if river_dataset:
@@ -167,23 +161,31 @@ def produce(generator: str | None, events: int, seed: int, users: int | None, st
 
 
 def _pipeline_generator(settings: Any, bootstrap: str, name: str, events: int, seed: int,
-                        rate: float | None) -> None:
+                        rate: float | None, options: dict[str, Any]) -> None:
     """``--generator NAME`` of the selected pipeline (``[pipeline] generator``)."""
     from kappa.pipeline import current
     from producers.base import Publisher
-    from producers.generators import expectations, generator_of, publish_events
+    from producers.generators import expectations, generator_of, publish_events, run_generator
 
     pipe = current()
     generate = generator_of(pipe)
     if name != pipe.name or generate is None:
-        known = ["ecommerce"] + ([pipe.name] if generate is not None else [])
-        raise click.UsageError(f"no generator {name!r} for pipeline {pipe.name!r} ({pipe.path}): use "
-                               + " or ".join(f"--generator {k}" for k in known))
-    records = generate(events, seed=seed)
+        known = [pipe.name] if generate is not None else []
+        raise click.UsageError(f"no generator {name!r} for pipeline {pipe.name!r} ({pipe.path}): "
+                               + (" or ".join(f"use --generator {k}" for k in known) if known else
+                                  "it declares none ([pipeline] generator = \"module:function\")"))
+    run = run_generator(generate, events, seed, **options)
     ensure_topics(settings, bootstrap, input_specs(settings.partitions, settings.topic_prefix))
-    with Publisher(settings, bootstrap, rate=rate, total=len(records)) as pub:
-        publish_events(pub, records)
+    with Publisher(settings, bootstrap, rate=rate, total=len(run.events)) as pub:
+        publish_events(pub, run.events)
         summary = pub.flush()
-    for topic, want in expectations(records).items():
-        click.echo(f"{topic}: " + ", ".join(f"{k} {v:,}" for k, v in want.items()))
+    for line in run.summary or [f"{topic}: " + ", ".join(f"{k} {v:,}" for k, v in want.items())
+                                for topic, want in expectations(run.events).items()]:
+        click.echo(line)
+    if run.manifest:
+        stamp = f"{pipe.name}-seed{seed}-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**6:06d}"
+        out = settings.home / "manifests" / f"{stamp}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"run": stamp, "topic_prefix": settings.topic_prefix, **run.manifest}, indent=1))
+        click.echo(f"manifest: {out}")
     click.echo(str(summary))

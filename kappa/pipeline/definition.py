@@ -130,6 +130,10 @@ class Input:
     partitions: int | None = None
     low_cardinality: tuple[str, ...] = ()
     """String fields with few distinct values: ``LowCardinality(String)`` columns in ClickHouse."""
+    value_maps: Mapping[str, str | Mapping[str, str]] = dc_field(default_factory=dict)
+    """Field -> its value map, applied to valid events before dedupe, enrichment and windows: a
+    ``{from = "to"}`` table, or the name of a settings knob (``KAPPA_<NAME>``, ``from=to,...``)
+    that a version is run (and replayed) with."""
 
     @property
     def reasons(self) -> tuple[str, ...]:
@@ -258,10 +262,26 @@ class Pipeline:
     """Sample data files per input (JSONL or CSV), published by ``kappa demo``."""
     sessions: Mapping[str, Session] = dc_field(default_factory=dict)
     joins: Mapping[str, Join] = dc_field(default_factory=dict)
+    title: str = ""
+    """How messages call the pipeline's events (``kappa demo``: "generating <title> events"); default: name."""
+    report: str | None = None
+    """``module:function`` writing the ``kappa demo`` report from its measures (:mod:`kappa.demo`), if any."""
 
     @property
     def root(self) -> Path:
         return self.path.parent
+
+    @property
+    def knobs(self) -> tuple[str, ...]:
+        """The settings knobs the definition's value maps read (a version runs with their values)."""
+        return tuple(dict.fromkeys(m for i in self.inputs.values() for m in i.value_maps.values()
+                                   if isinstance(m, str)))
+
+    def module(self, name: str) -> types.ModuleType:
+        """The pipeline's module ``name`` (a ``.py`` beside the project file, else importable)."""
+        resolve(self.root, self.name, f"{name}:__name__")
+        local = f"kappa_pipelines.{self.name}.{name}"
+        return sys.modules[local] if local in sys.modules else importlib.import_module(name)
 
     def input(self, name: str) -> Input:
         try:
@@ -347,7 +367,8 @@ class _Loader:
                                           "sessions", "joins"},
                          {"pipeline", "inputs"})
         meta = self.table("pipeline", top["pipeline"],
-                          {"name", "database", "schemas", "description", "generator", "samples"}, {"name"})
+                          {"name", "database", "schemas", "description", "generator", "samples", "title",
+                           "report"}, {"name"})
         name = meta["name"]
         if not isinstance(name, str) or not _NAME.match(name):
             raise self.fail("pipeline", f"name {name!r}: use lowercase letters, digits and _ (e.g. shop)")
@@ -378,11 +399,19 @@ class _Loader:
                         meta.get("description", ""), meta.get("generator"), files)
         sessions = {n: self.session(n, v, inputs, enrich) for n, v in top.get("sessions", {}).items()}
         joins = {n: self.join(n, v, inputs) for n, v in top.get("joins", {}).items()}
-        pipe = replace(pipe, sessions=sessions, joins=joins)
+        title = meta.get("title", name)
+        if not isinstance(title, str) or not title.strip():
+            raise self.fail("pipeline", f"title {title!r}: a short name for messages, e.g. \"shop\"")
+        report = meta.get("report")
+        if report is not None:
+            self.reference("pipeline", "report", report)
+        pipe = replace(pipe, sessions=sessions, joins=joins, title=title, report=report)
         self.check_names(pipe)
         self.check_functions(pipe)
-        if pipe.generator is not None and not callable(_resolve_checked(self, "pipeline", pipe, pipe.generator)):
-            raise self.fail("pipeline", f"generator {pipe.generator} is not a function")
+        for key in ("generator", "report"):
+            ref = getattr(pipe, key)
+            if ref is not None and not callable(_resolve_checked(self, "pipeline", pipe, ref)):
+                raise self.fail("pipeline", f"{key} {ref} is not a function")
         return pipe
 
     def input(self, name: str, value: Any) -> Input:
@@ -390,7 +419,7 @@ class _Loader:
         if not _NAME.match(name):
             raise self.fail(entry, "input names are lowercase letters, digits and _ (they are topic names)")
         v = self.table(entry, value, {"schema", "key", "time", "table", "id", "dedupe_retention", "rules",
-                                      "partitions", "low_cardinality"}, {"key"})
+                                      "partitions", "low_cardinality", "value_maps"}, {"key"})
         schema = self.schema(entry, v.get("schema", name))
         self.need_field(entry, schema, v["key"], "key")
         time = v.get("time")
@@ -411,7 +440,23 @@ class _Loader:
                 raise self.fail(entry, f"low_cardinality field {f!r} is not a string")
         return Input(name, schema, v["key"], time, bool(v.get("table", False)), v.get("id"),
                      self.duration(entry, "dedupe_retention", v.get("dedupe_retention", "24h")), rules, partitions,
-                     tuple(low))
+                     tuple(low), self.value_maps(entry, v.get("value_maps", {}), schema))
+
+    def value_maps(self, entry: str, value: Any, schema: Schema) -> dict[str, str | dict[str, str]]:
+        if not isinstance(value, dict):
+            raise self.fail(entry, 'value_maps = { <field> = { from = "to", ... } or "<settings knob>" }')
+        out: dict[str, str | dict[str, str]] = {}
+        for f, m in value.items():
+            if self.need_field(entry, schema, f, "value_maps field").type != "string":
+                raise self.fail(entry, f"value_maps.{f}: only string fields can be mapped")
+            if isinstance(m, str) and _NAME.match(m):
+                out[f] = m
+            elif isinstance(m, dict) and all(isinstance(k, str) and isinstance(t, str) for k, t in m.items()):
+                out[f] = dict(m)
+            else:
+                raise self.fail(entry, f"value_maps.{f} = {m!r}: a table {{ from = \"to\" }} or a settings knob "
+                                       "name (lowercase, e.g. \"my_map\" for KAPPA_MY_MAP)")
+        return out
 
     _CHECKS: dict[str, set[str]] = {  # noqa: RUF012 - class constant
         "non_empty": set(),

@@ -79,7 +79,7 @@ class Log:
 @pytest.fixture(scope="module")
 def log(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Log]:
     from producers.base import Publisher
-    from producers.ecommerce import GeneratorConfig, generate, publish_events
+    from tests.support.ecommerce import GeneratorConfig, generate, publish_events
 
     lg = Log(stack, tmp_path_factory.mktemp("fraud-determinism"), f"fd{uuid.uuid4().hex[:8]}.")
     s = lg.settings()

@@ -205,17 +205,17 @@ def test_fraud_scores_drift_detected_and_auc_recovers(run: Run) -> None:
     out = output_topics(run.version)
     merge = model_events_topic(run.version, "fraud")
     ensure_topics(run.settings, run.stack.kafka_bootstrap, [
-        TopicSpec(merge, 1), TopicSpec(input_topics(run.prefix).order_labels, run.settings.partitions)])
+        TopicSpec(merge, 1), TopicSpec(input_topics(run.prefix).topic("order_labels"), run.settings.partitions)])
     # orders enter the fraud merge as the order stage writes them (stream_processors.io.Outputs):
     # JSON events on the single-partition merge topic, tagged with their input partition and offset
-    orders_topic, parts = input_topics(run.prefix).orders, run.settings.partitions
+    orders_topic, parts = input_topics(run.prefix).topic("orders"), run.settings.partitions
     for i, rec in enumerate(orders):
         event = {"kind": "order", "time": rec["event_time"], "id": rec["order_id"],
                  "src": f"{orders_topic}/{i % parts}", "off": i // parts, "data": rec}
         run.producer.produce(merge, json.dumps(event).encode(), rec["order_id"].encode(), partition=0)
         run.producer.poll(0)
     assert run.producer.flush(30) == 0
-    run.publish(input_topics(run.prefix).order_labels, "order_labels", labels, key=lambda r: r["order_id"])
+    run.publish(input_topics(run.prefix).topic("order_labels"), "order_labels", labels, key=lambda r: r["order_id"])
     run.start(KAPPA_DRIFT_POLICY="reset")
     seen: list[dict[str, Any]] = []
     final = run.wait_quality(seen, "fraud", n, timeout=240)

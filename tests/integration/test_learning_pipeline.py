@@ -83,7 +83,7 @@ class PipelineRun:
 
     def labels(self) -> dict[str, bool]:
         """The order labels the generator published, read back from Kafka (all partitions)."""
-        topic = input_topics(self.settings.topic_prefix).order_labels
+        topic = input_topics(self.settings.topic_prefix).topic("order_labels")
         dec = Decoder(Registry(self.stack.schema_registry_url), "order_labels")
         c = Consumer(client_config(self.settings, self.stack.kafka_bootstrap, **{
             "group.id": f"test-{uuid.uuid4().hex}", "enable.auto.commit": False}))
@@ -127,7 +127,7 @@ def pipeline(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     seconds: dict[str, float] = {}
     t0 = time.monotonic()
     _kappa(["produce", "--generator", "ecommerce", "--events", str(EVENTS), "--seed", str(SEED),
-            "--drift-at", str(DRIFT_AT), "--start", str(START_MS)], env, 120)
+            "--option", f"drift_at={DRIFT_AT}", "--start", str(START_MS)], env, 120)
     _kappa(["produce", "--river-dataset", "Phishing"], env, 120)
     seconds["produce"] = time.monotonic() - t0
     t0 = time.monotonic()

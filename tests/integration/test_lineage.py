@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 def _log(stack: Stack, home: Path, events: int = 0) -> Settings:
     """A fresh log (its own topic prefix and KAPPA_HOME) holding ``events`` generator orders."""
     from producers.base import Publisher
-    from producers.ecommerce import GeneratorConfig, generate, publish_events
+    from tests.support.ecommerce import GeneratorConfig, generate, publish_events
 
     s = stack.settings(home=home, topic_prefix=f"lg{uuid.uuid4().hex[:8]}.", category_map="")
     ensure_topics(s, stack.kafka_bootstrap, topics.input_specs(s.partitions, s.topic_prefix))
@@ -65,7 +65,7 @@ def test_re_created_input_topics_are_another_log(stack: Stack, tmp_path: Path) -
     s = _log(stack, tmp_path)
     version = f"g{uuid.uuid4().hex[:8]}"
     lineage.bind(s, stack.kafka_bootstrap, version)
-    orders = topics.input_topics(s.topic_prefix).orders
+    orders = topics.input_topics(s.topic_prefix).topic("orders")
     admin = AdminClient(client_config(s, stack.kafka_bootstrap))
     for fut in admin.delete_topics([orders], operation_timeout=30).values():
         fut.result()
@@ -82,11 +82,12 @@ def test_a_version_without_a_record_is_judged_by_its_group_offsets(stack: Stack,
     """Versions started before the record existed: offsets on another log's inputs refuse."""
     old, new = _log(stack, tmp_path / "old"), _log(stack, tmp_path / "new")
     version = f"g{uuid.uuid4().hex[:8]}"
-    orders = topics.input_topics(old.topic_prefix).orders
+    orders = topics.input_topics(old.topic_prefix).topic("orders")
     c = Consumer(client_config(old, stack.kafka_bootstrap, **{"group.id": f"kappa-{version}"}))
     c.commit(offsets=[TopicPartition(orders, 0, 0)], asynchronous=False)
     c.close()
     with pytest.raises(VersionLogMismatch, match=rf"its group kappa-{version} consumed {orders}"):
         lineage.bind(new, stack.kafka_bootstrap, version)
     assert lineage.bind(old, stack.kafka_bootstrap, version).topics.keys() == {
-        orders, topics.input_topics(old.topic_prefix).users, topics.input_topics(old.topic_prefix).order_labels}
+        orders, topics.input_topics(old.topic_prefix).topic("users"),
+        topics.input_topics(old.topic_prefix).topic("order_labels")}

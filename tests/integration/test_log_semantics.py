@@ -31,11 +31,11 @@ from kappa.kafka import client_config, ensure_topics
 from kappa.pipeline import current
 from kappa.replay import StartPoint, replay
 from producers.base import Publisher
-from producers.ecommerce import GeneratorConfig, generate, publish_events
 from schemas.serde import Encoder, Registry
 from sinks.query import query_rows
 from tests.conftest import Stack
 from tests.integration.test_replay import World, _run, facts
+from tests.support.ecommerce import GeneratorConfig, generate, publish_events
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,7 @@ def _publish(w: World, cfg: GeneratorConfig) -> None:
 def _ahead_orders(w: World, now: int) -> dict[str, tuple[int, int]]:
     """Orders with explicit record timestamps: ``order_id -> (record ts, event time)``."""
     s = w.settings()
-    enc = Encoder(Registry(w.stack.schema_registry_url), f"{topics.input_topics(s.topic_prefix).orders}-value",
+    enc = Encoder(Registry(w.stack.schema_registry_url), f"{topics.input_topics(s.topic_prefix).topic('orders')}-value",
                   "orders")
     past = now - 10 * MINUTE
     cases = {
@@ -69,7 +69,7 @@ def _ahead_orders(w: World, now: int) -> dict[str, tuple[int, int]]:
     for oid, (ts, et) in cases.items():
         rec = {"order_id": oid, "user_id": 1, "amount": 42.0, "currency": "EUR", "category": "books",
                "payment_method": "card", "ip_country": "DE", "event_time": et}
-        p.produce(topics.input_topics(s.topic_prefix).orders, enc.encode(rec), b"1", timestamp=ts)
+        p.produce(topics.input_topics(s.topic_prefix).topic("orders"), enc.encode(rec), b"1", timestamp=ts)
     assert p.flush(30) == 0
     return cases
 

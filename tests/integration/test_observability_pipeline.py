@@ -13,10 +13,10 @@ import pytest
 from kappa.runner import Pipeline
 from kappa.settings import Settings
 from kappa.stack.prometheus import LocalPrometheus
-from producers.ecommerce import GeneratorConfig, generate
 from sinks.query import query_rows
 from tests.conftest import Stack, stop_group
 from tests.integration.test_observability import wait_for
+from tests.support.ecommerce import GeneratorConfig, generate
 from tests.unit.test_dashboards import expressions
 
 pytestmark = pytest.mark.integration

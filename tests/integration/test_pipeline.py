@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from kappa.demo import reconcile
 from producers.base import Publisher
-from producers.ecommerce import GeneratorConfig, generate, publish_events
 from sinks.query import query_rows
 from tests.conftest import Stack
+from tests.support.ecommerce import GeneratorConfig, generate, publish_events, reconcile
 
 pytestmark = pytest.mark.integration
 

@@ -54,8 +54,8 @@ class Run:
         ensure_topics(self.settings, self.stack.kafka_bootstrap,
                       topics.input_specs(self.partitions, self.prefix))
         self.registry = Registry(self.stack.schema_registry_url)
-        self.enc_o = Encoder(self.registry, f"{self.inputs.orders}-value", "orders")
-        self.enc_u = Encoder(self.registry, f"{self.inputs.users}-value", "users")
+        self.enc_o = Encoder(self.registry, f"{self.inputs.topic('orders')}-value", "orders")
+        self.enc_u = Encoder(self.registry, f"{self.inputs.topic('users')}-value", "users")
         self.producer = Producer(client_config(self.settings, self.stack.kafka_bootstrap, **{
             "partitioner": "murmur2_random", "enable.idempotence": True}))
 
@@ -63,14 +63,14 @@ class Run:
     def user(self, uid: int, updated: int, country: str) -> None:
         rec = {"user_id": uid, "country": country, "segment": "vip", "signup_time": T0 - 10**9,
                "updated_at": T0 + updated}
-        self.producer.produce(self.inputs.users, self.enc_u.encode(rec), str(uid))
+        self.producer.produce(self.inputs.topic("users"), self.enc_u.encode(rec), str(uid))
 
     def order(self, oid: str, uid: int = 1, amount: float = 1.0, dt: int = 0, **over: Any) -> None:
         rec = {**ORDER, "order_id": oid, "user_id": uid, "amount": amount, "event_time": T0 + dt, **over}
-        self.producer.produce(self.inputs.orders, self.enc_o.encode(rec), str(uid))
+        self.producer.produce(self.inputs.topic("orders"), self.enc_o.encode(rec), str(uid))
 
     def raw_order(self, value: bytes, uid: int = 1) -> None:
-        self.producer.produce(self.inputs.orders, value, str(uid))
+        self.producer.produce(self.inputs.topic("orders"), value, str(uid))
 
     def flush(self) -> None:
         assert self.producer.flush(30) == 0
@@ -191,8 +191,8 @@ def test_hand_computed_dlq_dedupe_enrichment_windows_and_idle_flush(make_run: Ca
     c = Consumer(client_config(run.settings, run.stack.kafka_bootstrap, **{"group.id": group}))
     deadline = time.time() + 60
     while True:
-        tps = c.committed([TopicPartition(run.inputs.users, p) for p in range(2)], timeout=10)
-        ends = [c.get_watermark_offsets(TopicPartition(run.inputs.users, p))[1] for p in range(2)]
+        tps = c.committed([TopicPartition(run.inputs.topic("users"), p) for p in range(2)], timeout=10)
+        ends = [c.get_watermark_offsets(TopicPartition(run.inputs.topic("users"), p))[1] for p in range(2)]
         if sum(max(tp.offset, 0) for tp in tps) >= sum(ends):
             break
         assert time.time() < deadline, "users never consumed"
@@ -227,7 +227,7 @@ def test_hand_computed_dlq_dedupe_enrichment_windows_and_idle_flush(make_run: Ca
     rejected = run.read(topics.output_topics(version).rejected, "rejected_event")
     reasons = sorted(r["reason"].split(":")[0] for _, r in rejected)
     assert reasons == ["bad_amount", "bad_currency", "undecodable"]
-    assert all(r["source"].startswith(run.inputs.orders + "/") and r["stage"] == "processor"
+    assert all(r["source"].startswith(run.inputs.topic("orders") + "/") and r["stage"] == "processor"
                for _, r in rejected)
     assert any(r["payload"] == b"\x00\x00\x00\x00\x00 definitely not avro" for _, r in rejected)
 
@@ -240,12 +240,12 @@ def test_records_faust_fetched_and_never_delivered_are_read_again(make_run: Call
     for i in range(40):
         run.order(f"o{i}", uid=i + 1, dt=i * 1000)
     run.flush()
-    run.start(version, KAPPA_PROCESSOR_DROP_FETCH=f"{run.inputs.orders}:0")
+    run.start(version, KAPPA_PROCESSOR_DROP_FETCH=f"{run.inputs.topic('orders')}:0")
     enriched, _ = run.wait_for(version, lambda e, _w: len(e) == 40, timeout=90)
     assert set(enriched) == {f"o{i}" for i in range(40)}
     log = (run.home / f"worker-{version}-0.log").read_text()
-    assert "fault injection: dropped" in log and f"{run.inputs.orders}[0] (offsets 0.." in log
-    assert f"{run.inputs.orders}[0]: committed at 0" in log and "reading it again from 0" in log
+    assert "fault injection: dropped" in log and f"{run.inputs.topic('orders')}[0] (offsets 0.." in log
+    assert f"{run.inputs.topic('orders')}[0]: committed at 0" in log and "reading it again from 0" in log
 
 
 def test_a_worker_killed_after_writing_the_state_of_closing_windows_still_lands_them(

@@ -15,10 +15,10 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from kappa.topics import input_topics
-from producers.ecommerce import FUTURE_OFFSET_MS
 from schemas.rules import for_input, reason_code
 from schemas.serde import Decoder, Registry
 from tests.conftest import Stack
+from tests.support.ecommerce import FUTURE_OFFSET_MS
 
 validate_order = for_input("orders")
 
@@ -138,9 +138,9 @@ def test_generator_manifest_matches_what_kafka_holds(stack: Stack, unique: Calla
     prefix = unique("gen") + "."
     manifest, out = _generate(stack, prefix, tmp_path)
     names = input_topics(prefix)
-    users = _consume(stack, names.users)
-    orders_msgs = _consume(stack, names.orders)
-    labels = _consume(stack, names.order_labels)
+    users = _consume(stack, names.topic("users"))
+    orders_msgs = _consume(stack, names.topic("orders"))
+    labels = _consume(stack, names.topic("order_labels"))
     assert len(users) == manifest["users"] + manifest["user_updates"]
     assert len(orders_msgs) == manifest["orders_published"]
     assert len(labels) == manifest["labels"]
@@ -196,7 +196,7 @@ def test_generator_same_seed_same_bytes(stack: Stack, unique: Callable[[str], st
         manifest, _ = _generate(stack, prefix, tmp_path, seed=99)
         names = input_topics(prefix)
         runs.append((manifest, {t: [(m.partition(), m.key(), m.value()[5:]) for m in _consume(stack, t)]
-                                for t in (names.users, names.orders, names.order_labels)}))
+                                for t in (names.topic("users"), names.topic("orders"), names.topic("order_labels"))}))
     (m1, t1), (m2, t2) = runs
     per_run = ("run", "topic_prefix")
     assert {k: v for k, v in m1.items() if k not in per_run} == {

@@ -72,7 +72,7 @@ def _run(settings: Settings, version: str) -> None:
 @pytest.fixture(scope="module")
 def world(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     from producers.base import Publisher
-    from producers.ecommerce import GeneratorConfig, generate, publish_events
+    from tests.support.ecommerce import GeneratorConfig, generate, publish_events
 
     w = World(stack, tmp_path_factory.mktemp("replay-home"), f"rp{os.getpid()}{time.time_ns() % 10**6}.")
     s = w.settings()
@@ -255,7 +255,7 @@ def test_refuses_a_start_that_is_no_longer_retained(stack: Stack, tmp_path: Path
     prefix = f"rt{time.time_ns() % 10**9}."
     s = stack.settings(home=tmp_path, topic_prefix=prefix, partitions=1)
     ensure_topics(s, stack.kafka_bootstrap, topics.input_specs(1, prefix))
-    orders = topics.input_topics(prefix).orders
+    orders = topics.input_topics(prefix).topic("orders")
     now = int(time.time() * 1000)
     p = Producer(client_config(s, stack.kafka_bootstrap))
     for i in range(5):
@@ -344,7 +344,7 @@ def test_plain_run_after_swap_and_cleanup_feeds_the_serving_views(world: World) 
     now = int(time.time() * 1000)
     with Publisher(s, world.stack.kafka_bootstrap) as pub:
         for i, oid in enumerate(ids):
-            pub.publish(topics.input_topics(world.prefix).orders,
+            pub.publish(topics.input_topics(world.prefix).topic("orders"),
                         {"order_id": oid, "user_id": 1 + i % 50, "amount": 10.0 + i, "currency": "EUR",
                          "category": "toys", "payment_method": "card", "ip_country": "DE",
                          "event_time": now}, key=str(1 + i % 50))

@@ -58,7 +58,7 @@ def produce_outputs(stack: Stack, version: str, n_orders: int = 600, seed: int =
     prefix = f"{version}."
     settings = stack.settings(version=version, topic_prefix=prefix)
     o = output_topics(version)
-    orders_dlq = dlq(input_topics(prefix).orders)
+    orders_dlq = dlq(input_topics(prefix).topic("orders"))
     ensure_topics(settings, stack.kafka_bootstrap,
                   [*o.specs(2), TopicSpec(orders_dlq, 1)])
     reg = Registry(stack.schema_registry_url)
@@ -179,7 +179,7 @@ def backend_rows(backend: Backend) -> Any:
 def _output_names(version: str) -> list[str]:
     o = output_topics(version)
     return [o.enriched, o.scores, o.revenue, o.model_quality, o.drift, o.rejected,
-            dlq(input_topics(f"{version}.").orders)]
+            dlq(input_topics(f"{version}.").topic("orders"))]
 
 
 def end_offsets(stack: Stack, version: str) -> dict[tuple[str, int], int]:

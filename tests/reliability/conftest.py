@@ -8,7 +8,7 @@ started, so nothing outlives the test.
 
 The reference for "exact results" is twofold:
 
-* the generator :class:`~producers.ecommerce.Manifest` (orders count and sum per currency,
+* the generator :class:`~tests.support.ecommerce.Manifest` (orders count and sum per currency,
   revenue per minute, rejected by reason, published = landed + rejected + duplicates), checked
   with :func:`kappa.demo.reconcile` — the demo's own checks;
 * a clean run's views over the same input topics (:func:`snapshot`): every row of
@@ -43,12 +43,11 @@ from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from kappa import topics
-from kappa.demo import reconcile
 from kappa.kafka import client_config, ensure_topics
 from kappa.lag import group_lag, matching_topics
 from kappa.settings import Settings
-from producers.ecommerce import GeneratorConfig, Manifest, generate, publish_events
 from tests.conftest import REPO, Stack
+from tests.support.ecommerce import GeneratorConfig, Manifest, generate, publish_events, reconcile
 
 KAPPA = str(Path(sys.executable).with_name("kappa"))
 SEED = 20261125
@@ -420,7 +419,7 @@ def count_orders_log(pipe: Pipe) -> LogCount:
     invalid: Counter[str] = Counter()
     seen: set[str] = set()
     dups = 0
-    msgs = read_topic(pipe, pipe.inputs.orders)
+    msgs = read_topic(pipe, pipe.inputs.topic("orders"))
     for _, _, value in msgs:
         try:
             rec = dec.decode(value or b"")

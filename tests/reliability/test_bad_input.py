@@ -40,11 +40,11 @@ def _flood(pipe: Pipe) -> dict[tuple[str, int, int], str]:
     """Publish the flood; return {(topic, partition, offset): kind} of every message."""
     r = rng("flood")
     reg = Registry(pipe.stack.schema_registry_url)
-    enc_order = Encoder(reg, f"{pipe.inputs.orders}-value", "orders")
-    enc_user = Encoder(reg, f"{pipe.inputs.users}-value", "users")
+    enc_order = Encoder(reg, f"{pipe.inputs.topic('orders')}-value", "orders")
+    enc_user = Encoder(reg, f"{pipe.inputs.topic('users')}-value", "users")
     user = {"user_id": 7, "country": "DE", "segment": "vip", "signup_time": 1_600_000_000_000,
             "updated_at": 1_600_000_000_000}
-    o, u = pipe.inputs.orders, pipe.inputs.users
+    o, u = pipe.inputs.topic("orders"), pipe.inputs.topic("users")
     msgs: list[tuple[str, bytes, str]] = []
     for _ in range(20):
         msgs.append((o, r.randbytes(r.randint(1, 300)), "random"))
@@ -105,7 +105,7 @@ def test_flood_lands_in_rejected_and_reconciles(make_pipe: Callable[..., Pipe]) 
     lines = [json.dumps(good[0]), *BAD_LINES, json.dumps(good[1])]
     path = pipe.home / "malformed.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    produced = subprocess.run([KAPPA, "produce", "--file", str(path), "--topic", pipe.inputs.orders],
+    produced = subprocess.run([KAPPA, "produce", "--file", str(path), "--topic", pipe.inputs.topic("orders")],
                               env=pipe.env(), capture_output=True, text=True, timeout=120)
     assert produced.returncode == 1, produced.stdout + produced.stderr
     for n in range(2, 2 + len(BAD_LINES)):
@@ -135,10 +135,10 @@ def test_flood_lands_in_rejected_and_reconciles(make_pipe: Callable[..., Pipe]) 
     assert codes == Counter(manifest.invalid)
 
     # reconciliation over the orders topic: published = landed + rejected + duplicates
-    flood_orders = sum(1 for (t, _, _) in sent if t == pipe.inputs.orders)
+    flood_orders = sum(1 for (t, _, _) in sent if t == pipe.inputs.topic("orders"))
     flood_users = len(sent) - flood_orders
     landed = pipe.no_duplicates()
-    rejected_orders = sum(1 for r in rejected if r["source"].startswith(pipe.inputs.orders)
+    rejected_orders = sum(1 for r in rejected if r["source"].startswith(pipe.inputs.topic("orders"))
                           or r["stage"] == "producer")
     published = manifest.orders_published + flood_orders + len(lines)
     assert landed == manifest.valid_unique_orders + len(good)

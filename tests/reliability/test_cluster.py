@@ -37,7 +37,6 @@ from kappa.kafka import TopicSpec, client_config, ensure_topics, producer_config
 from kappa.stack.cluster import node_names, quorum_leader
 from kappa.stack.process import is_ours, stop
 from producers.base import Publisher, PublishFailed
-from producers.ecommerce import GeneratorConfig, generate, publish_events
 from schemas.serde import Registry
 from tests.conftest import Cluster, Stack, start_cluster, stop_group
 from tests.reliability.conftest import (
@@ -48,6 +47,7 @@ from tests.reliability.conftest import (
     read_messages,
     start_ms,
 )
+from tests.support.ecommerce import GeneratorConfig, generate, publish_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -140,7 +140,7 @@ class Watch:
 
 def orders_leader(cluster: Cluster, pipe: Pipe) -> str:
     """The node leading most partitions of the orders topic."""
-    meta = pipe.admin.list_topics(pipe.inputs.orders, timeout=10).topics[pipe.inputs.orders]
+    meta = pipe.admin.list_topics(pipe.inputs.topic("orders"), timeout=10).topics[pipe.inputs.topic("orders")]
     counts: dict[int, int] = {}
     for part in meta.partitions.values():
         counts[part.leader] = counts.get(part.leader, 0) + 1
@@ -299,7 +299,7 @@ def test_cluster_fault_mid_stream(scenario: str, cluster3: Cluster, stack: Stack
         watch.close()
 
         log = {(m.topic(), m.partition(), m.offset()): m.value()
-               for name in (pipe.inputs.users, pipe.inputs.orders, pipe.inputs.order_labels)
+               for name in (pipe.inputs.topic("users"), pipe.inputs.topic("orders"), pipe.inputs.topic("order_labels"))
                for m in read_messages(pipe, name)}
         # an ack without an offset: a retry the broker answered DUPLICATE_SEQUENCE_NUMBER (the first
         # send was written): found by its bytes in its partition instead
@@ -313,7 +313,7 @@ def test_cluster_fault_mid_stream(scenario: str, cluster3: Cluster, stack: Stack
         counted = count_orders_log(pipe)
         landed = pipe.no_duplicates()
         rejected = int(pipe.q(f"SELECT count() AS n FROM kappa.rejected_events WHERE source LIKE "
-                              f"'{pipe.inputs.orders}/%'")[0]["n"])
+                              f"'{pipe.inputs.topic('orders')}/%'")[0]["n"])
         assert landed == counted.unique_valid and rejected == sum(counted.invalid.values())
         assert counted.published == landed + rejected + counted.duplicates
 

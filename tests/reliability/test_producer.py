@@ -18,8 +18,8 @@ from collections.abc import Callable
 import pytest
 
 from kappa.runner import Pipeline
-from producers.ecommerce import GeneratorConfig, generate
 from tests.reliability.conftest import ORDERS, SEED, Pipe, assert_orders_match, count_orders_log, rng, start_ms
+from tests.support.ecommerce import GeneratorConfig, generate
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -34,7 +34,7 @@ def test_kill9_producer_then_rerun_same_seed(make_pipe: Callable[..., Pipe]) -> 
     argv = ["produce", "--generator", "ecommerce", "--events", str(ORDERS), "--seed", str(SEED),
             "--start", str(start)]
     runner = pipe.run(until_drained=False)  # the pipeline consumes while the producer dies
-    names = [pipe.inputs.users, pipe.inputs.orders, pipe.inputs.order_labels]
+    names = [pipe.inputs.topic("users"), pipe.inputs.topic("orders"), pipe.inputs.topic("order_labels")]
     pipe.wait_until("input topics", lambda: all(pipe.ends(t) >= 0 for t in names), runner)
 
     at = r.uniform(0.2, 0.8)

@@ -8,10 +8,10 @@ import pytest
 
 from kappa.errors import ConfigError
 from kappa.pipeline import current
-from producers.ecommerce import ORDER_REASONS, Event, GeneratorConfig, Manifest, generate, manifest_of
 from schemas.fastpath import compile_writer
 from schemas.rules import for_input
 from schemas.serde import schema_text
+from tests.support.ecommerce import ORDER_REASONS, Event, GeneratorConfig, Manifest, generate, manifest_of
 
 START = 1_700_000_000_000
 CFG = GeneratorConfig(events=6000, seed=11, start_ms=START, dup_rate=0.02, invalid_rate=0.02,

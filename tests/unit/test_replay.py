@@ -50,10 +50,13 @@ def test_breakdown_difference_is_not_identical() -> None:
     assert not v.identical
 
 
-def test_category_mapping_knob() -> None:
-    assert Settings(category_map="").category_mapping == {}
-    assert Settings(category_map="toys=kids, books = media,junk").category_mapping == {"toys": "kids",
-                                                                                       "books": "media"}
+def test_value_map_knobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings(category_map="").value_map("category_map") == {}
+    assert Settings(category_map="toys=kids, books = media,junk").value_map("category_map") == {"toys": "kids",
+                                                                                                "books": "media"}
+    assert Settings().value_map({"a": "b"}) == {"a": "b"}  # a declared table as it is
+    monkeypatch.setenv("KAPPA_SHOP_MAP", "x=y")  # a knob of a pipeline's own, not a settings field
+    assert Settings().value_map("shop_map") == {"x": "y"}
 
 
 # -- which version `kappa run` runs (kappa.versions) ------------------------------------------

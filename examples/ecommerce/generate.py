@@ -1,4 +1,8 @@
-"""A deterministic e-commerce event generator with a manifest to reconcile against.
+"""The e-commerce pipeline's generator: deterministic events with a manifest to reconcile against.
+
+Declared as ``[pipeline] generator = "generate:events"``: ``kappa produce --generator ecommerce``
+and ``kappa demo`` call :func:`events`; tests and benchmarks call :func:`generate` with a
+:class:`GeneratorConfig` (``load(DEFAULT).module("generate")``).
 
 It produces what a shop's log really contains: users first, then orders on a diurnal rhythm
 with slightly out-of-order event times, a few user profile updates, exact duplicates re-sent
@@ -36,16 +40,19 @@ import math
 import random
 from collections import Counter as Tally
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kappa.errors import ConfigError
-from kappa.pipeline import DEFAULT, load
+from kappa.pipeline import load
 from producers.generators import (
     Event,  # kinds here: user | user_update | order | duplicate | invalid | too_late | label
+    Generated,
+    publish_events,
 )
 from schemas.rules import for_input, reason_code
 
-__all__ = ["Event", "GeneratorConfig", "Manifest", "generate", "manifest_of", "publish_events"]
+__all__ = ["Event", "GeneratorConfig", "Manifest", "events", "generate", "manifest_of", "publish_events"]
 
 ORDER_REASONS = ("empty_order_id", "bad_user_id", "bad_amount", "bad_currency", "future_event_time")
 """The order rules of examples/ecommerce/pipeline.toml, in their order: the generator breaks
@@ -54,7 +61,7 @@ each in turn (:meth:`Generator.invalid`; a unit test checks they are the declare
 
 def pipeline() -> Any:
     """The e-commerce pipeline definition this generator writes for."""
-    return load(DEFAULT)
+    return load(Path(__file__).resolve().parent)
 
 
 MINUTE_MS = 60_000
@@ -432,14 +439,30 @@ def generate(cfg: GeneratorConfig, now_ms: int | None = None) -> tuple[list[Even
     return events, manifest_of(events, cfg, start)
 
 
-def publish_events(publisher: Any, events: list[Event]) -> int:
-    """Publish ``events`` in order to the (prefixed) input topics of ``publisher.settings``."""
-    from kappa.topics import input_topics
+def events(count: int, seed: int = 42, now_ms: int | None = None, *, users: int | None = None,
+           start_ms: int | None = None, drift_at: int | None = None, dup_rate: float = 0.01,
+           invalid_rate: float = 0.01, late_rate: float = 0.005, grace_ms: int | None = None) -> Generated:
+    """The declared generator: ``count`` orders (with their users and labels) and their manifest.
 
-    names = input_topics(publisher.settings.topic_prefix)
-    topics = {"users": names.users, "orders": names.orders, "order_labels": names.order_labels}
-    encode = {t: publisher.encoder(topics[t], t).encode_one for t in topics}
-    produce = publisher.produce_raw
-    for e in events:
-        produce(topics[e.topic], encode[e.topic](e.value), e.key.encode())
-    return len(events)
+    ``grace_ms`` defaults to the revenue window's grace (``KAPPA_WINDOW_GRACE_SECONDS`` unless
+    declared). The manifest adds ``drift_time_ms``: the event time of the first on-time order
+    after the drift (the demo report reads the model quality there).
+
+    >>> run = events(200, seed=3, start_ms=1_700_000_000_000)
+    >>> run.note, run.manifest["orders_published"], run.manifest["drift_time_ms"] > 1_700_000_000_000
+    ('drift at order 100', 200, True)
+    """
+    if grace_ms is None:
+        from kappa.settings import get_settings
+
+        declared = next(iter(pipeline().windows.values())).grace_ms
+        grace_ms = declared if declared is not None else int(get_settings().window_grace_seconds * 1000)
+    cfg = GeneratorConfig(events=count, seed=seed, users=users, start_ms=start_ms, drift_at=drift_at,
+                          dup_rate=dup_rate, invalid_rate=invalid_rate, late_rate=late_rate, grace_ms=grace_ms)
+    records, manifest = generate(cfg, now_ms)
+    # the generator's order index counts new orders (on-time, invalid, too late), not re-sent ones
+    new_orders = [e for e in records if e.topic == "orders" and e.kind != "duplicate"]
+    on_time_after = [e for e in new_orders[manifest.drift_at:] if e.kind == "order"]
+    data = manifest.to_dict()
+    data["drift_time_ms"] = on_time_after[0].value["event_time"] if on_time_after else 0
+    return Generated(records, data, f"drift at order {manifest.drift_at:,}", manifest.summary_lines())
