@@ -51,8 +51,8 @@ def samples_topic(dataset: str) -> str:
 @dataclass(frozen=True)
 class OutputTopics:
     """The topics version ``version`` of the selected pipeline writes (named by
-    :class:`kappa.pipeline.derive.Names`); ``enriched`` and ``revenue`` are its first stream's
-    and first window's outputs (names of earlier releases; :attr:`names` has them all)."""
+    :class:`kappa.pipeline.derive.Names`); ``enriched`` and ``window`` are its first stream's
+    and first window's outputs (:attr:`names` has them all)."""
 
     version: str
 
@@ -74,7 +74,7 @@ class OutputTopics:
         return self._first("stream")
 
     @property
-    def revenue(self) -> str:
+    def window(self) -> str:
         return self._first("window")
 
     @property

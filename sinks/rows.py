@@ -141,7 +141,7 @@ def route(outputs: OutputTopics, topic: str) -> Table:
 
     >>> from kappa.topics import output_topics
     >>> o = output_topics("v1")
-    >>> route(o, o.revenue).name, route(o, "t1.orders.dlq").name, route(o, o.rejected).name
+    >>> route(o, o.window).name, route(o, "t1.orders.dlq").name, route(o, o.rejected).name
     ('revenue_windows', 'rejected_events', 'rejected_events')
     """
     name = _routes(outputs.version).get(topic)

@@ -301,7 +301,7 @@ class ModelRun:
         self.labels = names.input_topic(self.model.labels)
         self.group = names.label_group(name)
         labels = pipe.input(self.model.labels)
-        self.label_time = labels.time or ""
+        self.labels_time = labels.time or ""
         scores = base.out[("scores", name)]
         self.scores_topic = scores.topic
         self.enc_score = Encoder(base.registry, subject(scores.topic), scores.schema)
@@ -350,7 +350,7 @@ class ModelRun:
             if isinstance(rec, DecodeError):
                 self.base._reject(topic, partition, offset, value, rec.reason)
                 continue
-            event = {"kind": "label", "time": rec[self.label_time], "id": rec[on],
+            event = {"kind": "label", "time": rec[self.labels_time], "id": rec[on],
                      "src": f"{topic}/{partition}", "off": offset, "data": rec}
             self.base._produce(self.topic, orjson.dumps(event), str(rec[on]).encode())
         self.base.producer.poll(0)

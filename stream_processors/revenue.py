@@ -1,4 +1,4 @@
-"""Stage 2: window partials (repartitioned by window key) -> update-style revenue per window.
+"""Stage 2: window partials (repartitioned by window key) -> update-style rows per window.
 
 Each window key lives in one partition of the partials topic; the generic
 :class:`~stream_processors.operators.windows.WindowMerge` merges the partials of every source
@@ -15,20 +15,24 @@ from collections.abc import Callable, Sequence
 
 from stream_processors.base import Emitted, Message, State
 from stream_processors.operators.windows import TICK, WindowMerge, WindowSpec
-from stream_processors.windows import revenue_spec, upgrade_legacy
+from stream_processors.windows import upgrade_legacy
 
 __all__ = ["TICK", "RevenueStage"]
 
 
 class RevenueStage(WindowMerge):
-    """The ``revenue_per_minute`` windows: RevenueWindow records out, one per changed window."""
+    """The merge stage of one declared window: one record out per changed window.
+
+    (Its name is the first pipeline's; the class is generic.)"""
 
     def __init__(self, version: str, state: State, grace_ms: int, idle_s: float = 1.0,
                  clock: Callable[[], float] = time.time, spec: WindowSpec | None = None,
                  with_end: bool = False) -> None:
-        """``spec``: the window the stream stage declares (the e-commerce one by default);
+        """``spec``: the window the stream stage declares (required);
         ``with_end``: records carry ``window_end`` too (the derived window schemas have it)."""
-        super().__init__(spec or revenue_spec(grace_ms), version, state, idle_s, clock, upgrade=upgrade_legacy)
+        if spec is None:
+            raise TypeError("RevenueStage needs the declared window's spec (spec=...)")
+        super().__init__(spec, version, state, idle_s, clock, upgrade=upgrade_legacy)
         self.grace_ms = grace_ms
         self.with_end = with_end
 

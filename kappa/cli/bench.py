@@ -13,7 +13,7 @@ __all__ = ["bench"]
 
 @click.command()
 @click.option("--events", type=int, default=None,
-              help="Orders per throughput section (default 200,000; 50,000 with --quick).")
+              help="Events per throughput section (default 200,000; 50,000 with --quick).")
 @click.option("--quick", is_flag=True, help="Smaller sizes, fewer rounds: under 10 minutes on 2 cores.")
 @click.option("--only", multiple=True, type=click.Choice(list(SECTIONS)),
               help="Run only these sections (repeatable); the table still lists every section.")

@@ -588,7 +588,7 @@ class _Loader:
             fn, arg = m.group(1), m.group(2)
             if fn != "count":
                 if arg is None:
-                    raise self.fail(entry, f"aggregations.{out}: {fn} needs a field, e.g. {fn}(amount)")
+                    raise self.fail(entry, f"aggregations.{out}: {fn} needs a field, e.g. {fn}(price)")
                 f = fields.get(arg)
                 if f is None:
                     raise self.fail(entry, f"aggregations.{out}: {arg!r} is not a field of {stream}")

@@ -4,4 +4,4 @@ outputs with revisions). A pipeline definition (:mod:`kappa.pipeline`) says whic
 
 Nothing here names a pipeline's fields: ``windows`` (tumbling and hopping event-time windows),
 ``sessions`` (session windows per key), ``joins`` (interval joins of two streams), ``dedupe``,
-``asof``; the e-commerce revenue windows are bound in :mod:`stream_processors.windows`."""
+``asof``; each declared window is bound by the stream stage (:mod:`stream_processors.stream`)."""

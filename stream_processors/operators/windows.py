@@ -130,13 +130,13 @@ class Aggregation:
         """
         found = _CALL.match(text) if isinstance(text, str) else None
         if found is None:
-            raise WindowSpecError(f'{where}: {text!r} is not an aggregation (write e.g. "count" or "sum(amount)")')
+            raise WindowSpecError(f'{where}: {text!r} is not an aggregation (write e.g. "count" or "sum(price)")')
         fn, fld = found.group(1).lower(), found.group(2)
         if fn not in FUNCTIONS:
             raise WindowSpecError(f"{where}: unknown function {found.group(1)!r} in {text!r} "
                                   "(use count, sum(f), min(f), max(f) or avg(f))")
         if fn != "count" and not fld:
-            raise WindowSpecError(f"{where}: {fn} needs a field, as in {fn}(amount)")
+            raise WindowSpecError(f"{where}: {fn} needs a field, as in {fn}(price)")
         return cls(name, fn, fld or None)
 
 
@@ -253,7 +253,7 @@ def parse_window(name: str, table: Mapping[str, Any], grace_ms: int = 0) -> Wind
     ...     parse_window("w", {"size": "1m", "aggregations": {"n": "count"}, "keys": "site"})
     ... except WindowSpecError as exc:
     ...     print(exc)
-    windows.w.keys: write a list of field names, as in keys = ["site"]
+    windows.w.keys: write a list of field names, as in keys = ["region"]
     """
     where = f"windows.{name}"
     unknown = sorted(set(table) - _DECLARED)
@@ -267,11 +267,11 @@ def parse_window(name: str, table: Mapping[str, Any], grace_ms: int = 0) -> Wind
     grace = parse_duration(table["grace"], f"{where}.grace") if "grace" in table else grace_ms
     keys = table.get("keys", [])
     if not isinstance(keys, list | tuple) or not all(isinstance(k, str) and k for k in keys):
-        raise WindowSpecError(f'{where}.keys: write a list of field names, as in keys = ["site"]')
+        raise WindowSpecError(f'{where}.keys: write a list of field names, as in keys = ["region"]')
     aggs = table.get("aggregations")
     if not isinstance(aggs, Mapping) or not aggs:
         raise WindowSpecError(f'{where}.aggregations: declare at least one, as in '
-                              f'aggregations = {{ n = "count", total = "sum(amount)" }}')
+                              f'aggregations = {{ n = "count", total = "sum(price)" }}')
     stream = table.get("stream")
     return WindowSpec(name, size, hop, grace, tuple(keys),
                       tuple(Aggregation.parse(n, t, f"{where}.aggregations.{n}") for n, t in aggs.items()),

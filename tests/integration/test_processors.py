@@ -135,7 +135,7 @@ class Run:
         enriched = {k: {f: v for f, v in r.items() if f != "pipeline_version"}
                     for k, r in self.read(out.enriched, "enriched_order")}
         windows: dict[str, dict[str, Any]] = {}
-        for k, r in self.read(out.revenue, "revenue_window"):
+        for k, r in self.read(out.window, "revenue_window"):
             if k not in windows or r["revision"] > windows[k]["revision"]:
                 windows[k] = r
         return enriched, windows

@@ -63,7 +63,7 @@ def produce_outputs(stack: Stack, version: str, n_orders: int = 600, seed: int =
                   [*o.specs(2), TopicSpec(orders_dlq, 1)])
     reg = Registry(stack.schema_registry_url)
     enc = {name: Encoder(reg, f"{topic}-value", name) for name, topic in (
-        ("enriched_order", o.enriched), ("fraud_score", o.scores), ("revenue_window", o.revenue),
+        ("enriched_order", o.enriched), ("fraud_score", o.scores), ("revenue_window", o.window),
         ("model_quality", o.model_quality), ("drift_event", o.drift), ("rejected_event", o.rejected))}
     prod = Producer(client_config(settings, stack.kafka_bootstrap, **{
         "partitioner": "murmur2_random", "enable.idempotence": True, "linger.ms": 5}))
@@ -102,7 +102,7 @@ def produce_outputs(stack: Stack, version: str, n_orders: int = 600, seed: int =
         n, total = totals.get(key, (0, 0.0))
         totals[key] = (n + 1, total + rec["amount"])
         revisions[key] = revisions.get(key, 0) + 1
-        send(o.revenue, f"{window}|{cat}|{cur}", enc["revenue_window"].encode(dict(
+        send(o.window, f"{window}|{cat}|{cur}", enc["revenue_window"].encode(dict(
             window_start=window, category=cat, currency=cur, orders=totals[key][0],
             revenue=totals[key][1], revision=revisions[key], final=False, pipeline_version=version)))
     exp.revenue = dict(totals)
@@ -178,7 +178,7 @@ def backend_rows(backend: Backend) -> Any:
 
 def _output_names(version: str) -> list[str]:
     o = output_topics(version)
-    return [o.enriched, o.scores, o.revenue, o.model_quality, o.drift, o.rejected,
+    return [o.enriched, o.scores, o.window, o.model_quality, o.drift, o.rejected,
             dlq(input_topics(f"{version}.").topic("orders"))]
 
 

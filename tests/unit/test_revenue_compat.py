@@ -27,6 +27,7 @@ from schemas.serde import Decoder, Encoder, Registry
 from stream_processors.base import Emitted, MemoryState, Message
 from stream_processors.revenue import TICK, RevenueStage
 from stream_processors.stream import StreamStage
+from tests.support.ecommerce import revenue_spec
 from tests.unit.memory_registry import MemoryRegistryClient
 
 GOLDEN = Path(__file__).parent / "data" / "revenue_golden.json"
@@ -92,7 +93,7 @@ class _Sim:
         self.records: list[list[Any]] = []
 
     def _revenue(self) -> RevenueStage:
-        return RevenueStage("v1", self.s2, GRACE, idle_s=1.0, clock=self.clock)
+        return RevenueStage("v1", self.s2, GRACE, idle_s=1.0, clock=self.clock, spec=revenue_spec(GRACE))
 
     @staticmethod
     def _write(state: MemoryState, out: Emitted) -> None:

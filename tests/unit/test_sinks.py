@@ -88,7 +88,7 @@ def test_arrow_timestamps_are_exact_epoch_millis_and_nulls_survive() -> None:
 
 def test_routing_covers_every_output_and_dlq() -> None:
     o = output_topics("v9")
-    assert {route(o, t).name for t in (o.enriched, o.scores, o.revenue, o.model_quality, o.drift,
+    assert {route(o, t).name for t in (o.enriched, o.scores, o.window, o.model_quality, o.drift,
                                        o.rejected, "x.orders.dlq")} == set(TABLES) - {"sink_offsets"}
     with pytest.raises(KeyError):
         route(o, "kappa.v8.scores")
