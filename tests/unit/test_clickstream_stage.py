@@ -95,11 +95,11 @@ def _run(log: list[Message], cuts: list[int], crashes: set[int]) -> tuple[dict[s
             crashes = crashes - {b - 1}
             continue  # outputs lost, nothing acked: the same batch again
         for _, out in parts:
-            for name, items in out.rows.items():
-                for k, r in items:
-                    old = rows[name].get(k)
+            for output, emitted in out.rows.items():
+                for k, r in emitted:
+                    old = rows[output].get(k)
                     assert old is None or old["revision"] <= r["revision"], (k, old, r)
-                    rows[name][k] = r
+                    rows[output][k] = r
         for k, r in parts[0][1].enriched:
             rows["page_views"][k] = r
         i, b = end, b + 1
