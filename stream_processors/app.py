@@ -273,7 +273,7 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
             stage.table_source = partition_reader(settings, ep.kafka_bootstrap, names.input_topic(enrich.table))
             sources.insert(0, names.input_topic(enrich.table))
         stage.stream_source = partition_reader(settings, ep.kafka_bootstrap, names.input_topic(s))
-        stage.idle_s = idle_s
+        stage.idle_s, stage.partitions = idle_s, counts[s]
         window = next((w for w in windows.values() if w.stream == s), None)
         model = learned.get(s)
         pipe.stages[s], pipe.states[s] = stage, state

@@ -166,6 +166,10 @@ class StreamStage:
         self.ticks_topic: str | None = None
         """Topic of this agent's idle ticks (partition p: show what the wall clock closes on p)."""
         self.idle_s = 1.0
+        self.partitions = 0
+        """Partition count of the stream: a worker that starts with nothing to read ticks each once,
+        so the sessions it restores are shown final when the wall clock closes them."""
+        self._primed: set[int] = set()
         self._idle: dict[int, tuple[float | None, set[str], PartitionSessions | None]] = {}
         self.defaults = self._defaults(enrich.schema if enrich else None)
         self.table_source: Callable[..., list[Message]] | None = None
@@ -207,7 +211,8 @@ class StreamStage:
 
     def due(self, now: float) -> list[int]:
         """Partitions whose sessions an idle tick would show final now (the app's timer ticks them)."""
-        out = []
+        out = [p for p in range(self.partitions) if p not in self._idle and p not in self._primed]
+        self._primed.update(out)
         for p, (seen, shown, sess) in self._idle.items():
             if sess is None or seen is None or sess.watermark is None or now - seen < self.idle_s:
                 continue
