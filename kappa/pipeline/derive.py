@@ -195,6 +195,9 @@ class Names:
             kind = "tumbling" if w.hop_ms == w.size_ms else f"hopping (every {w.hop_ms // 1000}s)"
             out[w.name] = (f"{kind} {w.size_ms // 1000}s windows of {w.stream} by {', '.join(w.keys)}: "
                            + ", ".join(f"{k} = {v}" for k, v in w.aggregations.items()))
+        for m in pipe.models.values():
+            out[m.scores] = (f"P({m.label}) of each {m.stream} event from the {m.name} model, scored before "
+                             "its label was learned")
         if pipe.models:
             out["model_quality"] = "progressive metrics of " + ", ".join(pipe.models)
             out["drift_events"] = "drift detections of the models"
