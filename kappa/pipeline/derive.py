@@ -245,6 +245,9 @@ class Names:
         for j in pipe.joins.values():
             out[j.name] = (f"{j.how} interval join of {j.left} with {j.right} on {j.on} ({j.right} time - {j.left} "
                            f"time in [{j.lower_ms // 1000}s, {j.upper_ms // 1000}s]), latest revision")
+        for m in pipe.models.values():
+            out[m.scores] = (f"P({m.label}) of each {m.stream} event from the {m.name} model, scored before "
+                             "its label was learned")
         if pipe.models:
             out["model_quality"] = "progressive metrics of " + ", ".join(pipe.models)
             out["drift_events"] = "drift detections of the models"
