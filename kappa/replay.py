@@ -272,9 +272,11 @@ def _tables_exist(backend: Any, db: str) -> set[str]:
 
 def _bounded() -> dict[str, str]:
     """Table -> its event-time column (rows before the boundary come from the live version): the
-    pipeline's streams and windows, and its models' scores and drift events."""
+    pipeline's streams, windows, sessions (by start), joins (by the left event's time), and its
+    models' scores and drift events."""
     pipe = current()
-    kinds = {"stream": "", "window": "window_start", "scores": "event_time"}
+    kinds = {"stream": "", "window": "window_start", "session": "session_start", "join": "left_time",
+             "scores": "event_time"}
     out = {o.table: (pipe.input(o.name).time or "") if o.kind == "stream" else kinds[o.kind]
            for o in Names(pipe, "v").outputs() if o.kind in kinds}
     if pipe.models:
@@ -374,6 +376,14 @@ def _stats() -> _Measures:
         if w.keys:
             breakdowns[w.name] = (w.keys[0], f"sum({first})")
             labels[w.name] = f"window {first} per {w.keys[0]}"
+    for se in pipe.sessions.values():
+        sums = "".join(f", round(sum({a}), 6) AS {a}" for a, spec in se.aggregations.items()
+                       if spec.split("(")[0].strip().lower() in ("count", "sum"))
+        stats[se.name] = f"count() AS rows, countIf(final) AS final{sums}"
+        breakdowns[se.name] = (se.keys[0], "count()")
+    for j in pipe.joins.values():
+        stats[j.name] = "count() AS rows, countIf(matched) AS matched, countIf(final) AS final"
+        breakdowns[j.name] = ("matched", "count()")
     if pipe.models:
         stats["model_quality"] = _KAPPA_STATS["model_quality"]
         breakdowns["model_quality"] = _KAPPA_BREAKDOWNS["model_quality"]

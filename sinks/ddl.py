@@ -6,8 +6,9 @@ fields and Kappa's own label-like columns), ``long`` -> ``Int64``, ``int`` -> ``
 ``String``, ``timestamp-millis`` -> ``DateTime64(3, 'UTC')``, a union with null ->
 ``Nullable(...)``. Every table gets the sink's lineage columns and is a ReplacingMergeTree
 keyed so a re-delivered row replaces its earlier copy: a stream's by its declared id (else
-its source partition and offset), a window's by start and keys with the highest revision
-winning. The same statements serve the embedded engine and a ClickHouse server.
+its source partition and offset), a window's by start and keys, a session's by its keys and
+start, an interval join's by its row key (left id, right id), with the highest revision winning.
+The same statements serve the embedded engine and a ClickHouse server.
 
 >>> from kappa.pipeline import DEFAULT, load
 >>> t = tables(load(DEFAULT))["orders"]
@@ -85,7 +86,7 @@ class DerivedTable:
         order = self.order_by[0] if len(self.order_by) == 1 else f"({', '.join(self.order_by)})"
         types = dict(self.columns)
         # a window keyed by an enriched field groups the events whose key was unknown under null
-        nullable_key = any("Nullable" in types[c] for c in self.order_by)
+        nullable_key = any("Nullable" in types.get(c, "") for c in self.order_by)
         return (f"CREATE TABLE IF NOT EXISTS {db}.{self.name} (\n{cols}\n) "
                 f"ENGINE = ReplacingMergeTree({self.version_column})\nORDER BY {order}\n"
                 "SETTINGS non_replicated_deduplication_window = 1000"
@@ -93,13 +94,13 @@ class DerivedTable:
 
 
 def tables(pipeline: Pipeline) -> dict[str, DerivedTable]:
-    """The tables of the pipeline's stream, window and model-score outputs (Kappa's own tables
+    """The tables of the pipeline's stream, window, session, join and model-score outputs (Kappa's own tables
     — rejected_events, model_quality, drift_events, sink_offsets — are the same for every
     pipeline: ``sinks/migrations``)."""
     names = Names(pipeline, "v")
     out: dict[str, DerivedTable] = {}
     for o in names.outputs():
-        if o.kind not in ("stream", "window", "scores"):
+        if o.kind not in ("stream", "window", "session", "join", "scores"):
             continue
         schema = json.loads(schema_json(pipeline, o))
         if o.kind == "stream":
@@ -111,6 +112,16 @@ def tables(pipeline: Pipeline) -> dict[str, DerivedTable]:
             low = set(_LOW)
             order = (pipeline.models[o.name].on,)
             version = "kafka_offset"
+        elif o.kind == "session":
+            se = pipeline.sessions[o.name]
+            low = set(pipeline.input(se.stream).low_cardinality) & set(se.keys) | _LOW
+            order = (*se.keys, "session_start")
+            version = "revision"
+        elif o.kind == "join":
+            # an unmatched row's right_id is null: the sorting key reads it as ''
+            low = set(_LOW)
+            order = ("left_id", "ifNull(right_id, '')")
+            version = "revision"
         else:
             w = pipeline.windows[o.name]
             stream_low = set(pipeline.input(w.stream).low_cardinality)

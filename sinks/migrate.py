@@ -107,7 +107,7 @@ def apply(backend: Backend, version: str) -> list[str]:
 
 
 def derived_statements(version: str) -> list[str]:
-    """``CREATE TABLE IF NOT EXISTS`` of the selected pipeline's stream and window tables."""
+    """``CREATE TABLE IF NOT EXISTS`` of the selected pipeline's stream, window and model-score tables."""
     from kappa.pipeline import current
     from sinks.ddl import create_statements
 

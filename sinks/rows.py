@@ -112,8 +112,8 @@ KAPPA_TABLES: tuple[Table, ...] = (
 
 
 def tables_of(pipeline: Pipeline) -> dict[str, Table]:
-    """Every table of a version of ``pipeline``: its streams' and windows' (derived from the
-    definition, :mod:`sinks.ddl`), then :data:`KAPPA_TABLES`."""
+    """Every table of a version of ``pipeline``: its streams', windows', sessions', joins' and
+    scores' (derived from the definition, :mod:`sinks.ddl`), then :data:`KAPPA_TABLES`."""
     from kappa.pipeline.derive import Names
     from sinks.ddl import arrow_type, tables
 
@@ -121,8 +121,8 @@ def tables_of(pipeline: Pipeline) -> dict[str, Table]:
     out: dict[str, Table] = {}
     for name, derived in tables(pipeline).items():
         o = outputs[name]
-        time = (pipeline.input(o.name).time if o.kind == "stream" else "event_time" if o.kind == "scores"
-                else None)
+        time = (pipeline.input(o.name).time if o.kind == "stream" else
+                {"scores": "event_time", "session": "session_end", "join": "left_time"}.get(o.kind))
         cols = tuple((c, arrow_type(ct)) for c, ct in derived.columns)
         out[name] = Table(name, o.schema, cols, time)
     for own in KAPPA_TABLES:

@@ -37,7 +37,8 @@ _SINK_LINEAGE = ("kafka_topic", "kafka_partition", "kafka_offset", "ingested_at"
 
 def views_of(pipeline: Pipeline) -> dict[str, str]:
     """Serving view -> its SELECT over version database ``{db}``: a view per stream (one row per
-    valid event, its columns and ``ingested_at``), per window (its values) and per model's
+    valid event, its columns and ``ingested_at``), per window (its values), per session and
+    interval join (the latest revision of each row, tombstones dropped) and per model's
     scores (named as its ``scores`` output), Kappa's own
     (:data:`KAPPA_VIEWS`), and the declared ``[views.<name>]`` (which replace a derived one of
     the same name)."""
@@ -53,7 +54,12 @@ def views_of(pipeline: Pipeline) -> dict[str, str]:
         names = [c for c, _ in t.columns if c not in _SINK_LINEAGE]
         if o.kind == "stream":
             names.append("ingested_at")
-        out[o.table if o.kind == "scores" else o.name] = f"SELECT {', '.join(names)} FROM {{db}}.{o.table} FINAL"
+        where = ""
+        if o.kind in ("session", "join"):
+            names.remove("retracted")
+            where = " WHERE NOT retracted"
+        out[o.table if o.kind == "scores" else o.name] = (f"SELECT {', '.join(names)} FROM {{db}}.{o.table} FINAL"
+                                                          + where)
     out.update(KAPPA_VIEWS)
     out.update({name: v.sql for name, v in pipeline.views.items()})
     return out

@@ -22,6 +22,7 @@ import importlib
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from stream_processors import faust_internals, stalls
 from stream_processors.base import Emitted
 from stream_processors.dimensions import partition_reader
 from stream_processors.io import Outputs, Route, TableState
+from stream_processors.joined import JoinedStage
 from stream_processors.revenue import TICK, RevenueStage
 from stream_processors.stream import StreamStage
 
@@ -74,11 +76,12 @@ def consumed_topics(settings: Settings, version: str) -> list[str]:
     pipe = current()
     names = Names(pipe, version, settings.topic_prefix)
     out = []
-    for inp in names.streams():
-        out.append(names.input_topic(inp.name))
-        if inp.name in pipe.enrich:
-            out.append(names.input_topic(pipe.enrich[inp.name].table))
-    return out + [names.partials(w) for w in pipe.windows]
+    for members in names.agents().values():
+        for s in members:
+            out.append(names.input_topic(s))
+            if s in pipe.enrich:
+                out.append(names.input_topic(pipe.enrich[s].table))
+    return out + [names.partials(w) for w in pipe.windows] + [names.ticks(a) for a in names.ticked()]
 
 
 def check_copartitioned(admin: AdminClient, table: str, stream: str) -> int:
@@ -115,7 +118,9 @@ class Pipeline:
     routes: dict[str, Route] = field(default_factory=dict)
     """Where each agent's outputs go."""
     states: dict[str, TableState] = field(default_factory=dict)
-    """The state table of each agent (a window shares its stream's)."""
+    """The state table of each stream and window (a window shares its stream's)."""
+    joined: dict[str, JoinedStage] = field(default_factory=dict)
+    """The agents that run joined streams (named after their first stream), by agent."""
     crash_after_batches: int = 0
     crash_on_close: bool = False
 
@@ -129,7 +134,7 @@ class Pipeline:
         """The first window's merge stage (the e-commerce revenue per minute)."""
         return next(iter(self.windows.values()), None)
 
-    async def run_batch(self, stage: StreamStage | RevenueStage, events: list[Any], agent: str) -> None:
+    async def run_batch(self, stage: StreamStage | RevenueStage | JoinedStage, events: list[Any], agent: str) -> None:
         """Process one batch end to end; any failure ends the worker hard (nothing acked).
 
         The wait for Kafka's acks runs in a thread: meanwhile the event loop keeps fetching and
@@ -138,15 +143,20 @@ class Pipeline:
         try:
             with BATCH_SECONDS.labels(agent).time():
                 # Faust's messages have every field of base.Message: no copy per event
-                out: Emitted = stage.process([e.message for e in events])
-                state = self.states[agent]
-                for partition, items in out.writes.items():
-                    state.write(partition, items)
-                if self.crash_on_close and agent in self.windows and any(r["final"] for _, r in out.revenue):
-                    _crash("SIGKILL after the state of a closing window batch, before its outputs")
-                self.outputs.emit(out, self.routes[agent])
-                state.persisted(await self.outputs.flush_async())
-            if agent in self.stages and self.crash_after_batches:
+                done = stage.process([e.message for e in events])
+                # a joined agent's batch: each stream's outputs with its own state and route
+                parts: list[tuple[str, Emitted]] = done if isinstance(done, list) else [(agent, done)]
+                for name, out in parts:
+                    for partition, items in out.writes.items():
+                        self.states[name].write(partition, items)
+                    if self.crash_on_close and name in self.windows and any(r["final"] for _, r in out.revenue):
+                        _crash("SIGKILL after the state of a closing window batch, before its outputs")
+                for name, out in parts:
+                    self.outputs.emit(out, self.routes[name])
+                acked = await self.outputs.flush_async()
+                for name, _ in parts:
+                    self.states[name].persisted(acked)
+            if (agent in self.stages or agent in self.joined) and self.crash_after_batches:
                 self.crash_after_batches -= 1
                 if not self.crash_after_batches:  # outputs flushed, the batch not acked
                     _crash("SIGKILL after the outputs of this batch")
@@ -177,10 +187,6 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
     # its own producer with acks=all + idempotence as every Kappa producer
     faust_internals.install(settings.processor_drop_fetch)
     definition = current()
-    if definition.sessions or definition.joins:
-        declared = [f"[sessions.{n}]" for n in definition.sessions] + [f"[joins.{n}]" for n in definition.joins]
-        raise ConfigError(f"{definition.path}: {', '.join(declared)} declared, but this Kappa version checks "
-                          "session windows and interval joins without running them yet: remove them to run the rest")
     names = Names(definition, version, settings.topic_prefix)
     outputs = topics.output_topics(version)
     keep = {"retention.ms": str(7 * 24 * 3600 * 1000)}
@@ -188,16 +194,22 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
                   [*topics.input_specs(settings.partitions, settings.topic_prefix),
                    *outputs.specs(settings.partitions)])
     admin = AdminClient(client_config(settings, ep.kafka_bootstrap))
-    streams = names.streams()
+    agents = names.agents()
+    streams = [definition.input(s) for members in agents.values() for s in members]
     counts: dict[str, int] = {}
     for inp in streams:
         enrich = definition.enrich.get(inp.name)
         stream_topic = names.input_topic(inp.name)
         counts[inp.name] = (check_copartitioned(admin, names.input_topic(enrich.table), stream_topic) if enrich
                             else _partitions(admin, stream_topic))
+    for a, members in agents.items():
+        for s in members[1:]:
+            check_copartitioned(admin, names.input_topic(s), names.input_topic(a))
     windows = {w.name: w for w in definition.windows.values()}
     ensure_topics(settings, ep.kafka_bootstrap,
-                  [TopicSpec(names.partials(w.name), counts[w.stream], keep) for w in windows.values()])
+                  [*(TopicSpec(names.partials(w.name), counts[w.stream], keep) for w in windows.values()),
+                   *(TopicSpec(names.ticks(a), counts[a], {"retention.ms": str(3600 * 1000)})
+                     for a in names.ticked())])
     # Faust creates its changelog and assignor topics itself: the same replication as Kappa's
     rep = replication(settings, ep.kafka_bootstrap)
     # The table changelog below is restored into an empty datadir: it must be this log's, and
@@ -239,12 +251,16 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
     decoders = {name: Decoder(registry, inp.schema.name) for name, inp in definition.inputs.items()}
     stream_outputs = {o.name: o for o in names.outputs() if o.kind == "stream"}
     window_outputs = {o.name: o for o in names.outputs() if o.kind == "window"}
+    row_outputs = {o.name: o for o in names.outputs() if o.kind in ("session", "join")}
+    ticked = set(names.ticked())
+    plain = [i.name for i in names.streams()]
     learned = {m.stream: m for m in definition.models.values()} if learning else {}
     raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
-    for i, inp in enumerate(streams):
+    sources_of: dict[str, list[str]] = {}
+    for inp in streams:
         s = inp.name
         # the first stream's table keeps the name of earlier releases (changelog <group>-state-changelog)
-        table = app.Table("state" if i == 0 else f"state-{s}", partitions=counts[s], key_type=bytes,
+        table = app.Table("state" if plain[:1] == [s] else f"state-{s}", partitions=counts[s], key_type=bytes,
                           value_type=bytes, options={"driver": "rocksdict"},
                           help=f"{s}: dedupe ids, table versions, windows",
                           extra_topic_configs={"min.insync.replicas": str(rep.min_insync)})
@@ -257,14 +273,19 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
             stage.table_source = partition_reader(settings, ep.kafka_bootstrap, names.input_topic(enrich.table))
             sources.insert(0, names.input_topic(enrich.table))
         stage.stream_source = partition_reader(settings, ep.kafka_bootstrap, names.input_topic(s))
+        stage.idle_s, stage.partitions = idle_s, counts[s]
         window = next((w for w in windows.values() if w.stream == s), None)
         model = learned.get(s)
         pipe.stages[s], pipe.states[s] = stage, state
-        pipe.routes[s] = out.route(stream_outputs[s].topic, stream_outputs[s].schema,
+        rows = {o.name: (o.topic, o.schema) for o in row_outputs.values()
+                if (o.kind == "session" and definition.sessions[o.name].stream == s)
+                or (o.kind == "join" and definition.joins[o.name].left == s)}
+        stream_out = stream_outputs.get(s)  # none for a model's label stream joined here
+        pipe.routes[s] = out.route(stream_out.topic if stream_out else None, stream_out.schema if stream_out else None,
                                    partials_topic=names.partials(window.name) if window else None,
                                    learn=(names.model_events(model.name), model.on, inp.time or "")
-                                   if model else None)
-        _stage_agent(pipe, app.topic(*sources, **raw), s, batch_events, batch_within)
+                                   if model else None, rows=rows)
+        sources_of[s] = sources
         if window is not None:
             merge = RevenueStage(version, state, grace_ms, idle_s=idle_s, spec=stage.window,
                                  with_end=window_outputs[window.name].schema.startswith("derived:"))
@@ -274,6 +295,16 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
             pipe.routes[window.name] = out.route(window_topic=window_outputs[window.name].topic,
                                                  window_schema=window_outputs[window.name].schema)
             _stage_agent(pipe, app.topic(partials, **raw), window.name, batch_events, batch_within)
+    for a, members in agents.items():
+        channel = [t for s in members for t in sources_of[s]]
+        if a in ticked:
+            channel.append(names.ticks(a))
+            pipe.stages[a].ticks_topic = names.ticks(a)
+        if len(members) > 1:
+            pipe.joined[a] = JoinedStage(version, definition, {s: pipe.stages[s] for s in members},
+                                         pipe.states[a], grace_ms, idle_s=idle_s)
+            pipe.joined[a].ticks_topic = names.ticks(a) if a in ticked else None
+        _stage_agent(pipe, app.topic(*channel, **raw), a, batch_events, batch_within)
 
     partials_of = {names.partials(w): w for w in pipe.windows}
 
@@ -283,6 +314,12 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
         for w, merge in pipe.windows.items():
             for partition in merge.idle():
                 out.produce(names.partials(w), None, TICK, partition)
+                ticked = True
+        now = time.time()
+        for a in names.ticked():  # sessions and joins: through their agent, state before rows
+            runner = pipe.joined.get(a) or pipe.stages[a]
+            for partition in runner.due(now):
+                out.produce(names.ticks(a), None, TICK, partition)
                 ticked = True
         if ticked:
             acked = await out.flush_async()
@@ -310,7 +347,8 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
 
 def _stage_agent(pipe: Pipeline, channel: Any, name: str, batch_events: int, batch_within: float) -> None:
     """An agent ``name`` running its stage on batches of ``channel``."""
-    stage = pipe.stages.get(name) or pipe.windows[name]
+    stage: StreamStage | RevenueStage | JoinedStage = (pipe.joined.get(name) or pipe.stages.get(name)
+                                                       or pipe.windows[name])
 
     async def run(stream: Any) -> None:
         async for events in stream.take_events(batch_events, within=batch_within):

@@ -54,6 +54,8 @@ class Emitted:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     partials: list[tuple[str, bytes]] = field(default_factory=list)
     revenue: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    rows: dict[str, list[tuple[str, dict[str, Any]]]] = field(default_factory=dict)
+    """Keyed rows of declared outputs (a session's, a join's), by output name."""
     writes: dict[int, dict[bytes, bytes | None]] = field(default_factory=dict)
     """State writes per partition: key -> value (None deletes), once per key per batch."""
 

@@ -54,6 +54,8 @@ class Route:
     """... keyed by the model's join field ..."""
     learn_time: str = ""
     """... at the stream's event time."""
+    rows: dict[str, tuple[str, Encoder]] | None = None
+    """Declared outputs of the stage (sessions, joins): name -> (topic, encoder)."""
 
 
 class Outputs:
@@ -75,13 +77,17 @@ class Outputs:
 
     def route(self, stream_topic: str | None = None, stream_schema: str | None = None,
               window_topic: str | None = None, window_schema: str | None = None,
-              partials_topic: str | None = None, learn: tuple[str, str, str] | None = None) -> Route:
+              partials_topic: str | None = None, learn: tuple[str, str, str] | None = None,
+              rows: dict[str, tuple[str, str]] | None = None) -> Route:
         """A :class:`Route` with the encoders of its topics (subjects ``<topic>-value``);
-        ``learn``: (merge topic, join field, time field) when a model learns from the stream."""
+        ``learn``: (merge topic, join field, time field) when a model learns from the stream;
+        ``rows``: output name -> (topic, schema) of the stage's sessions and joins."""
         enc = self._encoder
         merge, on, at = learn or (None, "", "")
+        encoded = {name: (topic, Encoder(self.registry, f"{topic}-value", schema))
+                   for name, (topic, schema) in (rows or {}).items()}
         return Route(stream_topic, enc(stream_topic, stream_schema), window_topic, enc(window_topic, window_schema),
-                     partials_topic, merge, on, at)
+                     partials_topic, merge, on, at, encoded or None)
 
     def _encoder(self, topic: str | None, schema: str | None) -> Encoder | None:
         return Encoder(self.registry, f"{topic}-value", schema) if topic and schema else None
@@ -112,6 +118,10 @@ class Outputs:
         if out.revenue and route.window_topic and route.window_encoder:
             self.produce_many(route.window_topic, [k.encode() for k, _ in out.revenue],
                               route.window_encoder.encode_many([r for _, r in out.revenue]))
+        for name, rows in out.rows.items():
+            if rows and route.rows and name in route.rows:
+                topic, encoder = route.rows[name]
+                self.produce_many(topic, [k.encode() for k, _ in rows], encoder.encode_many([r for _, r in rows]))
         self.produce_many(self.rejected_topic, [r["source"].encode() for r in out.rejected],
                           self.rejected.encode_many(out.rejected))
         if out.partials and route.partials_topic:

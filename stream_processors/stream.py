@@ -11,8 +11,16 @@ partition ``p`` (in state partition ``p``):
   far table versions are still needed);
 - ``d<id>``: first occurrence ``[partition, offset, lateness, event_time]``
   (:class:`~stream_processors.operators.dedupe.Dedupe`);
+- ``S<session>``: the partition's sessions of the stream's ``[sessions.<name>]``
+  (:class:`~stream_processors.operators.sessions.PartitionSessions`), before ``p``;
 - ``p``: the partition's watermark, last applied offset and open window partials
   (:class:`~stream_processors.operators.windows.PartitionWindows`), written last in each batch.
+
+An event's lateness (its ``late`` flag: too late) is the worst verdict of the stream's window and
+session, decided at its first occurrence and kept with it. Sessions' rows go out under the
+session's name (:attr:`~stream_processors.base.Emitted.rows`); on a ticks message for partition
+``p`` (the app's timer, when the wall clock would close sessions of an idle partition) the
+stage emits those sessions ``final`` without changing what they hold.
 
 Re-delivery after a crash is recognised, not mistaken for a duplicate: the same
 (partition, offset) as the stored first occurrence is the same event, so it is emitted again
@@ -37,6 +45,7 @@ from stream_processors.base import Emitted, Message, State, dumps, loads, record
 from stream_processors.dimensions import fill_gaps
 from stream_processors.operators.asof import AsOf
 from stream_processors.operators.dedupe import Dedupe
+from stream_processors.operators.sessions import PartitionSessions, SessionSpec, session_spec
 from stream_processors.operators.windows import Aggregation, PartitionWindows, WindowSpec
 
 __all__ = ["LINEAGE_FIELDS", "MAX_PAYLOAD", "StreamStage", "rejection"]
@@ -72,6 +81,7 @@ def _or(value: int | None, default: int) -> int:
     return default if value is None else value
 
 
+_SEVERITY = {"on_time": 0, "within_grace": 1, "too_late": 2}
 _MISSING = object()
 _NO_WINDOW = WindowSpec("none", 60_000, 60_000, 0, (), ())
 """The spec of ``p`` for a stream without a window: its watermark and last offset only."""
@@ -151,6 +161,16 @@ class StreamStage:
         self.time = self.input.time
         windows = [w for w in pipeline.windows.values() if w.stream == stream]
         self.window = self._window_spec(windows)
+        self.session = self._session_spec()
+        self.session_key = b"S" + self.session.name.encode() if self.session else b""
+        self.ticks_topic: str | None = None
+        """Topic of this agent's idle ticks (partition p: show what the wall clock closes on p)."""
+        self.idle_s = 1.0
+        self.partitions = 0
+        """Partition count of the stream: a worker that starts with nothing to read ticks each once,
+        so the sessions it restores are shown final when the wall clock closes them."""
+        self._primed: set[int] = set()
+        self._idle: dict[int, tuple[float | None, set[str], PartitionSessions | None]] = {}
         self.defaults = self._defaults(enrich.schema if enrich else None)
         self.table_source: Callable[..., list[Message]] | None = None
         """Reads the table's partition p from an offset to its end (stream_processors.dimensions)."""
@@ -172,6 +192,37 @@ class StreamStage:
         return WindowSpec(w.name, w.size_ms, w.hop_ms, self.grace_ms if w.grace_ms is None else w.grace_ms,
                           tuple(w.keys), aggs, w.stream)
 
+    def _session_spec(self) -> SessionSpec | None:
+        """The session operator's spec of the stream's ``[sessions.<name>]`` (one per stream)."""
+        found = [se for se in self.pipeline.sessions.values() if se.stream == self.input.name]
+        if len(found) > 1:
+            raise PipelineError(f"{self.pipeline.path}: [sessions.{found[1].name}] this Kappa version runs one "
+                                "session per stream")
+        return session_spec(found[0], self.grace_ms) if found else None
+
+    def _sessions(self, p: int, view: _View) -> PartitionSessions:
+        """Partition ``p``'s sessions from the state, with what only memory holds (wall clock of
+        the last batch, rows shown final by an idle tick)."""
+        assert self.session is not None
+        sess = PartitionSessions.from_json(view.get(self.session_key), self.session)
+        seen, shown, _ = self._idle.get(p, (None, set(), None))
+        sess.seen, sess._shown = seen, shown
+        return sess
+
+    def due(self, now: float) -> list[int]:
+        """Partitions whose sessions an idle tick would show final now (the app's timer ticks them)."""
+        out = [p for p in range(self.partitions) if p not in self._idle and p not in self._primed]
+        self._primed.update(out)
+        for p, (seen, shown, sess) in self._idle.items():
+            if sess is None or seen is None or sess.watermark is None or now - seen < self.idle_s:
+                continue
+            spec, effective = sess.spec, sess.watermark + int((now - seen) * 1000)
+            closing = spec.gap_ms + spec.grace_ms
+            if any(s[1] + closing <= effective and f"{key}|{s[0]}" not in shown
+                   for key, (_, sessions) in sess.open.items() for s in sessions):
+                out.append(p)
+        return out
+
     def _windows(self) -> WindowSpec:
         """The window spec (a stream without a window keeps only its watermark and offset in ``p``)."""
         return self.window or _NO_WINDOW
@@ -192,11 +243,14 @@ class StreamStage:
         self._views = {}
         table: dict[int, list[Message]] = defaultdict(list)
         events: dict[int, list[Message]] = defaultdict(list)
+        ticked: set[int] = set()
         for m in msgs:
             if m.topic == self.stream_topic:
                 events[m.partition].append(m)
             elif m.topic == self.table_topic:
                 table[m.partition].append(m)
+            elif m.topic == self.ticks_topic:
+                ticked.add(m.partition)
         for p, ms in table.items():
             CONSUMED.labels(self.table_topic).inc(len(ms))
             self._table(p, ms, now_ms, out)
@@ -211,8 +265,21 @@ class StreamStage:
                 ms = fill_gaps(ms, applied, self.stream_source, self.stream_topic)
             CONSUMED.labels(self.stream_topic).inc(len(ms))
             self._events(p, ms, now_ms, out)
+        if self.session is not None:
+            for p in sorted(ticked - set(events)):
+                self._tick(p, out)
         self._views = {}
         return out
+
+    def _tick(self, p: int, out: Emitted) -> None:
+        """An idle tick of partition ``p``: the sessions the wall clock closes, shown final."""
+        assert self.session is not None
+        sess = self._sessions(p, self._view(p, out))
+        rows = sess.idle(self.clock(), self.idle_s)
+        self._idle[p] = (sess.seen, sess._shown, sess)
+        if rows:
+            out.rows.setdefault(self.session.name, []).extend(
+                (k, {**r, "pipeline_version": self.version}) for k, r in rows.items())
 
     # -- helpers ------------------------------------------------------------------------------
     def _decode(self, decoder: Decoder, ms: list[Message], now_ms: int,
@@ -304,7 +371,8 @@ class StreamStage:
             view.prefetch([b"u" + str(rec[on]).encode() for _, rec, _ in valid])
         enriched = out.enriched.append
         topic, version, etime, defaults = self.stream_topic, self.version, self.time or "", self.defaults
-        window = self.window
+        window, session = self.window, self.session
+        sess = self._sessions(p, view) if session is not None else None
         logged_before = get(b"j")
         max_logged = -1 if logged_before is None else logged_before
         for m, rec, dkey in valid:
@@ -326,15 +394,20 @@ class StreamStage:
             if asof is not None:  # before the window: it may be keyed by an enriched field
                 # bitemporal: valid at the event time and in the log before this event
                 rec.update(asof.as_of(get(b"u" + str(rec[on]).encode()) or [], et, logged) or asof.null)
+            verdict_w = verdict_s = "on_time"
             if window is not None:
-                kind, fresh = prog.observe(offset, rec, et, kind)
-                if fresh and kind != "on_time":
-                    LATE_EVENTS.labels(kind, self.input.name).inc()
+                verdict_w, fresh = prog.observe(offset, rec, et, kind if sess is None else None)
+                if fresh and verdict_w != "on_time":
+                    LATE_EVENTS.labels(verdict_w, self.input.name).inc()
             else:
                 prog.offset = max(prog.offset, offset)
                 if prog.watermark is None or et > prog.watermark:
                     prog.watermark = et
-            kind = kind or "on_time"
+            if sess is not None:
+                verdict_s, fresh = sess.observe(offset, rec, et, kind)
+                if fresh and verdict_s != "on_time":
+                    LATE_EVENTS.labels(verdict_s, self.input.name).inc()
+            kind = kind or max(verdict_w, verdict_s, key=_SEVERITY.__getitem__)
             if dkey is not None and first is None:
                 value, raw = Dedupe.first(p, offset, kind, et)
                 view.put(dkey, value, raw)
@@ -347,6 +420,13 @@ class StreamStage:
             rec["pipeline_version"] = version
             enriched((str(rec[ident]) if ident else f"{p}/{offset}", rec))
         out.partials.extend(prog.end_batch(p, ms[-1].offset if ms else None))
+        if sess is not None and session is not None:
+            rows = sess.end_batch(ms[-1].offset if ms else None, self.clock())
+            self._idle[p] = (sess.seen, sess._shown, sess)
+            if rows:
+                out.rows.setdefault(session.name, []).extend(
+                    (k, {**r, "pipeline_version": version}) for k, r in rows.items())
+            view.put(self.session_key, sess.to_json())
         if dedupe is not None:
             dedupe.sweep(self.state, p, prog.watermark, writes, get)
         if max_logged >= 0 and max_logged != logged_before:

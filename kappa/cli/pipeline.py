@@ -36,7 +36,8 @@ def derived(version: str, prefix: str, partitions: int) -> dict[str, Any]:
     streams = [i.name for i in names.streams()]
     consumed = [names.input_topic(s) for s in streams]
     consumed += [names.input_topic(e.table) for e in pipe.enrich.values()]
-    consumed += [names.partials(w) for w in pipe.windows]
+    consumed += [names.input_topic(s) for members in names.agents().values() for s in members if s not in streams]
+    consumed += [names.partials(w) for w in pipe.windows] + [names.ticks(a) for a in names.ticked()]
     groups = [{"group": names.group, "role": "stream processors", "topics": consumed},
               {"group": names.sink_group, "role": "sink (committed = landed in ClickHouse)",
                "topics": [o.topic for o in names.outputs()] + [names.dlq(n) for n in pipe.inputs]}]
@@ -110,7 +111,7 @@ def show(version: str | None, as_json: bool) -> None:
     for v, what in data["views"].items():
         echo(f"  {v:<30} {what}")
     if data["operators"]:
-        echo("\nsessions and joins (checked; not run by this Kappa version yet)")
+        echo("\nsessions and joins (what their operators compute)")
         for line in data["operators"]:
             echo(f"  {line}")
     echo(f"\n--until-drained waits for: {', '.join(data['until_drained'])} (and every output landed)")

@@ -752,15 +752,16 @@ class _Loader:
         return View(name, v["sql"])
 
     def check_names(self, pipe: Pipeline) -> None:
-        """Names in the serving database (a view per stream input, per window and per model's
-        scores, declared views, Kappa's own views) must not clash; a declared view named as a
-        stream (or scores) replaces its view."""
+        """Names in the serving database (a view per stream input, per window, session, join and
+        per model's scores, declared views, Kappa's own views) must not clash; a declared view
+        named as a stream (or scores, a session, a join) replaces its view."""
         seen: dict[str, str] = {}
         # a declared view may replace the derived view of a stream (e.g. to add a model's score)
         names = ([(f"inputs.{n}", n) for n, i in pipe.inputs.items() if not i.table and n not in pipe.views]
                  + [(f"windows.{n}", n) for n in pipe.windows]
                  + [(f"models.{n}", m.scores) for n, m in pipe.models.items() if m.scores not in pipe.views]
-                 + [(f"sessions.{n}", n) for n in pipe.sessions] + [(f"joins.{n}", n) for n in pipe.joins]
+                 + [(f"sessions.{n}", n) for n in pipe.sessions if n not in pipe.views]
+                 + [(f"joins.{n}", n) for n in pipe.joins if n not in pipe.views]
                  + [(f"views.{n}", n) for n in pipe.views])
         reserved = {"rejected_events", "model_quality", "drift_events", "lineage"}
         for entry, out in names:

@@ -5,7 +5,8 @@ Names of version ``V`` of a pipeline whose serving database is ``D``:
 
 - inputs ``<prefix><input>`` (unversioned: they are the log), their DLQs ``<prefix><input>.dlq``;
 - outputs ``D.V.<output>``: a stream's valid events ``D.V.<stream>.enriched`` (the enrichment's
-  ``output``) or ``D.V.<stream>.valid``; a window's revisions ``D.V.<window>``; the models'
+  ``output``) or ``D.V.<stream>.valid``; a window's revisions ``D.V.<window>``; a session's and an
+  interval join's revisions ``D.V.<session>``, ``D.V.<join>``; the models'
   ``D.V.<scores>`` (each model's), ``D.V.model_quality``, ``D.V.drift``; rejections ``D.V.rejected``;
 - consumer groups ``D-V`` (the stream processors), ``D-V-sink``, ``D-V-<model>`` (labels);
 - tables in database ``D_V``, views in ``D``.
@@ -28,8 +29,11 @@ from typing import Any
 
 from kappa.pipeline.definition import Field, Input, Pipeline, Window
 
-__all__ = ["LINEAGE_FIELDS", "Names", "Output", "derived_schema_text", "schema_json", "scores_schema", "stream_schema",
-           "window_schema"]
+__all__ = ["LINEAGE_FIELDS", "UPDATE_KINDS", "Names", "Output", "derived_schema_text", "join_schema", "schema_json",
+           "scores_schema", "session_schema", "stream_schema", "window_schema"]
+
+UPDATE_KINDS = frozenset({"window", "session", "join"})
+"""Output kinds whose values are update-style revisions of a keyed row (highest ``revision`` wins)."""
 
 LINEAGE_FIELDS: tuple[dict[str, Any], ...] = (
     {"name": "late", "type": "boolean", "default": False,
@@ -47,9 +51,9 @@ class Output:
     """One output topic of a version: its topic, what it holds, the schema of its values."""
 
     kind: str
-    """``stream``, ``window``, ``scores``, ``model_quality``, ``drift`` or ``rejected``."""
+    """``stream``, ``window``, ``session``, ``join``, ``scores``, ``model_quality``, ``drift`` or ``rejected``."""
     name: str
-    """The stream, window or model name (``""`` for the pipeline-wide ones)."""
+    """The stream, window, session, join or model name (``""`` for the pipeline-wide ones)."""
     topic: str
     schema: str
     """Schema name (a file of the pipeline's or Kappa's schemas; ``derived:...`` when derived)."""
@@ -136,6 +140,12 @@ class Names:
         for w in pipe.windows.values():
             yield Output("window", w.name, self.window_output(w.name), w.schema or f"derived:window:{w.name}",
                          w.table, "|".join(("window_start", *w.keys)))
+        for se in pipe.sessions.values():
+            yield Output("session", se.name, self.output_prefix + se.name, f"derived:session:{se.name}", se.table,
+                         "|".join((*se.keys, "session_start")))
+        for j in pipe.joins.values():
+            yield Output("join", j.name, self.output_prefix + j.name, f"derived:join:{j.name}", j.table,
+                         f"{j.left} id|{j.right} id")
         for m in pipe.models.values():
             yield Output("scores", m.name, self.output_prefix + m.scores, m.schema or f"derived:scores:{m.name}",
                          m.scores, m.on)
@@ -146,15 +156,15 @@ class Names:
         yield Output("rejected", "", self.rejected, "rejected_event", "rejected_events", "source")
 
     def output_specs(self, partitions: int) -> list[Any]:
-        """The output topics to create: keyed ones (update-style values: windows, quality)
-        compacted and kept, the others kept; quality and drift on one partition."""
+        """The output topics to create: keyed ones (update-style values: windows, sessions, joins,
+        quality) compacted and kept, the others kept; quality and drift on one partition."""
         from kappa.kafka import TopicSpec
 
         keep = {"retention.ms": "-1", "retention.bytes": "-1"}
         keyed = {**keep, "cleanup.policy": "compact,delete"}
         specs = []
         for o in self.outputs():
-            if o.kind in ("window", "model_quality"):
+            if o.kind in UPDATE_KINDS or o.kind == "model_quality":
                 specs.append(TopicSpec(o.topic, 1 if o.kind == "model_quality" else partitions, dict(keyed)))
             else:
                 specs.append(TopicSpec(o.topic, 1 if o.kind == "drift" else partitions, dict(keep)))
@@ -174,13 +184,46 @@ class Names:
         """Compacted topic of the learners' checkpoints (key: the model, or ``samples/<topic>``)."""
         return self.learning_prefix + "checkpoints"
 
+    def ticks(self, agent: str) -> str:
+        """Internal topic of the idle ticks of a stream agent that runs sessions or joins (one
+        partition per input partition: a tick makes the agent close what the wall clock shows)."""
+        return f"{self.group}-{agent}-ticks"
+
+    def agents(self) -> dict[str, list[str]]:
+        """Stream agent -> the streams it runs: one per stream, except that the two streams of a
+        join run in one agent (named after the first of them), so the join sees both."""
+        pipe = self.pipeline
+        labels = {m.labels for m in pipe.models.values()}
+        owner: dict[str, str] = {}
+        for inp in self.streams():
+            owner[inp.name] = inp.name
+        for j in pipe.joins.values():
+            a = owner.get(j.left, j.left)
+            for s in (j.left, j.right):
+                old = owner.get(s)
+                for k, v in list(owner.items()):
+                    if old is not None and v == old:
+                        owner[k] = a
+                owner[s] = a
+        out: dict[str, list[str]] = {}
+        for s in [*(i.name for i in self.streams()), *(s for s in owner if s in labels)]:
+            out.setdefault(owner[s], []).append(s)
+        return out
+
+    def ticked(self) -> list[str]:
+        """The stream agents that run sessions or joins (they get a ticks topic)."""
+        pipe = self.pipeline
+        streams = {se.stream for se in pipe.sessions.values()} | {j.left for j in pipe.joins.values()}
+        return [a for a, members in self.agents().items() if streams & set(members)]
+
     def required_topics(self) -> list[str]:
         """Every topic the stages of the version read or write (``--until-drained`` waits until
-        each is listed and consumed): inputs, partials, the models' merge, stream/window outputs,
-        rejections, the models' outputs."""
+        each is listed and consumed): inputs, partials, ticks, the models' merge, the outputs but
+        drift."""
         pipe = self.pipeline
         out = [self.input_topic(n) for n in pipe.inputs]
         out += [self.partials(w) for w in pipe.windows]
+        out += [self.ticks(a) for a in self.ticked()]
         out += [self.model_events(m) for m in pipe.models]
         out += [o.topic for o in self.outputs() if o.kind != "drift"]
         return out
@@ -195,6 +238,16 @@ class Names:
             kind = "tumbling" if w.hop_ms == w.size_ms else f"hopping (every {w.hop_ms // 1000}s)"
             out[w.name] = (f"{kind} {w.size_ms // 1000}s windows of {w.stream} by {', '.join(w.keys)}: "
                            + ", ".join(f"{k} = {v}" for k, v in w.aggregations.items()))
+        for se in pipe.sessions.values():
+            out[se.name] = (f"sessions of {se.stream} per {', '.join(se.keys)} ({se.gap_ms // 60_000} min of "
+                            "inactivity end one), latest revision: "
+                            + ", ".join(f"{k} = {v}" for k, v in se.aggregations.items()))
+        for j in pipe.joins.values():
+            out[j.name] = (f"{j.how} interval join of {j.left} with {j.right} on {j.on} ({j.right} time - {j.left} "
+                           f"time in [{j.lower_ms // 1000}s, {j.upper_ms // 1000}s]), latest revision")
+        for m in pipe.models.values():
+            out[m.scores] = (f"P({m.label}) of each {m.stream} event from the {m.name} model, scored before "
+                             "its label was learned")
         if pipe.models:
             out["model_quality"] = "progressive metrics of " + ", ".join(pipe.models)
             out["drift_events"] = "drift detections of the models"
@@ -283,6 +336,97 @@ def window_schema(pipeline: Pipeline, window: str) -> dict[str, Any]:
             "doc": f"Update-style value of one {window} window of pipeline {pipeline.name}.", "fields": out}
 
 
+def _typed(pipeline: Pipeline, stream: str) -> dict[str, Field]:
+    """A stream's fields and its enrichment's (nullable), by name."""
+    fields = {f.name: f for f in pipeline.input(stream).schema.fields}
+    enrich = pipeline.enrich.get(stream)
+    if enrich is not None:
+        table = pipeline.input(enrich.table)
+        for out, src in enrich.fields.items():
+            f = table.schema.field(src)
+            assert f is not None
+            fields[out] = Field(out, f.type, True)
+    return fields
+
+
+_TS = {"type": "long", "logicalType": "timestamp-millis"}
+_UPDATE_FIELDS: tuple[dict[str, Any], ...] = (
+    {"name": "revision", "type": "long", "doc": "Monotonic revision; the highest is the current value."},
+    {"name": "final", "type": "boolean", "default": False, "doc": "True once the row can no longer change."},
+    {"name": "retracted", "type": "boolean", "default": False,
+     "doc": "True on a tombstone: the row is gone (a merged session's old start, an unmatched row paired later)."},
+    {"name": "pipeline_version", "type": "string", "doc": "Lineage: pipeline version."},
+)
+
+
+def session_schema(pipeline: Pipeline, session: str) -> dict[str, Any]:
+    """Avro schema of a session's update-style values: keys, start, end, aggregations, revision,
+    final, retracted (``first(f)`` / ``last(f)`` have ``f``'s type, nullable).
+
+    >>> from kappa.pipeline import load
+    >>> s = session_schema(load("examples/clickstream"), "sessions")
+    >>> [(f["name"], f["type"]) for f in s["fields"]][:5]  # doctest: +NORMALIZE_WHITESPACE
+    [('visitor_id', 'string'), ('session_start', {'type': 'long', 'logicalType': 'timestamp-millis'}),
+     ('session_end', {'type': 'long', 'logicalType': 'timestamp-millis'}), ('page_views', 'long'),
+     ('landing_url', ['null', 'string'])]
+    """
+    se = pipeline.sessions[session]
+    fields = _typed(pipeline, se.stream)
+    out: list[dict[str, Any]] = []
+    for k in se.keys:
+        f = fields[k]
+        out.append({"name": k, "type": _avro_type(f, f.nullable), "doc": f"Key: {k}."})
+    out += [{"name": "session_start", "type": dict(_TS), "doc": "Time of the session's first event."},
+            {"name": "session_end", "type": dict(_TS), "doc": "Time of the session's last event."}]
+    for name, spec in se.aggregations.items():
+        fn, _, rest = spec.partition("(")
+        fn, arg = fn.strip().lower(), rest.rstrip(") ").strip()
+        if fn == "count":
+            t: Any = "long"
+        elif fn in ("first", "last"):
+            t = _avro_type(fields[arg], True)
+        elif fn == "sum":
+            t = "double"
+        else:
+            t = ["null", "double"]
+        out.append({"name": name, "type": t, "doc": f"{spec} over the session."})
+    out += [dict(f) for f in _UPDATE_FIELDS]
+    name = "".join(p.capitalize() for p in session.split("_"))
+    return {"type": "record", "name": f"{name}Session", "namespace": f"kappa.{pipeline.name}",
+            "doc": f"Update-style value of one {session} session of pipeline {pipeline.name}.", "fields": out}
+
+
+def join_schema(pipeline: Pipeline, join: str) -> dict[str, Any]:
+    """Avro schema of an interval join's rows: the key, both events' ids and times (the right
+    one's null when unmatched), the declared fields (nullable), matched, revision, final, retracted.
+
+    >>> from kappa.pipeline import load
+    >>> [f["name"] for f in join_schema(load("examples/clickstream"), "conversions")["fields"]][:8]
+    ['visitor_id', 'left_id', 'right_id', 'left_time', 'right_time', 'url', 'referrer', 'plan']
+    """
+    j = pipeline.joins[join]
+    key = _typed(pipeline, j.left)[j.on]
+    out: list[dict[str, Any]] = [
+        {"name": j.on, "type": _avro_type(key, False), "doc": "The join key."},
+        {"name": "left_id", "type": "string", "doc": f"The {j.left} event (its id, else partition/offset)."},
+        {"name": "right_id", "type": ["null", "string"], "default": None,
+         "doc": f"The {j.right} event joined with it; null when unmatched."},
+        {"name": "left_time", "type": dict(_TS), "doc": f"Event time of the {j.left} event."},
+        {"name": "right_time", "type": ["null", dict(_TS)], "default": None,
+         "doc": f"Event time of the {j.right} event; null when unmatched."},
+    ]
+    for name, ref in j.fields.items():
+        stream, _, fld = ref.partition(".")
+        out.append({"name": name, "type": _avro_type(_typed(pipeline, stream)[fld], True), "default": None,
+                    "doc": f"{ref}."})
+    out.append({"name": "matched", "type": "boolean",
+                "doc": f"True for a pair, false for a {j.left} event without one."})
+    out += [dict(f) for f in _UPDATE_FIELDS]
+    name = "".join(p.capitalize() for p in join.split("_"))
+    return {"type": "record", "name": f"{name}Join", "namespace": f"kappa.{pipeline.name}",
+            "doc": f"One row of the {join} interval join of pipeline {pipeline.name}.", "fields": out}
+
+
 def scores_schema(pipeline: Pipeline, model: str) -> dict[str, Any]:
     """Avro schema of a model's scores: the join key, ``<model>_score`` (P(label) at scoring
     time), the model, how many labels it had learned, the event's time, the version.
@@ -310,13 +454,17 @@ def scores_schema(pipeline: Pipeline, model: str) -> dict[str, Any]:
 
 
 def derived_schema_text(pipeline: Pipeline, name: str) -> str:
-    """Text of a derived schema ``derived:stream:<stream>``, ``derived:window:<window>`` or
-    ``derived:scores:<model>``."""
+    """Text of a derived schema ``derived:stream:<stream>``, ``derived:window:<window>``,
+    ``derived:session:<session>``, ``derived:join:<join>`` or ``derived:scores:<model>``."""
     _, kind, of = name.split(":", 2)
     if kind == "stream":
         return json.dumps(stream_schema(pipeline, of))
     if kind == "window" and of in pipeline.windows:
         return json.dumps(window_schema(pipeline, of))
+    if kind == "session" and of in pipeline.sessions:
+        return json.dumps(session_schema(pipeline, of))
+    if kind == "join" and of in pipeline.joins:
+        return json.dumps(join_schema(pipeline, of))
     if kind == "scores" and of in pipeline.models:
         return json.dumps(scores_schema(pipeline, of))
     raise KeyError(f"no derived schema {name!r} in pipeline {pipeline.name}")

@@ -158,7 +158,7 @@ def parse_join(name: str, table: Mapping[str, Any], grace_ms: int = 0) -> JoinSp
     grace = parse_duration(table["grace"], f"{where}.grace") if "grace" in table else grace_ms
     raw = table.get("fields", {})
     if not isinstance(raw, Mapping):
-        raise JoinSpecError(f'{where}.fields: write a table, as in fields = {{ plan = "{right}.plan" }}')
+        raise JoinSpecError(f'{where}.fields: write a table, as in fields = {{ tier = "{right}.tier" }}')
     fields: dict[str, tuple[str, str]] = {}
     for out, ref in raw.items():
         stream, _, fld = ref.partition(".") if isinstance(ref, str) else ("", "", "")

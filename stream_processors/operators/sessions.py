@@ -97,7 +97,7 @@ def _parse_aggregation(name: str, text: Any, where: str) -> Aggregation:
         if head[0].strip().lower() in ("first", "last"):
             fld = head[1].rstrip(") ").strip() if len(head) == 2 and text.strip().endswith(")") else ""
             if not fld.isidentifier():
-                raise SessionSpecError(f"{where}: {head[0].strip()} needs a field, as in {head[0].strip()}(url)")
+                raise SessionSpecError(f"{where}: {head[0].strip()} needs a field, as in {head[0].strip()}(path)")
             return Aggregation(name, head[0].strip().lower(), fld)
     try:
         return Aggregation.parse(name, text, where)
@@ -137,7 +137,7 @@ class SessionSpec:
             raise SessionSpecError(f"{where}: grace must not be negative")
         if not self.keys:
             raise SessionSpecError(f'{where}.keys: sessions are per key: declare at least one, '
-                                   'as in keys = ["visitor_id"]')
+                                   'as in keys = ["client_id"]')
         names = [*self.keys, *(a.name for a in self.aggregations)]
         clash = sorted({n for n in names if names.count(n) > 1} | (set(names) & _RESERVED))
         if clash:
@@ -241,11 +241,11 @@ def parse_session(name: str, table: Mapping[str, Any], grace_ms: int = 0) -> Ses
         raise SessionSpecError(str(exc)) from exc
     keys = table.get("keys", [])
     if not isinstance(keys, list | tuple) or not all(isinstance(k, str) and k for k in keys):
-        raise SessionSpecError(f'{where}.keys: write a list of field names, as in keys = ["visitor_id"]')
+        raise SessionSpecError(f'{where}.keys: write a list of field names, as in keys = ["client_id"]')
     aggs = table.get("aggregations", {"events": "count"})
     if not isinstance(aggs, Mapping) or not aggs:
         raise SessionSpecError(f'{where}.aggregations: declare at least one, as in '
-                               f'aggregations = {{ views = "count", landing_url = "first(url)" }}')
+                               f'aggregations = {{ events = "count", entry = "first(path)" }}')
     stream = table.get("stream")
     return SessionSpec(name, gap, grace, tuple(keys),
                        tuple(_parse_aggregation(n, t, f"{where}.aggregations.{n}") for n, t in aggs.items()),

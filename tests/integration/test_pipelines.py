@@ -75,7 +75,12 @@ def test_iot_gives_the_hand_computed_views(stack: Stack, tmp_path: Path) -> None
         _reading("r7", "d2", 15.0, T0 + 20 * MIN),           # the watermark jumps 20 minutes
         _reading("r8", "d1", 25.0, T0 + 40_000),             # so this one is too late for every window
     ])
-    for path, topic in ((devices, "devices"), (readings, "readings")):
+    faults = _jsonl(tmp_path / "faults.jsonl", [  # the technicians' checks, later
+        {"reading_id": "r1", "is_fault": False, "checked_at": T0 + 50_000},
+        {"reading_id": "r4", "is_fault": True, "checked_at": T0 + 60_000},
+        {"reading_id": "r9", "is_fault": True, "checked_at": T0 + 65_000},  # no such reading: an orphan
+    ])
+    for path, topic in ((devices, "devices"), (readings, "readings"), (faults, "faults")):
         done = kappa(env, "produce", "--file", str(path), "--topic", env["KAPPA_TOPIC_PREFIX"] + topic)
         assert done.returncode == 0, done.stdout + done.stderr
     done = kappa(env, "run", "--until-drained")
@@ -108,6 +113,21 @@ def test_iot_gives_the_hand_computed_views(stack: Stack, tmp_path: Path) -> None
     assert windows == expected
     assert windows[(0, "berlin")] == (2, 21.0, 20.0, 22.0)  # spelled out: r1 and r2, r8 too late
 
+    # [models.faults]: a reading is scored by the model that learned the checks made up to its time.
+    # The merge applies events in time order behind a 60 s lag per source: r4 (30 s) came after r3
+    # (200 s) on its partition and r8 (40 s) after r7 (20 min), both beyond the lag, so neither is
+    # scored nor learned (a per-source verdict: the same in any replay); r4's check then has no
+    # scored reading, like r9's (no such reading): orphans. r1's check (50 s) is the one learned.
+    scores = {r["reading_id"]: r for r in query(env, "SELECT reading_id, faults_score, labelled_before, "
+                                                     "toUnixTimestamp64Milli(event_time) AS t FROM iot.faults_scores")}
+    assert {k: (int(r["labelled_before"]), int(r["t"]) - T0) for k, r in scores.items()} == {
+        "r1": (0, 10_000), "r2": (1, 70_000), "r3": (1, 200_000), "r7": (1, 20 * MIN)}
+    assert scores["r1"]["faults_score"] == 0.5  # an untrained logistic regression
+    assert scores["r2"]["faults_score"] < 0.5  # it learned that r1 (20.0 C) was no fault
+    quality = query(env, "SELECT labelled FROM iot.model_quality WHERE model = 'faults' "
+                         "ORDER BY bucket_index DESC LIMIT 1")
+    assert [int(r["labelled"]) for r in quality] == [1]
+
 
 def _views(env: dict[str, str]) -> dict[str, Any]:
     def rows(sql: str) -> list[tuple[Any, ...]]:
@@ -118,6 +138,8 @@ def _views(env: dict[str, str]) -> dict[str, Any]:
         "windows": rows("SELECT toUnixTimestamp64Milli(window_start) AS s, site, metric, readings, avg_value, "
                         "min_value, max_value FROM iot.site_metrics"),
         "rejected": rows("SELECT reason FROM iot.rejected_events"),
+        "scores": rows("SELECT reading_id, faults_score, labelled_before FROM iot.faults_scores"),
+        "quality": rows("SELECT bucket_index, labelled, accuracy, roc_auc, log_loss FROM iot.model_quality"),
     }
 
 
@@ -142,7 +164,7 @@ def test_iot_worker_killed_mid_stream_gives_the_views_of_a_clean_run(stack: Stac
     done = kappa(crashed, "run", "--until-drained")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     got, want = _views(crashed), _views(clean)
-    assert got["readings"] and got["windows"] and got["rejected"]
+    assert got["readings"] and got["windows"] and got["rejected"] and got["scores"] and got["quality"]
     assert got == want
     # a replay of the clean version's log as another version, swapped in: identical on every view
     done = kappa(clean, "replay", "--from", "earliest", "--version", f"{v}c", "--swap")

@@ -36,6 +36,9 @@ GENERIC_WORDS = {
     "metric": "a Prometheus metric (kappa.metrics)",
     "segment": "Kafka's segment.ms topic config",
     "scores": "the kind of output Kappa derives for every model (and the [models.*] key)",
+    "sessions": "the [sessions.*] entries and their operator",
+    "url": "an endpoint's URL (registry, ClickHouse, Prometheus)",
+    "plan": "a decoder's compiled plan (schemas/serde.py)",
 }
 """English or Kafka words that an example also uses as a field name, with why the engine may say them."""
 
