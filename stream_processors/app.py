@@ -1,10 +1,12 @@
-"""The Faust app of one pipeline version: ``kappa-<version>`` (= consumer group), two batch agents.
+"""The Faust app of one pipeline version: ``<db>-<version>`` (= consumer group), batch agents
+derived from the definition.
 
-- ``orders`` agent: consumes ``users`` + ``orders`` (co-partitioned by user_id, checked at
-  start) in batches, runs :class:`~stream_processors.stream.StreamStage`, writes enriched
-  orders, DLQ envelopes and window partials;
-- ``revenue`` agent: consumes the partials (repartitioned by window key) and runs
-  :class:`~stream_processors.revenue.RevenueStage`; a 1 s timer ticks idle partitions so
+- an agent per stream input: consumes the stream (with its enrichment's table, co-partitioned
+  by the join key, checked at start) in batches, runs :class:`~stream_processors.stream.StreamStage`,
+  writes the valid events, DLQ envelopes and window partials (two joined streams share one
+  agent: :class:`~stream_processors.joined.JoinedStage`);
+- an agent per window: consumes its partials (repartitioned by window key) and runs
+  :class:`~stream_processors.window_stage.WindowStage`; a 1 s timer ticks idle partitions so
   windows close on wall-clock time when the input goes quiet.
 
 State lives in one Faust table ``state`` (RocksDB via rocksdict, changelog
@@ -44,8 +46,8 @@ from stream_processors.base import Emitted
 from stream_processors.dimensions import partition_reader
 from stream_processors.io import Outputs, Route, TableState
 from stream_processors.joined import JoinedStage
-from stream_processors.revenue import TICK, RevenueStage
 from stream_processors.stream import StreamStage
+from stream_processors.window_stage import TICK, WindowStage
 
 __all__ = ["Pipeline", "app_id", "consumed_topics", "create_app", "partials_topic"]
 
@@ -113,7 +115,7 @@ class Pipeline:
     outputs: Outputs
     stages: dict[str, StreamStage] = field(default_factory=dict)
     """Stream stage (and its agent) per stream input."""
-    windows: dict[str, RevenueStage] = field(default_factory=dict)
+    windows: dict[str, WindowStage] = field(default_factory=dict)
     """Window merge stage (and its agent) per window."""
     routes: dict[str, Route] = field(default_factory=dict)
     """Where each agent's outputs go."""
@@ -124,17 +126,7 @@ class Pipeline:
     crash_after_batches: int = 0
     crash_on_close: bool = False
 
-    @property
-    def orders(self) -> StreamStage | None:
-        """The first stream's stage (the e-commerce orders)."""
-        return next(iter(self.stages.values()), None)
-
-    @property
-    def revenue(self) -> RevenueStage | None:
-        """The first window's merge stage (the e-commerce revenue per minute)."""
-        return next(iter(self.windows.values()), None)
-
-    async def run_batch(self, stage: StreamStage | RevenueStage | JoinedStage, events: list[Any], agent: str) -> None:
+    async def run_batch(self, stage: StreamStage | WindowStage | JoinedStage, events: list[Any], agent: str) -> None:
         """Process one batch end to end; any failure ends the worker hard (nothing acked).
 
         The wait for Kafka's acks runs in a thread: meanwhile the event loop keeps fetching and
@@ -149,7 +141,7 @@ class Pipeline:
                 for name, out in parts:
                     for partition, items in out.writes.items():
                         self.states[name].write(partition, items)
-                    if self.crash_on_close and name in self.windows and any(r["final"] for _, r in out.revenue):
+                    if self.crash_on_close and name in self.windows and any(r["final"] for _, r in out.window_values):
                         _crash("SIGKILL after the state of a closing window batch, before its outputs")
                 for name, out in parts:
                     self.outputs.emit(out, self.routes[name])
@@ -287,7 +279,7 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
                                    if model else None, rows=rows)
         sources_of[s] = sources
         if window is not None:
-            merge = RevenueStage(version, state, grace_ms, idle_s=idle_s, spec=stage.window,
+            merge = WindowStage(version, state, grace_ms, idle_s=idle_s, spec=stage.window,
                                  with_end=window_outputs[window.name].schema.startswith("derived:"))
             partials = names.partials(window.name)
             merge.partials_source = partition_reader(settings, ep.kafka_bootstrap, partials)
@@ -347,7 +339,7 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
 
 def _stage_agent(pipe: Pipeline, channel: Any, name: str, batch_events: int, batch_within: float) -> None:
     """An agent ``name`` running its stage on batches of ``channel``."""
-    stage: StreamStage | RevenueStage | JoinedStage = (pipe.joined.get(name) or pipe.stages.get(name)
+    stage: StreamStage | WindowStage | JoinedStage = (pipe.joined.get(name) or pipe.stages.get(name)
                                                        or pipe.windows[name])
 
     async def run(stream: Any) -> None:

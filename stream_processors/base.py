@@ -53,7 +53,7 @@ class Emitted:
     enriched: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     partials: list[tuple[str, bytes]] = field(default_factory=list)
-    revenue: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    window_values: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     rows: dict[str, list[tuple[str, dict[str, Any]]]] = field(default_factory=dict)
     """Keyed rows of declared outputs (a session's, a join's), by output name."""
     writes: dict[int, dict[bytes, bytes | None]] = field(default_factory=dict)

@@ -115,9 +115,9 @@ class Outputs:
         if out.enriched and route.stream_topic and route.stream_encoder:
             self.produce_many(route.stream_topic, [k.encode() for k, _ in out.enriched],
                               route.stream_encoder.encode_many([r for _, r in out.enriched]))
-        if out.revenue and route.window_topic and route.window_encoder:
-            self.produce_many(route.window_topic, [k.encode() for k, _ in out.revenue],
-                              route.window_encoder.encode_many([r for _, r in out.revenue]))
+        if out.window_values and route.window_topic and route.window_encoder:
+            self.produce_many(route.window_topic, [k.encode() for k, _ in out.window_values],
+                              route.window_encoder.encode_many([r for _, r in out.window_values]))
         for name, rows in out.rows.items():
             if rows and route.rows and name in route.rows:
                 topic, encoder = route.rows[name]

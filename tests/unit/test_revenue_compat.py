@@ -25,8 +25,8 @@ import pytest
 from kappa.pipeline import current
 from schemas.serde import Decoder, Encoder, Registry
 from stream_processors.base import Emitted, MemoryState, Message
-from stream_processors.revenue import TICK, RevenueStage
 from stream_processors.stream import StreamStage
+from stream_processors.window_stage import TICK, WindowStage
 from tests.support.ecommerce import revenue_spec
 from tests.unit.memory_registry import MemoryRegistryClient
 
@@ -92,8 +92,8 @@ class _Sim:
         self.qcommitted = {q: 0 for q in range(QPARTS)}
         self.records: list[list[Any]] = []
 
-    def _revenue(self) -> RevenueStage:
-        return RevenueStage("v1", self.s2, GRACE, idle_s=1.0, clock=self.clock, spec=revenue_spec(GRACE))
+    def _revenue(self) -> WindowStage:
+        return WindowStage("v1", self.s2, GRACE, idle_s=1.0, clock=self.clock, spec=revenue_spec(GRACE))
 
     @staticmethod
     def _write(state: MemoryState, out: Emitted) -> None:
@@ -133,7 +133,7 @@ class _Sim:
         if kept:
             self.records += [[k, r["window_start"], r["category"], r["currency"], r["orders"],
                               r["revenue"], r["revision"], r["final"], r["pipeline_version"], sorted(r)]
-                             for k, r in out.revenue]
+                             for k, r in out.window_values]
         if written:
             self._write(self.s2, out)
         if kept and written:

@@ -6,7 +6,7 @@ import json
 
 from stream_processors.base import MemoryState, Message
 from stream_processors.operators.windows import PartitionWindows, WindowTotal
-from stream_processors.revenue import TICK, RevenueStage
+from stream_processors.window_stage import TICK, WindowStage
 from stream_processors.windows import upgrade_legacy
 from tests.support.ecommerce import revenue_spec
 
@@ -81,16 +81,16 @@ def _partial(p: int, offset: int, start: int, n: int, rev: float, wm: int, q: in
     return Message("partials", q, offset, key.encode(), json.dumps(value).encode())
 
 
-def _apply(stage: RevenueStage, state: MemoryState, msgs: list[Message]) -> list[dict]:
+def _apply(stage: WindowStage, state: MemoryState, msgs: list[Message]) -> list[dict]:
     out = stage.process(msgs)
     for p, items in out.writes.items():
         state.write(p, items)
-    return [r for _, r in out.revenue]
+    return [r for _, r in out.window_values]
 
 
 def test_revenue_stage_merges_closes_on_watermark_and_on_idle() -> None:
     state, clock = MemoryState(), _Clock()
-    stage = RevenueStage("v1", state, GRACE, idle_s=1.0, clock=clock, spec=SPEC)
+    stage = WindowStage("v1", state, GRACE, idle_s=1.0, clock=clock, spec=SPEC)
     out = _apply(stage, state, [_partial(0, 5, 0, 2, 20.0, 50_000), _partial(1, 7, 0, 1, 5.0, 55_000)])
     assert [(r["orders"], r["revenue"], r["final"]) for r in out] == [(3, 25.0, False)]
     # watermark 90 s = end 60 s + grace 30 s: closes window 0, opens window 60 s
@@ -105,13 +105,13 @@ def test_revenue_stage_merges_closes_on_watermark_and_on_idle() -> None:
     assert [(r["window_start"], r["orders"], r["final"]) for r in out] == [(60_000, 1, True)]
     assert stage.idle() == []
     # a restarted stage rebuilds its open set from state: nothing open any more
-    again = RevenueStage("v1", state, GRACE, clock=clock, spec=SPEC)
+    again = WindowStage("v1", state, GRACE, clock=clock, spec=SPEC)
     assert again.open_windows(0) == set()
 
 
 def test_revenue_stage_reads_partials_faust_skipped() -> None:
     state, clock = MemoryState(), _Clock()
-    stage = RevenueStage("v1", state, GRACE, clock=clock, spec=SPEC)
+    stage = WindowStage("v1", state, GRACE, clock=clock, spec=SPEC)
     log = [Message("partials", 0, i, m.key, m.value) for i, m in enumerate([
         _partial(0, 1, 0, 1, 10.0, 1_000), _partial(1, 1, 0, 1, 5.0, 1_000),
         _partial(0, 2, 0, 2, 30.0, 2_000), _partial(1, 2, 0, 2, 7.0, 2_000)])]
@@ -136,7 +136,7 @@ def test_revenue_outputs_lost_with_a_dying_worker_come_back_on_redelivery() -> N
     or another agent of the worker failing): the re-delivered batch must emit them again —
     closes decided by an idle tick included — else the windows never reach ClickHouse."""
     state, clock = MemoryState(), _Clock()
-    stage = RevenueStage("v1", state, GRACE, idle_s=1.0, clock=clock, spec=SPEC)
+    stage = WindowStage("v1", state, GRACE, idle_s=1.0, clock=clock, spec=SPEC)
     log = [_partial(0, 0, 0, 2, 20.0, 50_000), _partial(1, 1, 0, 1, 5.0, 55_000),
            _partial(0, 2, 60_000, 1, 1.0, 90_000)]
     delivered = _apply(stage, state, log[:2])
@@ -147,7 +147,7 @@ def test_revenue_outputs_lost_with_a_dying_worker_come_back_on_redelivery() -> N
     lost_tick = _apply(stage, state, [Message("partials", 0, 3, None, TICK)])
     assert [(r["window_start"], r["final"]) for r in lost_tick] == [(60_000, True)]
     # the restarted worker's consumer resumes from the last committed offset, 2
-    again = RevenueStage("v1", state, GRACE, idle_s=1.0, clock=clock, spec=SPEC)
+    again = WindowStage("v1", state, GRACE, idle_s=1.0, clock=clock, spec=SPEC)
     out = _apply(again, state, [*log[2:], Message("partials", 0, 3, None, TICK)])
     def rows(records: list[dict]) -> list[tuple]:
         return sorted((r["window_start"], r["orders"], r["revenue"], r["revision"], r["final"]) for r in records)

@@ -17,10 +17,10 @@ from stream_processors.base import Emitted, Message, State
 from stream_processors.operators.windows import TICK, WindowMerge, WindowSpec
 from stream_processors.windows import upgrade_legacy
 
-__all__ = ["TICK", "RevenueStage"]
+__all__ = ["TICK", "WindowStage"]
 
 
-class RevenueStage(WindowMerge):
+class WindowStage(WindowMerge):
     """The merge stage of one declared window: one record out per changed window.
 
     (Its name is the first pipeline's; the class is generic.)"""
@@ -31,7 +31,7 @@ class RevenueStage(WindowMerge):
         """``spec``: the window the stream stage declares (required);
         ``with_end``: records carry ``window_end`` too (the derived window schemas have it)."""
         if spec is None:
-            raise TypeError("RevenueStage needs the declared window's spec (spec=...)")
+            raise TypeError("WindowStage needs the declared window's spec (spec=...)")
         super().__init__(spec, version, state, idle_s, clock, upgrade=upgrade_legacy)
         self.grace_ms = grace_ms
         self.with_end = with_end
@@ -39,9 +39,9 @@ class RevenueStage(WindowMerge):
     def process(self, msgs: Sequence[Message]) -> Emitted:
         """Apply a batch of partials/ticks; emit the new value of every changed window."""
         out = Emitted()
-        out.revenue = self.merge(msgs, out.writes)
+        out.window_values = self.merge(msgs, out.writes)
         if self.with_end:
             size = self.spec.size_ms
-            for _, rec in out.revenue:
+            for _, rec in out.window_values:
                 rec["window_end"] = rec["window_start"] + size
         return out
