@@ -13,7 +13,7 @@ demo: setup  ## run the end-to-end demo on the embedded defaults
 	.venv/bin/kappa demo
 
 test: setup  ## unit + integration tests on a real local stack (the reliability suite: make reliability)
-	.venv/bin/python -m pytest -m "not reliability"
+	.venv/bin/python -m pytest -m "not reliability" --durations=15
 
 unit: setup  ## run the fast unit tests and the packages' doctests
 	.venv/bin/python -m pytest tests/unit kappa schemas producers stream_processors sinks
