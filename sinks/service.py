@@ -9,9 +9,14 @@ writer schema is the reader schema are inserted per batch straight from their Av
 the engine (:mod:`sinks.bulk`, checked record by record, falling back to per-message decode);
 everything else is decoded per message straight into row tuples
 (:meth:`schemas.serde.Decoder.decode_row`), no dicts.
-A landing thread writes each batch while the next one is consumed; Kafka offsets are
-committed synchronously, by the consuming thread, only after the batch and its offsets are
-in ClickHouse; on partition assignment the consumer seeks to the offsets stored there.
+Two threads make a pipeline of batches. The consuming thread reads chunks of messages
+(:data:`CONSUME_CHUNK`), decodes or frames each chunk into the filling batch n+2 and hands
+a batch over when it is full or old; batch n+1 may wait, handed over, behind batch n, which
+the landing thread writes meanwhile (its rows, then its offsets into ``sink_offsets``). Only
+then are batch n's next offsets queued back, and the consuming thread commits them to Kafka
+(synchronously) on its next poll: a commit never overtakes its insert, and the consuming
+thread waits for the landing thread only when two batches are already in flight.
+On partition assignment the consumer seeks to the offsets stored in ClickHouse.
 With the embedded engine it also owns the chdb directory and serves ``kappa query``
 through a read-only endpoint on 127.0.0.1.
 """
@@ -225,7 +230,7 @@ class SinkService:
 
     # -- consuming -----------------------------------------------------------------------
     def poll_once(self) -> None:
-        """One consume call; flush when the batch is full or old enough."""
+        """One consume call; hand the batch over when it is full or old enough."""
         assert self.consumer is not None
         s = self.settings
         if self.batch.size:
