@@ -6,8 +6,9 @@ again. The embedded engine reads Avro in C++: the batch's messages are written, 
 as one Avro object-container block whose record schema is the writer schema with a
 ``fixed(5)`` field in front (the Confluent header: magic byte + schema id) and a
 ``fixed(16)`` lineage field behind (a per-batch random nonce, then partition int32 and offset
-int64, built with numpy for the whole batch). One ``INSERT ... SELECT ... FROM file(..,
-'Avro')`` then lands the batch: kafka_partition/kafka_offset come from the lineage field.
+int64, built with numpy for each consumed chunk as it is added, so the thread that lands the
+batch does no per-message work). One ``INSERT ... SELECT ... FROM file(.., 'Avro')`` then lands
+the batch: kafka_partition/kafka_offset come from the lineage field.
 
 Why that is safe: a body carries no length, so a corrupt message could shift every record
 after it. The SELECT therefore checks, on every row, that the header field equals the
@@ -90,12 +91,17 @@ def _is_long(t: Any) -> bool:
 
 def avro_container(schema: dict[str, Any], body: bytes, count: int, sync: bytes) -> bytes:
     """An Avro object-container file with one uncompressed block of ``count`` records."""
+    return _container_head(schema, count, len(body), sync) + body + sync
+
+
+def _container_head(schema: dict[str, Any], count: int, size: int, sync: bytes) -> bytes:
+    """What precedes a block of ``count`` records (``size`` bytes) in :func:`avro_container`."""
     meta = {b"avro.schema": json.dumps(schema).encode(), b"avro.codec": b"null"}
     head = [b"Obj\x01", zigzag_varint(len(meta))]
     for k, v in meta.items():
         head += [zigzag_varint(len(k)), k, zigzag_varint(len(v)), v]
-    head += [b"\x00", sync, zigzag_varint(count), zigzag_varint(len(body))]
-    return b"".join(head) + body + sync
+    head += [b"\x00", sync, zigzag_varint(count), zigzag_varint(size)]
+    return b"".join(head)
 
 
 @dataclass
@@ -104,6 +110,7 @@ class BulkAvro:
 
     ``decode_row`` decodes one message into the table's field values: the per-message path
     when the engine refuses the batch, and the newest event time for the sink's lag metric.
+    ``nonce`` starts every lineage field of this batch (random, drawn once per batch).
     """
 
     topic: str
@@ -114,27 +121,39 @@ class BulkAvro:
     partitions: list[int] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     timestamps: list[int] = field(default_factory=list)
+    nonce: bytes = field(default_factory=lambda: os.urandom(4))
+    _body: list[bytes] = field(default_factory=list, init=False, repr=False)
+    """The container's block so far, one piece per :meth:`extend` (``header+body, lineage`` of
+    each of its messages)."""
 
     def extend(self, values: list[bytes], partitions: list[int], offsets: list[int],
                timestamps: list[int]) -> None:
+        """Add one consumed chunk; its piece of the container's block is built here, while the
+        chunk is fresh in the cache, so :meth:`insert` only writes the pieces out."""
         self.values += values
         self.partitions += partitions
         self.offsets += offsets
         self.timestamps += timestamps
+        n = len(values)
+        lineage = np.empty(n, dtype=_LINEAGE_TYPE)
+        lineage["n"] = np.frombuffer(self.nonce, dtype="V4")[0]
+        lineage["p"], lineage["o"] = partitions, offsets
+        chunks: list[bytes | None] = [None] * (2 * n)
+        chunks[0::2] = values
+        chunks[1::2] = lineage.view("V16").tolist()  # one 16-byte bytes object per message
+        self._body.append(b"".join(chunks))  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self.values)
 
-    def container(self, nonce: bytes) -> bytes:
-        """The batch as one Avro container: ``header+body, lineage`` per message, no copy of a body."""
-        n = len(self.values)
-        lineage = np.empty(n, dtype=_LINEAGE_TYPE)
-        lineage["n"] = np.frombuffer(nonce, dtype="V4")[0]
-        lineage["p"], lineage["o"] = self.partitions, self.offsets
-        chunks: list[bytes | None] = [None] * (2 * n)
-        chunks[0::2] = self.values
-        chunks[1::2] = lineage.view("V16").tolist()  # one 16-byte bytes object per message
-        return avro_container(self.schema, b"".join(chunks), n, os.urandom(16))  # type: ignore[arg-type]
+    def container(self) -> bytes:
+        """The batch as one Avro container: ``header+body, lineage`` per message."""
+        return b"".join(self._container_parts())
+
+    def _container_parts(self) -> list[bytes]:
+        sync = os.urandom(16)
+        size = sum(map(len, self._body))
+        return [_container_head(self.schema, len(self.values), size, sync), *self._body, sync]
 
     def select(self, table: Table, path: str, nonce: bytes, ingested_at: int) -> tuple[list[str], str]:
         """(columns, ``SELECT``) that reads the container at ``path`` into ``table``'s columns,
@@ -170,12 +189,12 @@ class BulkAvro:
         """
         from sinks.embedded import InjectedFailure
 
-        nonce = os.urandom(4)
         directory = tmp_dir or Path("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir())
         path = directory / f"kappa-sink-{uuid.uuid4().hex}.avro"
         try:
-            path.write_bytes(self.container(nonce))
-            cols, select = self.select(table, str(path), nonce, ingested_at)
+            with path.open("wb") as out:
+                out.writelines(self._container_parts())
+            cols, select = self.select(table, str(path), self.nonce, ingested_at)
             backend.insert_select(target, cols, select, token)
         except InjectedFailure:
             raise

@@ -94,6 +94,14 @@ class EmbeddedBackend(Backend):
         conn_str = f"{self.path.resolve()}" + (
             "?output_format_pretty_single_large_number_tip_threshold=0&readonly=1" if readonly else "")
         self._conn = self._connect(conn_str, wait_s)
+        if not readonly:
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Read an empty Arrow table through ``Python()`` once: the first use of that table
+        function costs ~0.3 s here, which would otherwise delay the first batch's insert."""
+        kappa_arrow = pa.table({"x": pa.array([], pa.int8())})  # noqa: F841 - read by chdb by name
+        self._run("SELECT count() FROM Python(kappa_arrow)", "CSV")
 
     def _connect(self, conn_str: str, wait_s: float) -> Any:
         """chdb's connection; while another process holds the directory, retried for ``wait_s``."""

@@ -106,6 +106,16 @@ class Batch:
         return {k: last + 1 for k, (_, last) in self.ranges.items()}
 
 
+def _offsets_table(next_offsets: dict[tuple[str, int], int], now_ms: int) -> pa.Table:
+    """The ``sink_offsets`` rows of a batch (``from_arrays``: ``from_pylist`` would need pandas)."""
+    nxt = sorted(next_offsets.items())
+    schema = TABLES["sink_offsets"].arrow_schema
+    return pa.Table.from_arrays([
+        pa.array([t for (t, _), _ in nxt], schema[0].type), pa.array([p for (_, p), _ in nxt], schema[1].type),
+        pa.array([o for _, o in nxt], schema[2].type), pa.repeat(pa.scalar(now_ms, schema[3].type), len(nxt)),
+    ], schema=schema)
+
+
 @dataclass(frozen=True)
 class CrashPoint:
     """Test hook ``KAPPA_SINK_CRASH_AT=<point>:<n>``: SIGKILL at ``point`` of batch ``n``.
@@ -148,6 +158,8 @@ class Writer:
         self.max_backoff = max_backoff
         self.batches = 0
         self.failures = 0
+        # pyarrow imports pandas on its first array (~0.5 s here): pay it now, not in the first batch
+        _offsets_table({}, 0)
 
     def checkpoint(self, point: str) -> None:
         """Die here when the crash hook names this point of the current batch."""
@@ -198,12 +210,7 @@ class Writer:
                 first = False
                 self.checkpoint("mid_batch")
         self.checkpoint("before_offsets")
-        nxt = sorted(batch.next_offsets().items())
-        schema = TABLES["sink_offsets"].arrow_schema  # from_arrays: from_pylist would import pandas
-        offsets = pa.Table.from_arrays([
-            pa.array([t for (t, _), _ in nxt], schema[0].type), pa.array([p for (_, p), _ in nxt], schema[1].type),
-            pa.array([o for _, o in nxt], schema[2].type), pa.repeat(pa.scalar(now_ms, schema[3].type), len(nxt)),
-        ], schema=schema)
+        offsets = _offsets_table(batch.next_offsets(), now_ms)
         self._retry("sink_offsets", lambda: self.backend.insert_arrow(
             f"{self.db}.sink_offsets", offsets, f"{self.version}:offsets:{digest}"))
 

@@ -7,6 +7,7 @@ its own KAPPA_HOME (own chdb directory).
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
@@ -30,6 +32,7 @@ from schemas.serde import Encoder, Registry
 from sinks import migrate
 from sinks.backends import open_backend
 from sinks.base import Backend
+from sinks.embedded import EmbeddedBackend
 from sinks.query import query_rows
 from sinks.service import SinkService, sink_group
 from tests.conftest import REPO, Stack
@@ -339,3 +342,114 @@ def test_a_fenced_sink_exits_so_its_supervisor_restarts_it(stack: Stack, tmp_pat
     log = "".join(p.read_text(errors="replace") for p in tmp_path.glob("sink-*.log"))
     assert code == 1, log[-2000:]
     assert "fatal Kafka error, restart needed" in log
+
+
+class GatedBackend(EmbeddedBackend):
+    """The real embedded engine whose data inserts wait until the test lets each one through
+    (the offsets row behind them is not held: it is written as soon as its data is in)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.entered: queue.Queue[str] = queue.Queue()
+        self.gate = threading.Semaphore(0)
+
+    def _hold(self, table: str) -> None:
+        self.entered.put(table)
+        assert self.gate.acquire(timeout=120), "the test never released this insert"
+
+    def insert_select(self, table: str, columns: list[str], select: str, token: str) -> None:
+        self._hold(table)
+        super().insert_select(table, columns, select, token)
+
+    def insert_arrow(self, table: str, data: pa.Table, token: str) -> None:
+        if not table.endswith(".sink_offsets"):
+            self._hold(table)
+        super().insert_arrow(table, data, token)
+
+
+def test_a_commit_never_overtakes_its_insert(stack: Stack, tmp_path: Path, version: str) -> None:
+    """While a batch's insert is held on the real engine, the sink keeps consuming (the next
+    batch is handed over behind it) but commits nothing past what ClickHouse holds; each
+    batch's offsets reach Kafka only once its rows and offsets are in."""
+    settings = stack.settings(home=tmp_path, version=version, topic_prefix=f"{version}.",
+                              sink_batch_rows=200, sink_batch_seconds=30.0)
+    o = output_topics(version)
+    ensure_topics(settings, stack.kafka_bootstrap, o.specs(2))
+    enc = Encoder(Registry(stack.schema_registry_url), f"{o.enriched}-value", "enriched_order")
+    prod = Producer(client_config(settings, stack.kafka_bootstrap, partitioner="murmur2_random"))
+    n = 1000  # five batches of 200
+    for i in range(n):
+        prod.produce(o.enriched, key=f"o{i}".encode(), value=enc.encode(dict(
+            order_id=f"o{i}", user_id=i + 1, amount=1.5, currency="EUR", category="books",
+            payment_method="card", ip_country="DE", event_time=T0 + i, user_country=None,
+            user_segment=None, user_signup_time=None, fraud_score=None, late=False,
+            source_topic=f"{version}.orders", source_partition=0, source_offset=i,
+            pipeline_version=version)))
+    prod.flush(30)
+    backend = GatedBackend(tmp_path / "clickhouse")
+    service = SinkService(settings, version, backend=backend, serve_queries=False)
+    service.start()
+    calls = Counter()  # the consuming thread's polls, and its hand-overs begun / done
+    poll_once, put = service.poll_once, service._pending.put
+
+    def counted_poll() -> None:
+        calls["poll"] += 1
+        poll_once()
+
+    def counted_put(batch: Any, *args: Any, **kwargs: Any) -> None:
+        calls["putting"] += 1
+        put(batch, *args, **kwargs)
+        calls["put"] += 1
+
+    service.poll_once = counted_poll  # type: ignore[method-assign]
+    service._pending.put = counted_put  # type: ignore[method-assign]
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    admin = AdminClient(client_config(settings, stack.kafka_bootstrap))
+    db = migrate.database(version)
+
+    def committed() -> dict[tuple[str, int], int]:
+        lag = group_lag(admin, sink_group(version), {o.enriched: 2})
+        return {k: c for k, (c, _) in lag.per_partition.items() if c > 0}
+
+    def stored() -> dict[tuple[str, int], int]:  # the engine is free: the held insert waits before it
+        return {(t, int(p)): int(x) for t, p, x in backend.rows(
+            f"SELECT topic, partition, max(next_offset) FROM {db}.sink_offsets GROUP BY topic, partition")}
+
+    def wait_for(done: Any, what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not done():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.02)
+
+    try:
+        held = landed = 0
+        while landed < n:
+            assert backend.entered.get(timeout=90) == f"{db}.orders"
+            held += 1
+            polls = calls["poll"]
+            if held == 1:
+                # consumption goes on behind the held insert: the next batch is handed over
+                wait_for(lambda: calls["put"] >= 2, "the sink stopped consuming behind a held insert")
+            # the consuming thread had every chance to commit: it is stuck handing over the
+            # batch after next (two are in flight), or it polled again and again
+            wait_for(lambda p=polls: calls["putting"] > calls["put"] or calls["poll"] >= p + 3,
+                     "the consuming thread neither polled nor handed over")
+            safe = stored()
+            got = committed()
+            assert all(got.get(k, 0) <= safe.get(k, 0) for k in got), (got, safe)
+            assert not set(got) - set(safe)
+            backend.gate.release()
+            wait_for(lambda x=landed: service.landed_rows > x, "the released insert did not land")
+            landed = service.landed_rows
+        assert held == n // 200
+        wait_for(lambda: committed() == stored(), "the landed offsets were never committed")
+        assert sum(stored().values()) == n
+    finally:
+        for _ in range(10):
+            backend.gate.release()
+        service.stop()
+        thread.join(60)
+    assert not thread.is_alive()
+    with open_backend(settings, readonly=True) as check:
+        assert check.scalar(f"SELECT count() FROM {db}.orders FINAL") == n
