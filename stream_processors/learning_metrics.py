@@ -145,6 +145,28 @@ class Progressive:
             return True
         return False
 
+    def update_binary(self, y_true: bool, p: float) -> bool:
+        """:meth:`update` with ``{False: 1 - p, True: p}``, without building it: River's
+        ``predict_one`` is then True exactly when ``p > 1 - p`` (the first key wins ties), and
+        ROCAUC and LogLoss read ``p`` as they read the dict's True.
+
+        >>> a, b = Progressive(), Progressive()
+        >>> for y, p in ((True, 0.8), (False, 0.5), (True, 0.3), (False, 0.1)):
+        ...     _ = a.update(y, {False: 1.0 - p, True: p}), b.update_binary(y, p)
+        >>> a.values() == b.values(), b.labelled
+        (True, 4)
+        """
+        self.labelled += 1
+        label = True if p > 1.0 - p else False  # a bool, also for numpy floats
+        self.accuracy.update(y_true, label)
+        self.roc_auc.update(y_true, p)
+        self.log_loss.update(y_true, p)
+        self.detector.update(0 if label == y_true else 1)
+        if self.detector.drift_detected:
+            self.drift_detections += 1
+            return True
+        return False
+
     def values(self) -> dict[str, float]:
         """Current metric values by ModelQuality field name."""
         return {
