@@ -7,11 +7,13 @@ Usage (against a running stack, e.g. the dev stack)::
     .venv/bin/python benchmarks/processors.py --events 200000
 
 Each contender runs in its own process on the same pre-produced orders topic (fresh prefix),
-one worker, and reports events/s measured from its first to its last event (startup excluded),
-Quix Streams runs the same job (benchmarks/quix_job.py, in the side venv of ``kappa bench``),
-the CPU time it spent per event over the same interval (all its threads; the figure to compare
-on a shared, busy machine, where wall-clock rates swing with the neighbours' load) and its peak
-RSS. Prints one table; the ratios are to the bare Faust agent.
+one worker. The raw consumer and the bare Faust agent time themselves from their first to their
+n-th event (CPU: their own process time); the full job and Quix Streams (benchmarks/quix_job.py,
+in the side venv of ``kappa bench``) are measured from outside by the one harness of every
+"full job" figure (:data:`benchmarks.scaling.METHOD`): output records over the span of their
+timestamps, the process's CPU seconds (all threads) over it. CPU per event is the figure to
+compare on a shared, busy machine, where wall-clock rates swing with the neighbours' load.
+Prints one table; the ratios are to the bare Faust agent.
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+from confluent_kafka import Consumer, Producer  # noqa: E402
 
-from benchmarks.scaling import cpu_seconds  # noqa: E402
+from benchmarks.scaling import METHOD, run_workers  # noqa: E402
 from kappa import topics  # noqa: E402
 from kappa.kafka import client_config, ensure_topics  # noqa: E402
 from kappa.settings import Settings  # noqa: E402
@@ -79,44 +81,11 @@ def _child_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _ends(c: Consumer, topic: str) -> int:
-    meta = c.list_topics(topic, timeout=10).topics[topic]
-    return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions)
-
-
 def run_full(settings: Settings, n: int) -> tuple[float, float, int]:
-    """The real worker; throughput from the enriched topic's growth (first to last record)."""
-    version = f"bench{uuid.uuid4().hex[:6]}"
-    out = topics.output_topics(version)
-    proc = subprocess.Popen([sys.executable, "-m", "stream_processors", "worker", "--version", version,
-                             "--no-learning"], cwd=REPO, env=_child_env(settings),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    c = Consumer(client_config(settings, settings.kafka_bootstrap or "", **{"group.id": "bench-probe"}))
-    first = last = None
-    seen = 0
-    deadline = time.time() + 600
-    try:
-        while time.time() < deadline:
-            time.sleep(0.2)
-            try:
-                seen = _ends(c, out.enriched)
-            except Exception:  # topic not created yet
-                continue
-            if seen and first is None:
-                first = (time.time(), seen, cpu_seconds(proc.pid))
-            if seen >= n * 0.9 and first:  # ~5 % duplicates: wait until the count stops growing
-                if last and last[1] == seen:
-                    break
-                last = (time.time(), seen, cpu_seconds(proc.pid))
-    finally:
-        proc.terminate()
-        _, _status, usage = os.wait4(proc.pid, 0)
-        c.close()
-    assert first and last
-    rate = (last[1] - first[1]) / max(last[0] - first[0] - 0.2, 1e-6)
-    # the consumed input includes the 10k users and the duplicates: CPU per *input* event
-    consumed = (last[1] - first[1]) * (n + 10_000) / max(seen, 1)
-    return rate, (last[2] - first[2]) / consumed * 1e6, usage.ru_maxrss // 1024
+    """The real worker (1 process, no learning) measured by the one harness of every "full job"
+    figure (:func:`benchmarks.scaling.measure_output`): (events/s, CPU us per output, peak RSS MiB)."""
+    r = run_workers(settings, n, 1)
+    return float(r["events_per_s"]), float(r["cpu_us_per_event"]), int(r["peak_rss_mb"][0])
 
 
 def _timed_child(mode: str, settings: Settings, n: int) -> tuple[float, float, int]:
@@ -196,7 +165,7 @@ def run_quix(settings: Settings, n: int) -> tuple[float, float, int] | None:
                             cwd=REPO, env=child_env(settings), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     r = measure_output(settings, [proc], f"{out}.orders.enriched", int(n * 0.9))
-    return float(r["events_per_s"]), float("nan"), int(r["peak_rss_mb"][0])
+    return float(r["events_per_s"]), float(r["cpu_us_per_event"]), int(r["peak_rss_mb"][0])
 
 
 def main() -> None:
@@ -237,7 +206,8 @@ def main() -> None:
     if quix is None:
         print("Quix Streams: not run (--no-quix, or its side venv could not be made)")
     else:
-        print(f"full job vs Quix Streams: {rows[2][1] / quix[0]:.2f}x (CPU of Quix not measured)")
+        print(f"full job vs Quix Streams: {rows[2][1] / quix[0]:.2f}x")
+    print(f"method: {METHOD}")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 The orders are produced once (:func:`benchmarks.processors.produce`: 5 % duplicates, 10k
 users); each run is a fresh pipeline version (own consumer group, own output topics, own
 state dirs) of ``python -m stream_processors worker --no-learning``, N worker processes.
-Throughput is the growth of the enriched-orders topic from its first to its last record
-(startup and the rebalance before the first record are excluded), sampled every 0.2 s; peak
-RSS per worker is VmHWM from /proc.
+Every "full job" figure of ``kappa bench`` and ``benchmarks/`` is measured by
+:func:`measure_output` (:data:`METHOD`): enriched records / (last - first record timestamp),
+the workers' CPU seconds over that window per record, the longest gap between two outputs;
+peak RSS per worker is VmHWM from /proc.
 
     KAPPA_KAFKA_BOOTSTRAP=127.0.0.1:9092 \\
     KAPPA_SCHEMA_REGISTRY_URL=http://127.0.0.1:8081/apis/ccompat/v7 \\
@@ -15,6 +16,7 @@ RSS per worker is VmHWM from /proc.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import signal
 import subprocess
@@ -36,7 +38,7 @@ from kappa import topics  # noqa: E402
 from kappa.kafka import client_config  # noqa: E402
 from kappa.settings import Settings  # noqa: E402
 
-__all__ = ["child_env", "measure_output", "run", "topic_end", "vmhwm_mb"]
+__all__ = ["METHOD", "child_env", "measure_output", "output_times", "run", "run_workers", "topic_end", "vmhwm_mb"]
 
 
 def vmhwm_mb(pid: int) -> float:
@@ -79,22 +81,65 @@ def topic_end(consumer: Consumer, topic: str) -> int:
     return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions)
 
 
+METHOD = ("full job: worker processes started on pre-produced input; rate = output records / (last - first "
+          "output record timestamp) on the output topic; CPU = the processes' CPU seconds (all threads, /proc) "
+          "over that window / output records")
+"""The one-line method of every "full job" figure (:func:`measure_output`), printed with the tables."""
+
+
+def _cpu(procs: Sequence[subprocess.Popen[bytes]]) -> float:
+    return sum(cpu_seconds(p.pid) for p in procs)
+
+
+def output_times(settings: Settings, topic: str, timeout: float = 60.0) -> list[int]:
+    """Sorted record timestamps (ms, the producer's create time) of every record of ``topic``."""
+    c = Consumer(client_config(settings, settings.kafka_bootstrap or "", **{
+        "group.id": f"bench-read-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False}))
+    try:
+        meta = c.list_topics(topic, timeout=10).topics[topic]
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in meta.partitions}
+        left = {p: hi for p, (lo, hi) in ends.items() if hi > lo}
+        c.assign([TopicPartition(topic, p, ends[p][0]) for p in left])
+        stamps: list[int] = []
+        deadline = time.monotonic() + timeout
+        while left and time.monotonic() < deadline:
+            for m in c.consume(10_000, 1.0):
+                if m.error():
+                    continue
+                stamps.append(m.timestamp()[1])
+                p, off = m.partition(), m.offset()
+                if p in left and off is not None and off + 1 >= left[p]:
+                    del left[p]
+        if left:
+            raise RuntimeError(f"{topic}: could not read partitions {sorted(left)} to their end in {timeout:.0f}s")
+        return sorted(stamps)
+    finally:
+        c.close()
+
+
 def measure_output(settings: Settings, procs: Sequence[subprocess.Popen[bytes]], topic: str, expected: int,
                    timeout: float = 600.0, quiet_s: float = 1.5) -> dict[str, Any]:
-    """Watch ``topic`` grow while ``procs`` run; stop them once >= ``expected`` records and quiet.
+    """The harness of every "full job" figure (:data:`METHOD`): watch ``topic`` grow while
+    ``procs`` run on pre-produced input; stop them once it holds >= ``expected`` records and
+    has not grown for ``quiet_s``; then read the records' timestamps back.
 
-    Returns ``events_per_s`` (first to last growth), ``records``, ``seconds`` and the peak RSS
-    (MiB) of each process, then SIGTERMs (SIGKILL after 30 s) the processes.
+    Returns ``events_per_s`` (records / (last - first record timestamp): the steady state
+    from the first to the last output, start-up before the first output excluded),
+    ``cpu_us_per_event`` (CPU of ``procs``, all threads, sampled every 0.1 s and interpolated
+    at the first and last output, per record), ``records``, ``seconds``, ``stall_s`` (the
+    longest gap between two consecutive outputs: a rebalance inside the window shows here),
+    ``peak_rss_mb`` per process (VmHWM); then SIGTERMs (SIGKILL after 30 s) the processes.
     """
     c = Consumer(client_config(settings, settings.kafka_bootstrap or "",
                                **{"group.id": f"bench-probe-{uuid.uuid4().hex[:6]}"}))
-    first: tuple[float, int] | None = None
+    samples: list[tuple[float, float]] = []  # (wall time s, CPU s of procs)
     last: tuple[float, int] | None = None
     peaks = [0.0] * len(procs)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            time.sleep(0.2)
+            time.sleep(0.1)
+            samples.append((time.time(), _cpu(procs)))
             peaks = [max(p, vmhwm_mb(proc.pid)) for p, proc in zip(peaks, procs, strict=True)]
             if any(proc.poll() is not None for proc in procs):
                 raise RuntimeError(f"a measured process exited early (codes {[p.poll() for p in procs]})")
@@ -103,8 +148,6 @@ def measure_output(settings: Settings, procs: Sequence[subprocess.Popen[bytes]],
             except Exception:  # not created yet
                 continue
             now = time.monotonic()
-            if seen and first is None:
-                first = (now, seen)
             if last is None or seen > last[1]:
                 last = (now, seen)
             elif seen >= expected and now - last[0] >= quiet_s:
@@ -122,10 +165,28 @@ def measure_output(settings: Settings, procs: Sequence[subprocess.Popen[bytes]],
                 proc.kill()
                 proc.wait()
         c.close()
-    assert first is not None and last is not None
-    seconds = max(last[0] - first[0], 0.2)
-    return {"events_per_s": (last[1] - first[1]) / seconds, "records": last[1], "seconds": seconds,
+    stamps = output_times(settings, topic)
+    if len(stamps) < 2:
+        raise RuntimeError(f"{topic}: {len(stamps)} output records")
+    first, end = stamps[0] / 1000, stamps[-1] / 1000
+    seconds = max(end - first, 1e-3)
+    cpu = _interpolate(samples, end) - _interpolate(samples, first)
+    return {"events_per_s": (len(stamps) - 1) / seconds, "records": len(stamps), "seconds": seconds,
+            "cpu_us_per_event": 1e6 * cpu / (len(stamps) - 1),
+            "stall_s": max(b - a for a, b in itertools.pairwise(stamps)) / 1000,
             "peak_rss_mb": peaks}
+
+
+def _interpolate(samples: Sequence[tuple[float, float]], t: float) -> float:
+    """The sampled value at time ``t`` (linear between the samples around it)."""
+    before = [s for s in samples if s[0] <= t]
+    after = [s for s in samples if s[0] >= t]
+    if not before:
+        return samples[0][1]
+    if not after:
+        return samples[-1][1]
+    (t0, v0), (t1, v1) = before[-1], after[0]
+    return v0 if t1 == t0 else v0 + (v1 - v0) * (t - t0) / (t1 - t0)
 
 
 def run_workers(settings: Settings, events: int, workers: int, learning: bool = False) -> dict[str, Any]:
@@ -164,10 +225,13 @@ def main() -> None:
     settings = Settings(home=home, topic_prefix=f"bench{uuid.uuid4().hex[:6]}.", partitions=args.partitions)
     rows = run(settings, args.events)
     base = rows[0]["events_per_s"]
-    print(f"{'workers':>7} {'events/s':>10} {'vs 1':>6} {'peak RSS MiB per worker':>24}")
+    print(f"method: {METHOD}; load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"{'workers':>7} {'events/s':>10} {'vs 1':>6} {'CPU us/ev':>10} {'window s':>9} {'stall s':>8} "
+          f"{'peak RSS MiB per worker':>24}")
     for r in rows:
         rss = ", ".join(f"{x:,.0f}" for x in r["peak_rss_mb"])
-        print(f"{r['workers']:>7} {r['events_per_s']:10,.0f} {r['events_per_s'] / base:6.2f} {rss:>24}")
+        print(f"{r['workers']:>7} {r['events_per_s']:10,.0f} {r['events_per_s'] / base:6.2f} "
+              f"{r['cpu_us_per_event']:10.1f} {r['seconds']:9.2f} {r['stall_s']:8.2f} {rss:>24}")
 
 
 if __name__ == "__main__":

@@ -111,6 +111,14 @@ class _Run:
             note: str = "") -> None:
         self.figures.append(Figure(section, name, value, unit, baseline, note))
 
+    def full_job(self, settings: Settings, section: str) -> dict[str, Any]:
+        """The full job, 1 worker, on the input of ``settings`` (the one harness: scaling.METHOD)."""
+        from benchmarks.scaling import run_workers
+
+        r = run_workers(settings, self.events, 1)
+        self.rss.append((f"Kappa worker, full job ({section} section)", r["peak_rss_mb"][0]))
+        return r
+
     # -- sections ---------------------------------------------------------------------
     def produce(self) -> None:
         from benchmarks import produce
@@ -125,8 +133,8 @@ class _Run:
         self.add("produce", "Kappa serialize only (Encoder.encode_many)", by["serialize only (Encoder)"], "ev/s", raw,
                  note="no broker")
 
-    def _child(self, mode: str, settings: Settings) -> tuple[float, float]:
-        """(events/s, peak RSS MiB) of ``benchmarks/processors.py --child mode`` in its own process."""
+    def _child(self, mode: str, settings: Settings) -> tuple[float, float, float]:
+        """(events/s, CPU us/event, peak RSS MiB) of ``benchmarks/processors.py --child mode`` in its own process."""
         from benchmarks import processors
         from benchmarks.scaling import child_env
 
@@ -142,12 +150,13 @@ class _Run:
             time.sleep(0.1)
         assert proc.stdout is not None
         # the last line with numbers: "<events/s>" or "<events/s> <CPU µs/event>" (Faust may print a spinner first)
-        printed = [re.findall(r"(\d+\.\d+)(?: \d+\.\d+)?\s*$", line)
+        printed = [re.findall(r"(\d+\.\d+)(?: (\d+\.\d+))?\s*$", line)
                    for line in proc.stdout.read().decode(errors="replace").splitlines()]
         numbers = [n for n in printed if n]
         if not numbers:
             raise RuntimeError(f"processors.py --child {mode} printed no rate (exit {proc.returncode})")
-        return float(numbers[-1][0]), peak
+        rate, cpu = numbers[-1][0]
+        return float(rate), float(cpu or "nan"), peak
 
     def consume(self) -> None:
         from benchmarks import processors
@@ -156,18 +165,18 @@ class _Run:
         self.echo(f"  producing {self.events:,} orders + 10k users for consume/job ...")
         processors.produce(settings, self.events)
         self.consume_settings = settings
-        raw, raw_rss = self._child("raw", settings)
+        raw, raw_cpu, raw_rss = self._child("raw", settings)
         self.rss.append(("raw confluent-kafka consumer (consume section)", raw_rss))
-        self.add("consume", "raw confluent-kafka consume(5000) + bulk decode (baseline)", raw, "ev/s", raw)
-        faust, faust_rss = self._child("faust", settings)
+        self.add("consume", "raw confluent-kafka consume(5000) + bulk decode (baseline)", raw, "ev/s", raw,
+                 note=f"CPU {raw_cpu:.1f} us/event, its own first to n-th event")
+        faust, faust_cpu, faust_rss = self._child("faust", settings)
         self.rss.append(("bare Faust agent (consume section)", faust_rss))
-        self.add("consume", "bare Faust agent, decode only", faust, "ev/s", raw)
-        # its RSS (wait4 ru_maxrss) includes this process's forked image: the worker's RSS is
-        # taken from the scaling section (VmHWM) instead
-        full = float(processors.run_full(settings, self.events)[0])  # (events/s, ...)
-        self.kappa_job_rate = full
-        self.add("consume", "Kappa full job, 1 worker (validate+dedupe+enrich+windows)", full, "ev/s", raw,
-                 note="enriched outputs/s")
+        self.add("consume", "bare Faust agent, decode only", faust, "ev/s", raw,
+                 note=f"CPU {faust_cpu:.1f} us/event, its own first to n-th event")
+        job = self.full_job(settings, "consume")
+        self.kappa_job_rate = job["events_per_s"]
+        self.add("consume", "Kappa full job, 1 worker (validate+dedupe+enrich+windows)", job["events_per_s"],
+                 "ev/s", raw, note=_job_note(job))
 
     def job(self) -> None:
         from benchmarks import processors
@@ -179,8 +188,12 @@ class _Run:
             processors.produce(settings, self.events)
         kappa = self.kappa_job_rate
         if kappa is None:
-            kappa = float(processors.run_full(settings, self.events)[0])
-        self.add("job", "Kappa full job, 1 worker (baseline)", kappa, "ev/s", kappa)
+            job = self.full_job(settings, "job")
+            kappa = job["events_per_s"]
+            self.add("job", "Kappa full job, 1 worker (baseline)", kappa, "ev/s", kappa, note=_job_note(job))
+        else:
+            self.add("job", "Kappa full job, 1 worker (baseline)", kappa, "ev/s", kappa,
+                     note="the consume section's run")
         py = quix_python()
         if py is None:
             self.add("job", "Quix Streams 3.28.1, same job", None, "",
@@ -196,7 +209,7 @@ class _Run:
         r = measure_output(settings, [proc], f"{out}.orders.enriched", int(self.events * 0.9))
         self.rss.append(("Quix Streams app (job section)", r["peak_rss_mb"][0]))
         self.add("job", "Quix Streams 3.28.1, same job, 1 process", r["events_per_s"], "ev/s", kappa,
-                 note="enriched outputs/s; JSON out, dedupe per key")
+                 note=_job_note(r) + "; JSON out, dedupe per key")
 
     def learning(self) -> None:
         from benchmarks import learning
@@ -209,8 +222,9 @@ class _Run:
             self.add("learning", f"Kappa {name}", by[name], "ev/s", river)
         fraud_river = by["river loop, fraud features (learn at once)"]
         self.add("learning", "River loop on the fraud features (baseline)", fraud_river, "ev/s", fraud_river)
-        self.add("learning", "Kappa fraud learner (orders+delayed labels, drift)",
-                 by["fraud learner (orders+labels, delayed)"], "ev/s", fraud_river)
+        self.add("learning", "Kappa fraud learner, merge records as the worker reads them (delayed labels, drift)",
+                 by["fraud learner, merge records (as the worker)"], "ev/s", fraud_river,
+                 note="per CPU second, best of runs")
 
     def sink(self) -> None:
         from benchmarks import sink
@@ -268,8 +282,7 @@ class _Run:
         one = rows[0]["events_per_s"]
         for r in rows:
             label = "1 worker (baseline)" if r["workers"] == 1 else f"{r['workers']} workers"
-            self.add("scaling", f"Kappa full job, {label}", r["events_per_s"], "ev/s", one,
-                     note=f"{self.events:,} orders")
+            self.add("scaling", f"Kappa full job, {label}", r["events_per_s"], "ev/s", one, note=_job_note(r))
             for i, mb in enumerate(r["peak_rss_mb"]):
                 self.rss.append((f"Kappa worker {i + 1}/{r['workers']} (scaling section)", mb))
 
@@ -305,6 +318,12 @@ class _Run:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
+def _job_note(r: dict[str, Any]) -> str:
+    """CPU beside the wall-clock rate of a full-job measurement, its window and longest output gap."""
+    return (f"CPU {r['cpu_us_per_event']:.1f} us/output; {r['records']:,} outputs in {r['seconds']:.1f}s; "
+            f"longest gap {r['stall_s']:.2f}s")
+
+
 def _self_hwm() -> float:
     from benchmarks.scaling import vmhwm_mb
 
@@ -325,8 +344,11 @@ def run_bench(settings: Settings, events: int | None = None, quick: bool = False
     selected = [s for s in SECTIONS if not only or s in only]
     run = _Run(settings, events, quick, echo)
     started = time.strftime("%Y%m%dT%H%M%S")
-    meta: dict[str, Any] = {"started": started, "events": events, "quick": quick, "sections": selected,
-                            "cpus": os.cpu_count(), "load_before": _load(), "python": platform.python_version(),
+    from benchmarks.scaling import METHOD
+
+    meta: dict[str, Any] = {"method": METHOD, "started": started, "events": events, "quick": quick,
+                            "sections": selected, "cpus": os.cpu_count(), "load_before": _load(),
+                            "python": platform.python_version(),
                             "kafka": run.ep.kafka_bootstrap, "run_id": run.id}
     t0 = time.monotonic()
     methods: dict[str, Callable[[], None]] = {
@@ -370,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n{report.meta['events']:,} events, {time.monotonic() - t0:.0f}s, load "
           f"{report.meta['load_before']} -> {report.meta['load_after']}; ratios are to each section's "
           "baseline (1.00)")
+    print(f"method: {report.meta['method']}")
     print(f"written: {report.json_path} and {report.md_path}")
     return 0
 

@@ -111,7 +111,7 @@ class BenchReport:
         lines = [f"# kappa bench {m['started']}", "",
                  f"{m['events']:,} events, quick={m['quick']}, {m['cpus']} CPUs, load {m['load_before']} -> "
                  f"{m.get('load_after', '?')}, {m.get('seconds', 0):.0f}s. Ratios are to each section's baseline "
-                 "(the first figure, marked 1.00).", "",
+                 "(the first figure, marked 1.00).", *(["", f"Method: {m['method']}"] if m.get("method") else []), "",
                  "| section | figure | value | vs baseline |", "|---|---|---|---|"]
         keys = iter(SECTIONS)
         section = ""

@@ -358,11 +358,7 @@ class ModelRun:
     def learn(self, rows: Sequence[tuple[int, bytes | None]]) -> None:
         """Add merged ``(offset, value)`` events and apply what the watermark releases."""
         learner = self.learner
-        for offset, value in rows:
-            ev = orjson.loads(value or b"{}")
-            # an event waits in the buffer as the bytes read (parsed again when released)
-            data = value if ev["kind"] != "label" and value else ev["data"]
-            learner.add(ev["kind"], ev["time"], ev["id"], data, ev["src"], offset, ev.get("off"))
+        learner.add_records(rows)
         before = learner.progress.labelled
         out, scores = learner.release()
         out.extend(learner.flush())

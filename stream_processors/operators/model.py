@@ -102,6 +102,10 @@ __all__ = ["DRIFT_POLICIES", "ModelSpec", "OnlineModel", "bound_spec", "default_
            "model_spec"]
 
 LABEL, EVENT = 0, 1
+_SKIP, _LATE, _TAKE = 0, 1, 2
+_LAYOUT = 2
+"""Checkpoint layout: 2 = buffer items are features and label values (1: records or bytes)."""
+_MAX_NAMES = 1_000_000
 DRIFT_POLICIES = ("reset", "challenger", "none")
 _NEVER = -(2**62)
 _DAY_MS = 86_400_000
@@ -198,10 +202,18 @@ def model_spec(pipeline: Pipeline, name: str) -> ModelSpec:
 class OnlineModel:
     """The whole state of one model; pickled as its checkpoint (its spec by name).
 
-    Feed it with :meth:`add` (one merged event and its offset in the merged stream), then
-    :meth:`release` to apply what the watermark allows; :meth:`provisional` gives the quiet
-    stream's tail without applying it. ``offset`` is the last merged offset added: re-delivered
-    events at or below it are skipped.
+    Feed it with :meth:`add_records` (a batch of merge records as read) or :meth:`add` (one
+    merged event and its offset in the merged stream), then :meth:`release` to apply what the
+    watermark allows; :meth:`provisional` gives the quiet stream's tail without applying it.
+    ``offset`` is the last merged offset added: re-delivered events at or below it are skipped.
+
+    The hot path is River's own loop plus the merge: a merge record is parsed once, an event's
+    features are computed once, when it is buffered (a pure function of its record), and the
+    buffer and the pending events hold them — no record is parsed or featurized again; a label
+    is buffered as its value; a binary model's prediction is kept as its probability of True,
+    and the progressive metrics take it as such (:meth:`Progressive.update_binary`). Feature
+    names are shared between events, so a checkpoint pickles each name once (a buffered
+    event's features pickle to a third of its merge record's bytes).
     """
 
     def __init__(self, spec: ModelSpec, version: str = "v1", *, lag_ms: int = 5_000, horizon_ms: int = 7 * _DAY_MS,
@@ -223,59 +235,123 @@ class OnlineModel:
         self.challenger: Any = None
         self.duel = [0.0, 0.0, 0]  # champion loss, challenger loss, labels since detection
         self.pending: dict[str, tuple[dict[str, float] | bytes, int, dict[Any, float] | float]] = {}
-        """Scored events waiting for their label: (features, or the merge record they come from;
-        event time; predicted probabilities, or the probability of True of a binary model)."""
+        """Scored events waiting for their label: (features, or the merge record they come from
+        when added as bytes by :meth:`add`; event time; predicted probabilities, or the
+        probability of True of a binary model)."""
         self.orphans: dict[str, tuple[bool, int]] = {}
         self.learned: dict[str, int] = {}
-        self.buffer: list[tuple[int, int, str, str, int, int, dict[str, Any] | bytes]] = []
+        self.buffer: list[tuple[int, int, str, str, int, int, Any]] = []
+        """Heap of what waits for the watermark: (time, kind, key, source, source offset, merged
+        offset, item); item: an event's features (or its merge record's bytes, when :meth:`add`
+        was given bytes), a label's value."""
         self.source_time: dict[str, int] = dict.fromkeys(sources, _NEVER)
         self.source_offset: dict[str, int] = {}
         self.released = _NEVER
         self.offset = -1
         self.bucket: int | None = None
         self.counts: dict[str, int] = {}
+        self.layout = _LAYOUT
+        self._names: dict[str, str] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_names", None)  # a cache: rebuilt as events come
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # checkpoints written before per-source offsets (and 7-field buffer entries) existed
         state.setdefault("source_offset", {})
-        state["buffer"] = [e if len(e) == 7 else (e[0], e[1], e[2], "", -1, e[3], e[4])
-                           for e in state.get("buffer", [])]
         self.__dict__.update(state)
+        self._names = {}
+        self.layout, stale = _LAYOUT, state.get("layout", 1) < _LAYOUT
+        # Entries of older layouts held an event's record (now its features) and a label's
+        # record or merge record (now its value); the heap order is the same (an entry's merged
+        # offset is unique, so its item is never compared).
+        buffer = []
+        for e in state.get("buffer", []):
+            old = stale or len(e) != 7
+            if len(e) != 7:
+                e = (e[0], e[1], e[2], "", -1, e[3], e[4])
+            item = e[6]
+            if e[1] == LABEL and isinstance(item, dict | bytes):
+                e = (*e[:6], self._label_value(item))
+            elif e[1] != LABEL and old and isinstance(item, dict):
+                e = (*e[:6], self._features(item))
+            buffer.append(e)
+        self.buffer = buffer
 
     # -- input -----------------------------------------------------------------------------
-    def add(self, kind: str, time: int, key: str, data: dict[str, Any] | bytes, source: str,
-            offset: int, source_offset: int | None = None) -> bool:
-        """Buffer one merged event (``kind`` "event" or "label"); False when already applied.
+    def _features(self, record: Mapping[str, Any]) -> dict[str, float]:
+        """The spec's features of ``record``, with names shared between events (see the class doc)."""
+        names = self._names
+        if len(names) > _MAX_NAMES:
+            names.clear()
+        return {names.setdefault(k, k): v for k, v in self.spec.features(record).items()}
 
-        ``offset`` is its offset in the merged stream, ``source_offset`` its offset in its input
-        partition ``source`` (None when unknown: then no upstream re-delivery check). ``data`` is
-        the event's record, or the JSON merge record holding it under ``"data"``: the buffer
-        holds ``fraud_lag_seconds`` of events and is pickled with every checkpoint, and bytes
-        cost a fifth of a dict there (and in memory); they are parsed when released.
-        """
+    def _label_value(self, data: Mapping[str, Any] | bytes) -> Any:
+        return (orjson.loads(data)["data"] if isinstance(data, bytes) else data)[self.spec.label]
+
+    def _admit(self, time: int, source: str, offset: int, source_offset: int | None) -> int:
+        """_SKIP (merged offset or source offset already seen), _LATE (counted) or _TAKE."""
         if offset <= self.offset:
             self._count("redelivered")
-            return False
+            return _SKIP
         self.offset = offset
         if source_offset is not None:
             if source_offset <= self.source_offset.get(source, -1):
                 # re-sent by an upstream stage that restarted: this source already gave it
                 self._count("redelivered_upstream")
-                return False
+                return _SKIP
             self.source_offset[source] = source_offset
-        time = int(time)
         seen = self.source_time.get(source, _NEVER)
         if time < seen - self.lag_ms:
             # Later than the lag on its own source: where it would land in the merged order
             # depends on how the sources interleave, so applying it would make the model
             # depend on timing. Counted, not scored, not learned (replay == live).
             self._count("late")
-            return True
+            return _LATE
         if time > seen:
             self.source_time[source] = time
-        heapq.heappush(self.buffer, (time, LABEL if kind == "label" else EVENT, key, source,
-                                     -1 if source_offset is None else source_offset, offset, data))
+        return _TAKE
+
+    def add(self, kind: str, time: int, key: str, data: dict[str, Any] | bytes, source: str,
+            offset: int, source_offset: int | None = None) -> bool:
+        """Buffer one merged event (``kind`` "event" or "label"); False when already applied.
+
+        ``offset`` is its offset in the merged stream, ``source_offset`` its offset in its input
+        partition ``source`` (None when unknown: then no upstream re-delivery check). ``data`` is
+        the event's record, or the JSON merge record holding it under ``"data"``: an event given
+        as a record is buffered as its features; given as bytes, it stays bytes until released,
+        and its features are then recomputed when its label comes.
+        """
+        time = int(time)
+        verdict = self._admit(time, source, offset, source_offset)
+        if verdict != _TAKE:
+            return verdict == _LATE
+        if kind == "label":
+            entry = (time, LABEL, key, source, -1 if source_offset is None else source_offset, offset,
+                     self._label_value(data))
+        else:
+            entry = (time, EVENT, key, source, -1 if source_offset is None else source_offset, offset,
+                     data if isinstance(data, bytes) else self._features(data))
+        heapq.heappush(self.buffer, entry)
         return True
+
+    def add_records(self, rows: Sequence[tuple[int, bytes | None]]) -> None:
+        """Buffer merge records as read: ``(offset in the merged stream, JSON record)``, each
+        ``{"kind", "time", "id", "src", "off", "data"}`` (stream_processors.learning): each record
+        parsed once, an event's features computed once."""
+        loads, admit, push, buffer = orjson.loads, self._admit, heapq.heappush, self.buffer
+        label, features = self.spec.label, self._features
+        for offset, value in rows:
+            ev = loads(value or b"{}")
+            kind, time, src, off = ev["kind"], int(ev["time"]), ev["src"], ev.get("off")
+            if admit(time, src, offset, off) != _TAKE:
+                continue
+            if kind == "label":
+                push(buffer, (time, LABEL, ev["id"], src, -1 if off is None else off, offset, ev["data"][label]))
+            else:
+                push(buffer, (time, EVENT, ev["id"], src, -1 if off is None else off, offset, features(ev["data"])))
 
     @property
     def watermark(self) -> int:
@@ -294,20 +370,22 @@ class OnlineModel:
         bound = self.watermark if until is None else (2**62 if until == -1 else until)
         out = Emitted()
         scores: list[dict[str, Any]] = []
-        while self.buffer and self.buffer[0][0] < bound:
-            time, kind, key, _, _, _, data = heapq.heappop(self.buffer)
-            self._enter(time, out)
+        buffer, pop, bucket_ms = self.buffer, heapq.heappop, self.bucket_ms
+        label, event = self._label, self._event
+        while buffer and buffer[0][0] < bound:
+            time, kind, key, _, _, _, item = pop(buffer)
+            bucket = time // bucket_ms * bucket_ms
+            if self.bucket is None or bucket > self.bucket:
+                if self.bucket is not None:
+                    out.quality.append(self.progress.quality(self.spec.name, self.bucket, self.bucket, self.version))
+                self.bucket = bucket
             if time > self.released:
                 self.released = time
                 self._expire(time)
-            raw = data if isinstance(data, bytes) else None
-            if raw is not None:  # the merge record as read (see add)
-                data = orjson.loads(raw)["data"]
-            assert isinstance(data, dict)
             if kind == LABEL:
-                self._label(key, data[self.spec.label], time, out)
+                label(key, item, time, out)
             else:
-                self._event(key, data, time, out, scores, raw)
+                event(key, item, time, out, scores)
         return out, scores
 
     def provisional(self) -> tuple[Emitted, list[dict[str, Any]]]:
@@ -333,13 +411,6 @@ class OnlineModel:
     def _count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
 
-    def _enter(self, time: int, out: Emitted) -> None:
-        bucket = time // self.bucket_ms * self.bucket_ms
-        if self.bucket is not None and bucket > self.bucket:
-            out.quality.append(self.progress.quality(self.spec.name, self.bucket, self.bucket, self.version))
-        if self.bucket is None or bucket > self.bucket:
-            self.bucket = bucket
-
     def _expire(self, now: int) -> None:
         cutoff = now - self.horizon_ms
         for store, what in ((self.pending, "features_expired"), (self.orphans, "orphan_expired"),
@@ -354,23 +425,29 @@ class OnlineModel:
                 if what:
                     self._count(what)
 
-    def _event(self, key: str, data: dict[str, Any], time: int, out: Emitted,
-               scores: list[dict[str, Any]], raw: bytes | None = None) -> None:
-        if key in self.pending or key in self.learned:
+    def _event(self, key: str, item: dict[str, float] | bytes, time: int, out: Emitted,
+               scores: list[dict[str, Any]]) -> None:
+        pending = self.pending
+        if key in pending or key in self.learned:
             self._count("duplicate")
             return
-        x = self.spec.features(data)
+        if isinstance(item, bytes):  # added as the merge record: featurized now, kept as bytes
+            raw: bytes | None = item
+            x = self._features(orjson.loads(item)["data"])
+        else:
+            raw, x = None, item
         proba = self.model.predict_proba_one(x)
-        self._count("scored")
-        scores.append({self.spec.on: key, self.spec.score_field: float(proba.get(True, 0.0)), "model": self.spec.name,
+        counts = self.counts
+        counts["scored"] = counts.get("scored", 0) + 1
+        p = proba.get(True, 0.0)
+        spec = self.spec
+        scores.append({spec.on: key, spec.score_field: float(p), "model": spec.name,
                        "labelled_before": self.progress.labelled, "event_time": time,
                        "pipeline_version": self.version})
-        # Kept until the label: as compact as the checkpoint (which pickles every pending event)
-        # allows: the merge record's bytes when there are any (the features are recomputed from
-        # them, a pure function) and the probability of fraud alone.
-        p = proba.get(True, 0.0)
-        self.pending[key] = (x if raw is None else raw, time,
-                                  p if proba == {False: 1.0 - p, True: p} else proba)
+        # Kept until the label: a binary model's prediction as its probability of True alone
+        # (the checkpoint pickles every pending event); proba == {False: 1 - p, True: p}
+        binary = len(proba) == 2 and True in proba and proba.get(False) == 1.0 - p
+        pending[key] = (x if raw is None else raw, time, p if binary else proba)
         if key in self.orphans:
             y, label_time = self.orphans.pop(key)
             self._count("orphan_matched")
@@ -380,21 +457,26 @@ class OnlineModel:
         if key in self.learned:
             self._count("duplicate")
             return
-        if key not in self.pending:
+        kept = self.pending.pop(key, None)
+        if kept is None:
             if key in self.orphans:
                 self._count("duplicate")
             else:
                 self._count("orphan_label")
                 self.orphans[key] = (y, time)
             return
-        kept, _event_time, p = self.pending.pop(key)
-        x = kept if isinstance(kept, dict) else self.spec.features(orjson.loads(kept)["data"])
-        proba = p if isinstance(p, dict) else {False: 1.0 - p, True: p}
+        x, _event_time, p = kept
+        if isinstance(x, bytes):
+            x = self._features(orjson.loads(x)["data"])
         self.learned[key] = time
-        drifted = self.progress.update(y, proba)
-        self._count("learned")
+        if isinstance(p, dict):
+            drifted = self.progress.update(y, p)
+        else:
+            drifted = self.progress.update_binary(y, p)
+        counts = self.counts
+        counts["learned"] = counts.get("learned", 0) + 1
         if self.challenger is not None:
-            self._duel(x, y, proba)
+            self._duel(x, y, p if isinstance(p, dict) else {False: 1.0 - p, True: p})
         self.model.learn_one(x, y)
         if drifted:
             self._on_drift(time, out)
