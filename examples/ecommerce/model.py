@@ -26,8 +26,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from river import linear_model, optim
-
 __all__ = ["EUR_RATES", "ROC_THRESHOLDS", "fraud_model", "order_features"]
 
 _DAY_MS = 86_400_000
@@ -45,6 +43,8 @@ _BANDS_EUR = (30, 60, 120, 250, 500)
 
 def fraud_model() -> Any:
     """Default fraud model: logistic regression with Adam on indicator features (see above)."""
+    from river import linear_model, optim  # here, not at import: loading a definition does not pay for River
+
     return linear_model.LogisticRegression(optimizer=optim.Adam(0.01))
 
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from river import compose, linear_model, optim, preprocessing
-
 __all__ = ["centered_squares", "fault_model", "reading_features"]
 
 
@@ -37,5 +35,7 @@ def centered_squares(x: Mapping[str, float]) -> dict[str, float]:
 
 def fault_model() -> Any:
     """StandardScaler | centered squares | logistic regression (SGD)."""
+    from river import compose, linear_model, optim, preprocessing  # here: loading a definition does not pay for River
+
     return (preprocessing.StandardScaler() | compose.FuncTransformer(centered_squares)
             | linear_model.LogisticRegression(optimizer=optim.SGD(0.05)))
