@@ -64,7 +64,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kappa.errors import ConfigError
-from stream_processors.operators.windows import FUNCTIONS, Aggregation, WindowSpecError, parse_duration
+from stream_processors.operators.windows import (
+    FUNCTIONS,
+    Aggregation,
+    WindowSpecError,
+    accumulate,
+    empty_slots,
+    parse_duration,
+)
 
 __all__ = [
     "SESSION_FUNCTIONS",
@@ -151,32 +158,11 @@ class SessionSpec:
 
     def empty(self) -> list[Any]:
         """The slots of a session without events."""
-        return [0 if op == "count" else 0.0 if op == "sum" else None for op, _ in self.slots]
+        return empty_slots(self.slots)
 
     def add(self, slots: list[Any], event: Mapping[str, Any], event_time: int, offset: int) -> None:
         """Add one event to ``slots`` (nulls are skipped, except by first/last)."""
-        for i, (op, fld) in enumerate(self.slots):
-            if fld is None:
-                slots[i] += 1
-                continue
-            v = event.get(fld)
-            if op in ("first", "last"):
-                mark = [event_time, offset, v]
-                cur = slots[i]
-                if cur is None or (mark[:2] < cur[:2] if op == "first" else mark[:2] > cur[:2]):
-                    slots[i] = mark
-                continue
-            if v is None:
-                continue
-            if op == "count":
-                slots[i] += 1
-            elif op == "sum":
-                slots[i] += v
-            elif op == "min":
-                if slots[i] is None or v < slots[i]:
-                    slots[i] = v
-            elif slots[i] is None or v > slots[i]:
-                slots[i] = v
+        accumulate(slots, 0, self.slots, event, (event_time, offset))
 
     def merge(self, into: list[Any], other: Sequence[Any]) -> None:
         """Merge the slots of ``other`` into ``into`` (sessions bridged by an event)."""

@@ -278,29 +278,39 @@ def parse_window(name: str, table: Mapping[str, Any], grace_ms: int = 0) -> Wind
                       stream if isinstance(stream, str) else None)
 
 
-def _accumulate(win: list[Any], base: int, slots: Sequence[tuple[str, str | None]],
-                event: Mapping[str, Any]) -> None:
-    """Add one event to the slots of ``win`` that start at index ``base`` (nulls are skipped)."""
+def accumulate(acc: list[Any], base: int, slots: Sequence[tuple[str, str | None]],
+               event: Mapping[str, Any], mark: tuple[int, int] | None = None) -> None:
+    """Add one event to the slots of ``acc`` that start at index ``base``: the fold of windows
+    and sessions alike. Nulls are skipped, except by ``first``/``last``, which keep
+    ``[time, offset, value]`` of the earliest/latest event by ``mark`` = (event time, offset)."""
     for i, (op, fld) in enumerate(slots, base):
         if fld is None:
-            win[i] += 1
+            acc[i] += 1
             continue
         v = event.get(fld)
-        if v is None:
-            continue
         if op == "count":
-            win[i] += 1
+            if v is not None:
+                acc[i] += 1
         elif op == "sum":
-            win[i] += v
+            if v is not None:
+                acc[i] += v
         elif op == "min":
-            if win[i] is None or v < win[i]:
-                win[i] = v
-        elif win[i] is None or v > win[i]:
-            win[i] = v
+            if v is not None and (acc[i] is None or v < acc[i]):
+                acc[i] = v
+        elif op == "max":
+            if v is not None and (acc[i] is None or v > acc[i]):
+                acc[i] = v
+        else:  # first / last (sessions)
+            assert mark is not None, op
+            cur = acc[i]
+            if cur is None or ((mark[0], mark[1]) < (cur[0], cur[1]) if op == "first"
+                               else (mark[0], mark[1]) > (cur[0], cur[1])):
+                acc[i] = [mark[0], mark[1], v]
 
 
-def _empty(spec: WindowSpec) -> list[Any]:
-    return [0 if op == "count" else 0.0 if op == "sum" else None for op, _ in spec.slots]
+def empty_slots(slots: Sequence[tuple[str, str | None]]) -> list[Any]:
+    """The slots of an aggregate over no event: counts 0, sums 0.0, the rest None."""
+    return [0 if op == "count" else 0.0 if op == "sum" else None for op, _ in slots]
 
 
 @dataclass
@@ -353,8 +363,8 @@ class PartitionWindows:
                     continue  # closed on this partition: never changed
                 win = self.windows.get(key)
                 if win is None:
-                    win = self.windows[key] = [start, *values, *_empty(spec)]
-                _accumulate(win, len(values) + 1, spec.slots, event)
+                    win = self.windows[key] = [start, *values, *empty_slots(spec.slots)]
+                accumulate(win, len(values) + 1, spec.slots, event)
         if kind != "on_time":
             self.late[kind] = self.late.get(kind, 0) + 1
         if self.watermark is None or event_time > self.watermark:
