@@ -33,9 +33,12 @@ __all__ = ["fill_gaps", "partition_reader"]
 log = logging.getLogger(__name__)
 
 
-def partition_reader(settings: Settings, bootstrap: str, topic: str) -> Callable[..., list[Message]]:
+def partition_reader(settings: Settings, bootstrap: str, topic: str,
+                     stall_s: float = 30.0) -> Callable[..., list[Message]]:
     """``fetch(partition, from_offset[, until])`` -> the records of ``topic`` from there to its
-    end now (or to offset ``until``, exclusive).
+    end now (or to offset ``until``, exclusive). A read that gets no record for ``stall_s``
+    re-reads the partition's end, and after ``4 * stall_s`` raises (the worker exits loudly and
+    is restarted, instead of hanging: a broker restart the consumer does not recover from).
 
     Also used for the orders: Faust can skip records around a rebalance, and the order stage
     reads the offsets it did not get (:meth:`~stream_processors.stream.StreamStage.process`).
@@ -70,6 +73,7 @@ def partition_reader(settings: Settings, bootstrap: str, topic: str) -> Callable
             return []
         consumer.assign([TopicPartition(topic, partition, start)])
         out: list[Message] = []
+        progress = time.monotonic()
         try:
             while True:
                 done = False
@@ -78,7 +82,8 @@ def partition_reader(settings: Settings, bootstrap: str, topic: str) -> Callable
                 # 1 s timeout cost a second per read of a partition with fewer records left (the
                 # users catch-up, when Faust delivers a partition's orders before its users).
                 # At most what is left, in short waits.
-                for m in consumer.consume(num_messages=max(1, min(5000, high - start - len(out))), timeout=0.1):
+                got = consumer.consume(num_messages=max(1, min(5000, high - start - len(out))), timeout=0.1)
+                for m in got:
                     err = m.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
@@ -86,13 +91,37 @@ def partition_reader(settings: Settings, bootstrap: str, topic: str) -> Callable
                             continue
                         raise RuntimeError(f"reading {topic}[{partition}] from offset {start}: {err}")
                     offset = int(m.offset() or 0)
-                    if offset < high:
+                    if start <= offset < high:
                         ts_type, ts_ms = m.timestamp()
                         out.append(Message(topic, partition, offset, m.key(), m.value(),
                                            ts_ms / 1000.0 if ts_type and ts_ms >= 0 else None))
                     done = done or offset >= high - 1
                 if done:
                     return out
+                if got:
+                    progress = time.monotonic()
+                    continue
+                # Nothing came: the last offsets of the range may hold no record (compacted away,
+                # a control record), which no record and not always an end-of-partition event
+                # report — the consumer's position does. Or the partition's leader moved (a broker
+                # restart): wait, re-reading the end, and fail loudly rather than hang the worker
+                # (its supervisor restarts it; the reads are repeated from the stored offsets).
+                pos = consumer.position([TopicPartition(topic, partition)])[0].offset
+                if pos >= high:
+                    return out
+                waited = time.monotonic() - progress
+                if waited > stall_s:
+                    low, end = watermarks(partition)
+                    if end < high:  # a new leader's end, behind the one read before: read to it
+                        log.warning("%s[%d]: end offset %d, was %d when the read began; reading to it",
+                                    topic, partition, end, high)
+                        high = max(start, end)
+                        if pos >= high:
+                            return out
+                    if waited > 4 * stall_s:
+                        raise RuntimeError(
+                            f"reading {topic}[{partition}] offsets {start}..{high - 1} from {bootstrap}: "
+                            f"no record for {waited:.0f}s at position {pos} (end {end}); giving up")
         finally:
             consumer.unassign()
 
