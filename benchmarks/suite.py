@@ -246,7 +246,9 @@ class _Run:
         self.add("sink", "Kappa writer, consumed Avro -> one INSERT + offsets", bulk, "rows/s", chdb)
         self.add("sink", "Kappa writer, decoded rows -> Arrow -> insert (other tables)", writer, "rows/s", chdb)
         # in its own process: chdb allows one engine session per process
-        e2e_rows = rows  # as many as the writer stages: a single batch would measure start-up
+        # ten sink batches (50,000 rows each) at least: with two, the last insert never overlaps a
+        # consume, so half the inserts ran in series and the figure measured the pipeline's fill
+        e2e_rows = max(rows, 10 * 50_000)
         code = ("import json, sys; from pathlib import Path; from benchmarks import sink; "
                 f"print(json.dumps(sink.bench_e2e({e2e_rows}, Path(sys.argv[1]))))")
         done = subprocess.run([sys.executable, "-c", code, str(self.work / "sink-e2e")], cwd=REPO,
