@@ -203,6 +203,29 @@ def reconcile(settings: Settings, pipe: Definition, want: dict[str, Expected]) -
                      + (f", {int(counted or 0):,} events counted ({hop} window(s) per event)" if counted is not None
                         else ""))
         ok &= int(row["n"]) > 0
+    for se in pipe.sessions.values():
+        # sessionising the stream's not-late rows independently must give the same sessions
+        time_field, keys = pipe.inputs[se.stream].time, ", ".join(se.keys)
+        row = q(f"SELECT count() AS n, countIf(final) AS n_final FROM {db}.{se.name}")[0]
+        again = q(f"SELECT countIf(rn = 1 OR ms - prev >= {se.gap_ms}) AS n, count() AS events FROM ("
+                  f"SELECT row_number() OVER w AS rn, toUnixTimestamp64Milli({time_field}) AS ms, "
+                  f"lagInFrame(toUnixTimestamp64Milli({time_field})) OVER w AS prev FROM {db}.{se.stream} "
+                  f"WHERE NOT late WINDOW w AS (PARTITION BY {keys} ORDER BY {time_field} "
+                  "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW))")[0]
+        good = int(row["n"]) == int(again["n"]) and int(row["n"]) > 0
+        ok &= good
+        lines.append(f"{se.name}: {int(row['n']):,} sessions in {db}.{se.name} ({int(row['n_final']):,} final) = "
+                     f"sessionising the {int(again['events']):,} not-late {se.stream} per {keys} "
+                     f"({se.gap_ms // 60_000} min gap): {int(again['n']):,} -> {'holds' if good else 'BROKEN'}")
+    for j in pipe.joins.values():
+        # (aliases unlike the columns: ClickHouse resolves a column name to an alias of the same name)
+        row = q(f"SELECT uniqExact(left_id) AS n, uniqExactIf(left_id, matched) AS n_matched, "
+                f"countIf(matched) AS pairs FROM {db}.{j.name}")[0]
+        n, matched = int(row["n"]), int(row["n_matched"])
+        lines.append(f"{j.name}: {n:,} {j.left} joined ({j.how} join), {matched:,} with {j.right} within "
+                     f"[{j.lower_ms // 1000}s, {j.upper_ms // 1000}s] ({int(row['pairs']):,} pairs), "
+                     f"{n - matched:,} unmatched; {j.left} whose interval is still open wait for its end")
+        ok &= n > 0
     if pipe.models:
         quality = {r["model"]: r for r in q(
             "SELECT model, argMax(labelled, bucket) AS labelled, argMax(roc_auc, bucket) AS roc_auc, "

@@ -225,7 +225,8 @@ def commit_start(settings: Settings, bootstrap: str, version: str,
         return True
     # the models' label streams are read by the models' consumer group
     groups = model_groups(version)
-    labels_of = {settings.topic_prefix + m.labels: groups[name] for name, m in current().models.items()}
+    labels_of = {settings.topic_prefix + m.labels: groups[name] for name, m in current().models.items()
+                 if m.reads_labels}
     per_group: dict[str, dict[tuple[str, int], int]] = {}
     for (t, p), o in offsets.items():
         per_group.setdefault(labels_of.get(t, processor_group(version)), {})[(t, p)] = o
@@ -335,9 +336,12 @@ class _Measures:
     """view -> how its breakdown reads (``<measure> per <dimension>``)."""
     mapped: dict[str, str]
     """stream view -> its breakdown field when that field has a declared value map."""
+    sources: dict[str, str] = field(default_factory=dict)
+    """view -> the SQL its measures read instead of the view (``{db}`` and ``{<view>}``: the
+    version's database and the SQL of its views): sessions and joins with ``_decided``."""
 
 
-def _stats() -> _Measures:
+def _stats(grace_ms: int = 0) -> _Measures:
     """The verification's measures, from the definition: per stream view its rows, the sums of
     its numeric fields (not the key, id or time), late rows and the non-null counts of its
     nullable columns (enrichment, scores), broken down by its first value-mapped field, else its
@@ -376,14 +380,43 @@ def _stats() -> _Measures:
         if w.keys:
             breakdowns[w.name] = (w.keys[0], f"sum({first})")
             labels[w.name] = f"window {first} per {w.keys[0]}"
+    # What the wall clock shows early (an idle partition's sessions final, its unmatched left
+    # events) depends on how long a run sat idle, which a replay cannot reproduce: sessions and
+    # joins are compared on what the log decides (``_decided``: the partition's watermark, the
+    # latest event time of its stream, has passed the session's close or the left event's
+    # interval end + grace; every pair is decided).
+    sources: dict[str, str] = {}
+    streams = {i.name for i in Names(pipe, "v").streams()}
     for se in pipe.sessions.values():
         sums = "".join(f", round(sum({a}), 6) AS {a}" for a, spec in se.aggregations.items()
                        if spec.split("(")[0].strip().lower() in ("count", "sum"))
-        stats[se.name] = f"count() AS rows, countIf(final) AS final{sums}"
+        stats[se.name] = f"count() AS rows, countIf(final AND _decided) AS final{sums}"
         breakdowns[se.name] = (se.keys[0], "count()")
+        time_field, by = pipe.inputs[se.stream].time, ", ".join(se.keys)
+        closing = se.gap_ms + (grace_ms if se.grace_ms is None else se.grace_ms)
+        on = " AND ".join(f"s.{k} = k._k_{k}" for k in se.keys)
+        named = ", ".join(f"{k} AS _k_{k}" for k in se.keys)  # not the names of s: no clash in s.*
+        sources[se.name] = (
+            f"SELECT s.*, (toUnixTimestamp64Milli(s.session_end) + {closing} <= w._wm) "
+            f"AS _decided FROM {{{se.name}}} AS s "
+            f"LEFT JOIN (SELECT {named}, any(source_partition) AS _p FROM {{{se.stream}}} GROUP BY {by}) AS k ON {on} "
+            f"LEFT JOIN (SELECT source_partition AS _p2, toUnixTimestamp64Milli(max({time_field})) AS _wm "
+            f"FROM {{{se.stream}}} GROUP BY _p2) AS w ON k._p = w._p2")
     for j in pipe.joins.values():
-        stats[j.name] = "count() AS rows, countIf(matched) AS matched, countIf(final) AS final"
-        breakdowns[j.name] = ("matched", "count()")
+        stats[j.name] = "countIf(_decided) AS rows, countIf(matched) AS matched"
+        breakdowns[j.name] = ("matched", "countIf(_decided)")
+        left, right = pipe.inputs[j.left], pipe.inputs[j.right]
+        if j.right not in streams or j.left not in streams:
+            stats[j.name], breakdowns[j.name] = "count() AS rows, countIf(matched) AS matched", ("matched", "count()")
+            continue
+        reach = j.upper_ms + (grace_ms if j.grace_ms is None else j.grace_ms)
+        ident = left.id or "concat(toString(source_partition), '/', toString(source_offset))"
+        sources[j.name] = (
+            f"SELECT j.*, (j.matched OR toUnixTimestamp64Milli(j.left_time) + {reach} < w._wm) "
+            f"AS _decided FROM {{{j.name}}} AS j "
+            f"LEFT JOIN (SELECT {ident} AS _id, source_partition AS _p FROM {{{j.left}}}) AS l ON j.left_id = l._id "
+            f"LEFT JOIN (SELECT source_partition AS _p2, toUnixTimestamp64Milli(max({right.time})) AS _wm "
+            f"FROM {{{j.right}}} GROUP BY _p2) AS w ON l._p = w._p2")
     if pipe.models:
         stats["model_quality"] = _KAPPA_STATS["model_quality"]
         breakdowns["model_quality"] = _KAPPA_BREAKDOWNS["model_quality"]
@@ -391,7 +424,7 @@ def _stats() -> _Measures:
     breakdowns["rejected_events"] = _KAPPA_BREAKDOWNS["rejected_events"]
     if pipe.models:
         stats["drift_events"] = _KAPPA_STATS["drift_events"]
-    return _Measures(stats, breakdowns, {**_LABELS, **labels}, mapped)
+    return _Measures(stats, breakdowns, {**_LABELS, **labels}, mapped, sources)
 
 
 @dataclass
@@ -422,10 +455,14 @@ class Verification:
         return out
 
 
-def _view_sql(view: str, db: str) -> str:
+def _view_sql(view: str, db: str, sources: dict[str, str] | None = None) -> str:
+    """The SQL the verification reads for ``view`` over ``db`` (its measures' source, if any)."""
     from sinks.views import VIEWS
 
-    return f"({VIEWS[view].format(db=db)})"
+    source = (sources or {}).get(view)
+    if source is None:
+        return f"({VIEWS[view].format(db=db)})"
+    return "(" + source.format(db=db, **{v: f"({sql.format(db=db)})" for v, sql in VIEWS.items()}) + ")"
 
 
 def version_config(settings: Settings, version: str) -> dict[str, Any] | None:
@@ -447,14 +484,15 @@ def verify(settings: Settings, backend: Any, live: str | None, version: str) -> 
     present = [_tables_exist(backend, db) for db in dbs]
     from sinks.rows import tables_of
 
-    measures_of = _stats()
+    measures_of = _stats(int(settings.window_grace_seconds * 1000))
     stats, breakdowns = measures_of.stats, measures_of.breakdowns
     first_table = next(iter(tables_of(current())))
     for view, measures in stats.items():
         got = []
         for db, have in zip(dbs, present, strict=True):
             try:
-                row = backend.rows(f"SELECT {measures} FROM {_view_sql(view, db)}") if first_table in have else []
+                row = backend.rows(f"SELECT {measures} FROM {_view_sql(view, db, measures_of.sources)}") \
+                    if first_table in have else []
             except KappaError:
                 row = []
             names = [m.rsplit(" AS ", 1)[1] for m in measures.split(", ") if " AS " in m]
@@ -483,7 +521,8 @@ def verify(settings: Settings, backend: Any, live: str | None, version: str) -> 
         sides = []
         for db in (database(live), database(version)):
             sides.append({str(r[0]): float(r[1]) for r in backend.rows(
-                f"SELECT {dim} AS k, {measure} FROM {_view_sql(view, db)} GROUP BY k ORDER BY k")})
+                f"SELECT {dim} AS k, {measure} FROM {_view_sql(view, db, measures_of.sources)} GROUP BY k "
+                "ORDER BY k")})
         changed = [(k, sides[0].get(k), sides[1].get(k)) for k in sorted(set(sides[0]) | set(sides[1]))
                    if sides[0].get(k) != sides[1].get(k)]
         if not changed:

@@ -250,7 +250,8 @@ class Pipeline:
         groups = model_groups(self.version)
         merges = {names.model_events(m) for m in pipe.models}
         model_topics = {m: {t: n for t, n in in_topics.items()
-                            if t in (names.input_topic(model.labels), names.model_events(m))}
+                            if (t == names.input_topic(model.labels) and model.reads_labels)
+                            or t == names.model_events(m)}
                         for m, model in pipe.models.items()}
         taken = {t for topics_ in model_topics.values() for t in topics_}
         in_topics = {t: n for t, n in in_topics.items() if not t.endswith("-changelog")

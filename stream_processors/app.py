@@ -246,7 +246,14 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
     row_outputs = {o.name: o for o in names.outputs() if o.kind in ("session", "join")}
     ticked = set(names.ticked())
     plain = [i.name for i in names.streams()]
-    learned = {m.stream: m for m in definition.models.values()} if learning else {}
+    # per stream, the models' merges its valid events go to: as events, or as occurrence labels
+    learned: dict[str, list[tuple[str, str, str, str]]] = {}
+    for m in definition.models.values() if learning else ():
+        learned.setdefault(m.stream, []).append(
+            (names.model_events(m.name), "event", m.on, definition.inputs[m.stream].time or ""))
+        if not m.reads_labels:
+            learned.setdefault(m.labels, []).append(
+                (names.model_events(m.name), "label", m.label_by or "", definition.inputs[m.labels].time or ""))
     raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
     sources_of: dict[str, list[str]] = {}
     for inp in streams:
@@ -267,7 +274,6 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
         stage.stream_source = partition_reader(settings, ep.kafka_bootstrap, names.input_topic(s))
         stage.idle_s, stage.partitions = idle_s, counts[s]
         window = next((w for w in windows.values() if w.stream == s), None)
-        model = learned.get(s)
         pipe.stages[s], pipe.states[s] = stage, state
         rows = {o.name: (o.topic, o.schema) for o in row_outputs.values()
                 if (o.kind == "session" and definition.sessions[o.name].stream == s)
@@ -275,8 +281,7 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
         stream_out = stream_outputs.get(s)  # none for a model's label stream joined here
         pipe.routes[s] = out.route(stream_out.topic if stream_out else None, stream_out.schema if stream_out else None,
                                    partials_topic=names.partials(window.name) if window else None,
-                                   learn=(names.model_events(model.name), model.on, inp.time or "")
-                                   if model else None, rows=rows)
+                                   learn=learned.get(s, ()), rows=rows)
         sources_of[s] = sources
         if window is not None:
             merge = WindowStage(version, state, grace_ms, idle_s=idle_s, spec=stage.window,

@@ -48,12 +48,10 @@ class Route:
     window_topic: str | None = None
     window_encoder: Encoder | None = None
     partials_topic: str | None = None
-    learn_topic: str | None = None
-    """The stream a model learns: its valid events also go to the model's merge topic ..."""
-    learn_on: str = ""
-    """... keyed by the model's join field ..."""
-    learn_time: str = ""
-    """... at the stream's event time."""
+    learn: tuple[tuple[str, str, str, str], ...] = ()
+    """The models that learn from the stream: its valid events also go to each model's merge
+    topic: (merge topic, kind ``event`` or ``label``, the record's id field in the merge (the
+    model's join field; a label's ``label_by``), the stream's event time field)."""
     rows: dict[str, tuple[str, Encoder]] | None = None
     """Declared outputs of the stage (sessions, joins): name -> (topic, encoder)."""
 
@@ -77,17 +75,16 @@ class Outputs:
 
     def route(self, stream_topic: str | None = None, stream_schema: str | None = None,
               window_topic: str | None = None, window_schema: str | None = None,
-              partials_topic: str | None = None, learn: tuple[str, str, str] | None = None,
+              partials_topic: str | None = None, learn: Sequence[tuple[str, str, str, str]] = (),
               rows: dict[str, tuple[str, str]] | None = None) -> Route:
         """A :class:`Route` with the encoders of its topics (subjects ``<topic>-value``);
-        ``learn``: (merge topic, join field, time field) when a model learns from the stream;
+        ``learn``: (merge topic, kind, id field, time field) per model learning from the stream;
         ``rows``: output name -> (topic, schema) of the stage's sessions and joins."""
         enc = self._encoder
-        merge, on, at = learn or (None, "", "")
         encoded = {name: (topic, Encoder(self.registry, f"{topic}-value", schema))
                    for name, (topic, schema) in (rows or {}).items()}
         return Route(stream_topic, enc(stream_topic, stream_schema), window_topic, enc(window_topic, window_schema),
-                     partials_topic, merge, on, at, encoded or None)
+                     partials_topic, tuple(learn), encoded or None)
 
     def _encoder(self, topic: str | None, schema: str | None) -> Encoder | None:
         return Encoder(self.registry, f"{topic}-value", schema) if topic and schema else None
@@ -127,14 +124,14 @@ class Outputs:
         if out.partials and route.partials_topic:
             self.produce_many(route.partials_topic, [k.encode() for k, _ in out.partials],
                               [v for _, v in out.partials])
-        if route.learn_topic and out.enriched:
+        for topic, kind, ident, at in route.learn if out.enriched else ():
             # Straight from the stream stage, so each input partition's events reach the model's
             # merge in offset order (its per-source lateness test is then deterministic); the
             # source offset lets the learner drop what a restarted stage sends again.
-            self.produce_many(route.learn_topic, [k.encode() for k, _ in out.enriched],
-                              [orjson.dumps({"kind": "event", "time": r[route.learn_time], "id": r[route.learn_on],
-                                           "src": f"{r['source_topic']}/{r['source_partition']}",
-                                           "off": r["source_offset"], "data": r})
+            self.produce_many(topic, [k.encode() for k, _ in out.enriched],
+                              [orjson.dumps({"kind": kind, "time": r[at], "id": r[ident],
+                                             "src": f"{r['source_topic']}/{r['source_partition']}",
+                                             "off": r["source_offset"], "data": r})
                                for _, r in out.enriched], partition=0)
 
     def produce_many(self, topic: str, keys: Sequence[bytes], values: Sequence[bytes | None],

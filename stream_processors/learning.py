@@ -155,7 +155,7 @@ class Learning:
         self.names = Names(self.pipeline, version, settings.topic_prefix)
         self.inputs = input_topics(settings.topic_prefix)
         self.out: dict[tuple[str, str], Output] = {(o.kind, o.name): o for o in self.names.outputs()}
-        labels = {self.names.input_topic(m.labels) for m in self.pipeline.models.values()}
+        labels = {self.names.input_topic(m.labels) for m in self.pipeline.models.values() if m.reads_labels}
         ensure_topics(settings, self.bootstrap, [
             *self.names.output_specs(settings.partitions),
             TopicSpec(self.names.checkpoints, 1, {
@@ -315,8 +315,9 @@ class ModelRun:
         saved = load_checkpoints(self.settings, self.base.bootstrap, self.version,
                                  keys=lambda k: k == self.name).get(self.name)
         settings = self.settings
+        lag_ms = self.model.lag_ms if self.model.lag_ms is not None else int(settings.fraud_lag_seconds * 1000)
         self.learner: OnlineModel = saved or OnlineModel(
-            self.spec, self.version, lag_ms=int(settings.fraud_lag_seconds * 1000),
+            self.spec, self.version, lag_ms=lag_ms,
             horizon_ms=int(settings.fraud_horizon_hours * 3_600_000),
             drift_policy=settings.drift_policy, drift_delta=settings.drift_delta, sources=self.sources)
         self.learner.spec = self.spec  # the running definition's features and model factory
@@ -412,7 +413,7 @@ class ModelConsumer(threading.Thread):
         super().__init__(name=f"kappa-{lrn.name}-{lrn.version}", daemon=True)
         self.lrn, self.on_fatal, self.batch, self.poll_s = lrn, on_fatal, batch, poll_s
         self.topic = lrn.topic
-        self.labels = lrn.labels
+        self.labels = lrn.labels if lrn.model.reads_labels else None  # else forwarded by its stage
         self.consumer = Consumer(client_config(lrn.settings, lrn.base.bootstrap, **{
             "group.id": lrn.group, "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "session.timeout.ms": 10_000,
@@ -443,8 +444,8 @@ class ModelConsumer(threading.Thread):
 
     def run(self) -> None:
         try:
-            self.consumer.subscribe([self.labels, self.topic], on_assign=self._assigned,
-                                    on_revoke=self._revoked, on_lost=self._lost)
+            topics = [self.labels, self.topic] if self.labels else [self.topic]
+            self.consumer.subscribe(topics, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost)
             while not self.stopping.is_set():
                 self.step()
             self.checkpoint()
@@ -466,7 +467,7 @@ class ModelConsumer(threading.Thread):
             else:
                 labels.append((str(m.topic()), int(m.partition() or 0), int(m.offset() or 0), m.value()))
         lrn, now = self.lrn, time.monotonic()
-        if labels:
+        if labels and self.labels:
             lrn.forward_labels(labels)
             lrn.flush()
             ends: dict[int, int] = {}

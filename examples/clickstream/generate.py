@@ -2,8 +2,9 @@
 
 Deterministic for a seed. Each visitor has one to three sessions (views a few minutes apart,
 sessions 40 minutes to 2 hours apart); some sign up (kind ``valid`` on ``signups``) minutes after
-a view, a few only hours later (no view within the hour before: an unmatched conversion). The
-records are published in event-time order with up to 90 s of jitter (out of order, within the
+the last view of a session — likelier after a session from github.com or Hacker News, or one
+that reached /pricing or /signup — a few only hours later (no view within the hour before: an
+unmatched conversion). The records are published in event-time order with up to 90 s of jitter (out of order, within the
 sessions' grace), plus re-sent views (``duplicate``: same view_id), views and signups breaking
 each rule in turn (``invalid``), and views four hours behind the clock (``too_late``: a session
 of such a view alone would be closed on its partition already, so it lands flagged late and
@@ -44,22 +45,38 @@ def _timeline(visitor: str, rng: random.Random, start: int) -> tuple[list[dict[s
     """One visitor's views (sessions with gaps under 30 minutes, 40-120 minutes between them) and signups."""
     views: list[dict[str, Any]] = []
     t = start
+    best, chance = None, 0.0  # the session most likely to convert, and its chance
     for _ in range(rng.choice((1, 1, 2, 3))):
         referrer = rng.choice(REFERRERS)
+        session = []
         for i in range(rng.randint(1, 6)):
             if i:
                 t += min(int(rng.expovariate(1 / (3 * MINUTE))), 25 * MINUTE) + 1_000
-            views.append({"visitor_id": visitor, "url": rng.choice(PAGES), "referrer": referrer, "event_time": t})
+            session.append({"visitor_id": visitor, "url": rng.choice(PAGES), "referrer": referrer, "event_time": t})
+        views += session
+        c = _conversion_chance(session)
+        if c > chance:
+            best, chance = session, c
         t += rng.randint(40, 120) * MINUTE
     signups = []
     luck = rng.random()
-    if luck < 0.2:  # converts within the hour after one of its views
-        at = rng.choice(views)["event_time"] + rng.randint(1, 50) * MINUTE
+    if best is not None and luck < chance:  # converts within the hour after its likeliest session's last view
+        at = best[-1]["event_time"] + rng.randint(1, 50) * MINUTE
         signups.append({"visitor_id": visitor, "plan": rng.choice(PLANS), "event_time": at, "converted": True})
-    elif luck < 0.25:  # signs up long after its last view: no view in the hour before
+    elif luck > 0.95:  # signs up long after its last view: no view in the hour before
         at = views[-1]["event_time"] + rng.randint(90, 180) * MINUTE
         signups.append({"visitor_id": visitor, "plan": rng.choice(PLANS), "event_time": at, "converted": True})
     return views, signups
+
+
+def _conversion_chance(session: list[dict[str, Any]]) -> float:
+    """How likely a session converts: by its referrer, whether it reached the pricing or signup
+    page, and its length (what the conversion model can learn from the session so far)."""
+    chance = {"github.com": 0.4, "news.ycombinator.com": 0.25, "direct": 0.1, "google.com": 0.05,
+              "twitter.com": 0.0}[session[0]["referrer"]]
+    urls = {v["url"] for v in session}
+    chance += 0.2 * ("/pricing" in urls) + 0.2 * ("/signup" in urls)
+    return min(chance, 0.9)
 
 
 def _break(topic: str, rec: dict[str, Any], reason: str) -> dict[str, Any]:

@@ -26,7 +26,8 @@ def derived(version: str, prefix: str, partitions: int) -> dict[str, Any]:
     names = Names(pipe, version, prefix)
     inputs = []
     for name, inp in pipe.inputs.items():
-        kind = "table" if inp.table else ("labels" if any(m.labels == name for m in pipe.models.values())
+        kind = "table" if inp.table else ("labels" if any(m.labels == name and m.reads_labels
+                                                          for m in pipe.models.values())
                                           else "stream")
         inputs.append({"topic": names.input_topic(name), "dlq": names.dlq(name), "kind": kind,
                        "partitions": inp.partitions or partitions, "key": inp.key, "time": inp.time,
@@ -42,7 +43,8 @@ def derived(version: str, prefix: str, partitions: int) -> dict[str, Any]:
               {"group": names.sink_group, "role": "sink (committed = landed in ClickHouse)",
                "topics": [o.topic for o in names.outputs()] + [names.dlq(n) for n in pipe.inputs]}]
     groups += [{"group": names.label_group(m.name), "role": f"labels of model {m.name}",
-                "topics": [names.input_topic(m.labels)]} for m in pipe.models.values()]
+                "topics": [names.input_topic(m.labels) if m.reads_labels else names.model_events(m.name)]}
+               for m in pipe.models.values()]
     derived_tables = tables(pipe)
     outputs = [{"topic": o.topic, "kind": o.kind, "key": o.key, "schema": o.schema,
                 "table": f"{names.tables_db}.{o.table}",
@@ -53,7 +55,8 @@ def derived(version: str, prefix: str, partitions: int) -> dict[str, Any]:
             "database": pipe.database, "version": version, "tables_database": names.tables_db,
             "inputs": inputs, "outputs": outputs, "groups": groups,
             "views": {f"{pipe.database}.{v}": what for v, what in names.views().items()},
-            "until_drained": consumed + [names.input_topic(m.labels) for m in pipe.models.values()]}
+            "until_drained": consumed + [names.input_topic(m.labels) for m in pipe.models.values()
+                                         if m.reads_labels]}
 
 
 def operators(pipe: Any) -> list[str]:

@@ -228,10 +228,27 @@ class Model:
     """Output name of the scores: topic ``D.V.<scores>``, table ``<scores>`` (``<name>_scores``)."""
     schema: str | None = None
     """A declared scores schema (default: derived: the key, ``<name>_score``, model, ...)."""
+    label_by: str | None = None
+    """Occurrence labels: a label event (of ``labels``) with this field's value labels True every
+    event of ``stream`` with the same value in the ``label_within_ms`` before it; an event with
+    none is labelled False once the merge passes its time + ``label_within_ms``. The label stream
+    stays a stream (validated by its stage, which forwards its valid events to the model)."""
+    label_within_ms: int = 0
+    features_by: str | None = None
+    """Stateful features: the features function gets ``(event, state)``, ``state`` a dict kept per
+    value of this field (in the model's checkpoint), updated in merge order."""
+    lag_ms: int | None = None
+    """The merge's lag (default: the settings' ``fraud_lag_seconds``)."""
 
     @property
     def score_field(self) -> str:
         return f"{self.name}_score"
+
+    @property
+    def reads_labels(self) -> bool:
+        """True when the model's learner consumes its label stream itself (a label per event,
+        joined on ``on``); False for occurrence labels, forwarded by the label stream's stage."""
+        return self.label_by is None
 
 
 @dataclass(frozen=True)
@@ -607,27 +624,58 @@ class _Loader:
     def model(self, name: str, value: Any, inputs: Mapping[str, Input], enrich: Mapping[str, Enrich]) -> Model:
         entry = f"models.{name}"
         v = self.table(entry, value, {"stream", "labels", "on", "label", "features", "model", "roc_thresholds",
-                                      "scores", "schema"},
-                       {"stream", "labels", "on", "label", "features"})
+                                      "scores", "schema", "label_by", "label_within", "features_by", "lag"},
+                       {"stream", "labels", "on", "features"})
         for key in ("stream", "labels"):
             if v[key] not in inputs:
                 raise self.fail(entry, f"{key} {v[key]!r} is not an input ({', '.join(inputs)})")
         if inputs[v["stream"]].table or inputs[v["labels"]].table:
             raise self.fail(entry, "stream and labels are streams, not table inputs")
-        self.need_field(entry, inputs[v["stream"]].schema, v["on"], "join key (on)")
-        self.need_field(entry, inputs[v["labels"]].schema, v["on"], "join key (on)")
-        self.need_field(entry, inputs[v["labels"]].schema, v["label"], "label")
-        label = inputs[v["labels"]].schema.field(v["label"])
-        if label is not None and label.type != "boolean":
-            raise self.fail(entry, f"label {v['label']!r} is {label.type}: models predict a boolean label")
+        stream, labels = inputs[v["stream"]].schema, inputs[v["labels"]].schema
+        self.need_field(entry, stream, v["on"], "join key (on)")
+        label_by, within = v.get("label_by"), 0
+        if label_by is None:
+            if "label_within" in v:
+                raise self.fail(entry, "label_within needs label_by (the field a label event shares with the events)")
+            if "label" not in v:
+                raise self.fail(entry, "missing key 'label' (the boolean field of the label stream), "
+                                       "or label_by and label_within for occurrence labels")
+            self.need_field(entry, labels, v["on"], "join key (on)")
+            self.need_field(entry, labels, v["label"], "label")
+            label = labels.field(v["label"])
+            if label is not None and label.type != "boolean":
+                raise self.fail(entry, f"label {v['label']!r} is {label.type}: models predict a boolean label")
+        else:
+            self.need_field(entry, stream, label_by, "label_by")
+            self.need_field(entry, labels, label_by, "label_by")
+            if "label_within" not in v:
+                raise self.fail(entry, "label_by needs label_within: how long before a label event an event "
+                                       "it labels may be")
+            within = self.duration(entry, "label_within", v["label_within"])
+            if within <= 0:
+                raise self.fail(entry, "label_within must be above 0")
+            if not inputs[v["labels"]].time:
+                raise self.fail(entry, f"labels {v['labels']!r} has no event time (time = ...): "
+                                       "occurrence labels need one")
+        features_by = v.get("features_by")
+        if features_by is not None:
+            self.need_field(entry, stream, features_by, "features_by")
+            if features_by != inputs[v["stream"]].key:
+                # one partition holds all events of a key: its state then follows their offset order
+                raise self.fail(entry, f"features_by {features_by!r} must be the key of {v['stream']} "
+                                       f"({inputs[v['stream']].key!r}): the features' state follows the order of "
+                                       "one partition")
+        lag = None if v.get("lag") is None else self.duration(entry, "lag", v["lag"])
         features, function = v["features"], None
         if isinstance(features, str):
             function, features = self.reference(entry, "features", features), ()
         elif isinstance(features, list) and features and all(isinstance(f, str) for f in features):
+            if features_by is not None:
+                raise self.fail(entry, "features_by needs a features function (\"module:function\" of (event, state))")
             joined = enrich[v["stream"]].fields if v["stream"] in enrich else {}
             for f in features:
                 if f not in joined:
-                    self.need_field(entry, inputs[v["stream"]].schema, f, "feature")
+                    self.need_field(entry, stream, f, "feature")
         else:
             raise self.fail(entry, "features = [\"field\", ...] (fields of the stream) or \"module:function\"")
         model = None if v.get("model") is None else self.reference(entry, "model", v["model"])
@@ -639,8 +687,8 @@ class _Loader:
             raise self.fail(entry, f"scores {scores!r}: use lowercase letters, digits and _")
         if v.get("schema") is not None:
             self.schema(entry, v["schema"])
-        return Model(name, v["stream"], v["labels"], v["on"], v["label"], tuple(features), function, model,
-                     thresholds, scores, v.get("schema"))
+        return Model(name, v["stream"], v["labels"], v["on"], v.get("label", "label"), tuple(features), function,
+                     model, thresholds, scores, v.get("schema"), label_by, within, features_by, lag)
 
     def stream(self, entry: str, key: str, name: Any, inputs: Mapping[str, Input]) -> Input:
         """The stream input ``name`` (not a table, with an event time) that ``key`` of ``entry`` names."""

@@ -126,7 +126,7 @@ class Names:
     def streams(self) -> list[Input]:
         """The stream inputs in declared order: not tables, not a model's label stream (those
         are consumed by the model's learner, :class:`~kappa.pipeline.definition.Model`)."""
-        labels = {m.labels for m in self.pipeline.models.values()}
+        labels = {m.labels for m in self.pipeline.models.values() if m.reads_labels}
         return [i for i in self.pipeline.inputs.values() if not i.table and i.name not in labels]
 
     def outputs(self) -> Iterator[Output]:
@@ -193,7 +193,7 @@ class Names:
         """Stream agent -> the streams it runs: one per stream, except that the two streams of a
         join run in one agent (named after the first of them), so the join sees both."""
         pipe = self.pipeline
-        labels = {m.labels for m in pipe.models.values()}
+        labels = {m.labels for m in pipe.models.values() if m.reads_labels}
         owner: dict[str, str] = {}
         for inp in self.streams():
             owner[inp.name] = inp.name

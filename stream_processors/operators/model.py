@@ -85,6 +85,7 @@ from __future__ import annotations
 import heapq
 import math
 import pickle
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -101,7 +102,7 @@ if TYPE_CHECKING:
 __all__ = ["DRIFT_POLICIES", "ModelSpec", "OnlineModel", "bound_spec", "default_model", "field_features",
            "model_spec"]
 
-LABEL, EVENT = 0, 1
+LABEL, EVENT, OCCURRENCE = 0, 1, 2
 _SKIP, _LATE, _TAKE = 0, 1, 2
 _LAYOUT = 2
 """Checkpoint layout: 2 = buffer items are features and label values (1: records or bytes)."""
@@ -161,6 +162,11 @@ class ModelSpec:
     """Thresholds of the River ROCAUC (10: River's default; more when probabilities are small)."""
     pipeline: str = ""
     score_field: str = field(default="")
+    label_by: str | None = None
+    """Occurrence labels (see :class:`OnlineModel`): the field events and label events share."""
+    within_ms: int = 0
+    features_by: str | None = None
+    """Stateful features: ``features(event, state)``, ``state`` a dict per value of this field."""
 
     def __post_init__(self) -> None:
         self.score_field = self.score_field or f"{self.name}_score"
@@ -196,7 +202,8 @@ def model_spec(pipeline: Pipeline, name: str) -> ModelSpec:
     else:
         features = field_features(m.features)
     factory = pipeline.resolve(m.model) if m.model else default_model
-    return ModelSpec(name, m.on, m.label, features, factory, m.roc_thresholds, pipeline.name)
+    return ModelSpec(name, m.on, m.label, features, factory, m.roc_thresholds, pipeline.name,
+                     label_by=m.label_by, within_ms=m.label_within_ms, features_by=m.features_by)
 
 
 class OnlineModel:
@@ -252,6 +259,13 @@ class OnlineModel:
         self.counts: dict[str, int] = {}
         self.layout = _LAYOUT
         self._names: dict[str, str] = {}
+        self.groups: dict[str, list[str]] = {}
+        """Occurrence labels: per ``label_by`` value, its scored events waiting for a label event."""
+        self.expiring: deque[tuple[int, str, str]] = deque()
+        """Occurrence labels: (time, key, group) of the scored events in merge order: labelled
+        False once the merge passes time + ``within_ms`` without a label event of their group."""
+        self.state: dict[str, tuple[int, dict[str, Any]]] = {}
+        """Stateful features: per ``features_by`` value, (last event time, state), least recent first."""
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -261,6 +275,9 @@ class OnlineModel:
     def __setstate__(self, state: dict[str, Any]) -> None:
         # checkpoints written before per-source offsets (and 7-field buffer entries) existed
         state.setdefault("source_offset", {})
+        state.setdefault("groups", {})
+        state.setdefault("expiring", deque())
+        state.setdefault("state", {})
         self.__dict__.update(state)
         self._names = {}
         self.layout, stale = _LAYOUT, state.get("layout", 1) < _LAYOUT
@@ -281,12 +298,28 @@ class OnlineModel:
         self.buffer = buffer
 
     # -- input -----------------------------------------------------------------------------
-    def _features(self, record: Mapping[str, Any]) -> dict[str, float]:
-        """The spec's features of ``record``, with names shared between events (see the class doc)."""
+    def _features(self, record: Mapping[str, Any], time: int = 0) -> dict[str, float]:
+        """The spec's features of ``record``, with names shared between events (see the class doc);
+        stateful features (``features_by``) read and update the state of the record's value."""
         names = self._names
         if len(names) > _MAX_NAMES:
             names.clear()
-        return {names.setdefault(k, k): v for k, v in self.spec.features(record).items()}
+        by = self.spec.features_by
+        if by is None:
+            x = self.spec.features(record)
+        else:
+            group = str(record[by])
+            kept = self.state.pop(group, None)
+            st = {} if kept is None else kept[1]
+            x = self.spec.features(record, st)  # type: ignore[call-arg]
+            self.state[group] = (max(time, kept[0]) if kept else time, st)  # most recent last
+        return {names.setdefault(k, k): v for k, v in x.items()}
+
+    def _item(self, record: Mapping[str, Any], time: int) -> Any:
+        """A buffered event's item: its features, with its group for occurrence labels."""
+        x = self._features(record, time)
+        by = self.spec.label_by
+        return x if by is None else (str(record[by]), x)
 
     def _label_value(self, data: Mapping[str, Any] | bytes) -> Any:
         return (orjson.loads(data)["data"] if isinstance(data, bytes) else data)[self.spec.label]
@@ -328,12 +361,16 @@ class OnlineModel:
         verdict = self._admit(time, source, offset, source_offset)
         if verdict != _TAKE:
             return verdict == _LATE
+        occurrence = self.spec.label_by is not None
         if kind == "label":
-            entry = (time, LABEL, key, source, -1 if source_offset is None else source_offset, offset,
-                     self._label_value(data))
+            entry = (time, OCCURRENCE, key, source, -1 if source_offset is None else source_offset, offset, True) \
+                if occurrence else (time, LABEL, key, source, -1 if source_offset is None else source_offset,
+                                    offset, self._label_value(data))
         else:
+            if isinstance(data, bytes) and (occurrence or self.spec.features_by is not None):
+                data = orjson.loads(data)["data"]  # stateful: featurized in arrival order, now
             entry = (time, EVENT, key, source, -1 if source_offset is None else source_offset, offset,
-                     data if isinstance(data, bytes) else self._features(data))
+                     data if isinstance(data, bytes) else self._item(data, time))
         heapq.heappush(self.buffer, entry)
         return True
 
@@ -342,16 +379,18 @@ class OnlineModel:
         ``{"kind", "time", "id", "src", "off", "data"}`` (stream_processors.learning): each record
         parsed once, an event's features computed once."""
         loads, admit, push, buffer = orjson.loads, self._admit, heapq.heappush, self.buffer
-        label, features = self.spec.label, self._features
+        label, item = self.spec.label, self._item
+        occurrence = self.spec.label_by is not None
         for offset, value in rows:
             ev = loads(value or b"{}")
             kind, time, src, off = ev["kind"], int(ev["time"]), ev["src"], ev.get("off")
             if admit(time, src, offset, off) != _TAKE:
                 continue
             if kind == "label":
-                push(buffer, (time, LABEL, ev["id"], src, -1 if off is None else off, offset, ev["data"][label]))
+                push(buffer, (time, OCCURRENCE, ev["id"], src, -1 if off is None else off, offset, True) if occurrence
+                     else (time, LABEL, ev["id"], src, -1 if off is None else off, offset, ev["data"][label]))
             else:
-                push(buffer, (time, EVENT, ev["id"], src, -1 if off is None else off, offset, features(ev["data"])))
+                push(buffer, (time, EVENT, ev["id"], src, -1 if off is None else off, offset, item(ev["data"], time)))
 
     @property
     def watermark(self) -> int:
@@ -374,6 +413,8 @@ class OnlineModel:
         label, event = self._label, self._event
         while buffer and buffer[0][0] < bound:
             time, kind, key, _, _, _, item = pop(buffer)
+            if self.expiring and time > self.released:
+                self._negatives(time, out)  # in the bucket of what was applied before them
             bucket = time // bucket_ms * bucket_ms
             if self.bucket is None or bucket > self.bucket:
                 if self.bucket is not None:
@@ -384,8 +425,15 @@ class OnlineModel:
                 self._expire(time)
             if kind == LABEL:
                 label(key, item, time, out)
+            elif kind == OCCURRENCE:
+                self._occurrence(key, time, out)
             else:
                 event(key, item, time, out, scores)
+        if self.expiring:
+            # the watermark passed these events' hours: no label event can still come before it
+            # (nor any event: what comes next is at or after it, so the order is the same however
+            # the input was batched)
+            self._negatives(min(bound, self.watermark), out)
         return out, scores
 
     def provisional(self) -> tuple[Emitted, list[dict[str, Any]]]:
@@ -413,6 +461,12 @@ class OnlineModel:
 
     def _expire(self, now: int) -> None:
         cutoff = now - self.horizon_ms
+        state = self.state
+        while state:
+            group = next(iter(state))
+            if state[group][0] >= cutoff:
+                break
+            del state[group]
         for store, what in ((self.pending, "features_expired"), (self.orphans, "orphan_expired"),
                             (self.learned, None)):
             while store:
@@ -431,6 +485,9 @@ class OnlineModel:
         if key in pending or key in self.learned:
             self._count("duplicate")
             return
+        group = None
+        if isinstance(item, tuple):  # occurrence labels: (group, features)
+            group, item = item
         if isinstance(item, bytes):  # added as the merge record: featurized now, kept as bytes
             raw: bytes | None = item
             x = self._features(orjson.loads(item)["data"])
@@ -448,6 +505,10 @@ class OnlineModel:
         # (the checkpoint pickles every pending event); proba == {False: 1 - p, True: p}
         binary = len(proba) == 2 and True in proba and proba.get(False) == 1.0 - p
         pending[key] = (x if raw is None else raw, time, p if binary else proba)
+        if group is not None:
+            self.groups.setdefault(group, []).append(key)
+            self.expiring.append((time, key, group))
+            return
         if key in self.orphans:
             y, label_time = self.orphans.pop(key)
             self._count("orphan_matched")
@@ -465,6 +526,39 @@ class OnlineModel:
                 self._count("orphan_label")
                 self.orphans[key] = (y, time)
             return
+        self._learn(key, kept, y, time, out)
+
+    def _occurrence(self, group: str, time: int, out: Emitted) -> None:
+        """A label event of ``group`` at ``time``: each of its events still waiting (all within
+        ``within_ms`` before it: older ones were labelled False) is labelled True."""
+        keys = self.groups.pop(group, None)
+        if not keys:
+            self._count("label_without_event")
+            return
+        self._count("label_events")
+        pending = self.pending
+        for key in keys:
+            kept = pending.pop(key, None)
+            if kept is not None:
+                self._learn(key, kept, True, time, out)
+
+    def _negatives(self, now: int, out: Emitted) -> None:
+        """Events whose ``within_ms`` ended before ``now`` with no label event: labelled False."""
+        expiring, pending, groups, within = self.expiring, self.pending, self.groups, self.spec.within_ms
+        while expiring and expiring[0][0] + within < now:
+            t, key, group = expiring.popleft()
+            kept = pending.pop(key, None)
+            if kept is None:
+                continue
+            waiting = groups.get(group)
+            if waiting is not None:
+                waiting.remove(key)  # the oldest of its group: at the front
+                if not waiting:
+                    del groups[group]
+            self._learn(key, kept, False, t + within, out)
+
+    def _learn(self, key: str, kept: tuple[Any, int, Any], y: bool, time: int, out: Emitted) -> None:
+        """Score the kept prediction of ``key`` against ``y``, then learn it."""
         x, _event_time, p = kept
         if isinstance(x, bytes):
             x = self._features(orjson.loads(x)["data"])

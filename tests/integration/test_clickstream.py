@@ -26,12 +26,13 @@ T0 = (time.time_ns() // 1_000_000 - 3 * 3_600_000) // 3_600_000 * 3_600_000
 
 
 def _scaled(tmp: Path) -> Path:
-    """The example with its durations in seconds (gap 30 s, grace 5 s, join within 60 s), so the
-    wall clock closes an idle partition's sessions within a test."""
+    """The example with its durations in seconds (gap 30 s, grace 5 s, join and labels within 60 s,
+    the model's lag 5 s), so the wall clock closes an idle partition's sessions within a test."""
     root = tmp / "clickstream"
     shutil.copytree(CLICK, root)
     toml = root / "pipeline.toml"
     text = toml.read_text().replace('gap = "30m"', 'gap = "30s"').replace('grace = "5m"', 'grace = "5s"')
+    text = text.replace('label_within = "1h"', 'label_within = "60s"').replace('lag = "5m"', 'lag = "5s"')
     toml.write_text(text.replace('upper = "1h"', 'upper = "60s"'))
     return root
 
@@ -95,6 +96,7 @@ def test_sessions_and_joins_give_the_hand_computed_rows(stack: Stack, tmp_path: 
     assert _joins(env) == {"p1|0/0": True, "p2|0/0": True, "p7|0/1": True, "p3|": False, "p4|": False}
     rejected = query(env, "SELECT reason FROM clickstream.rejected_events")
     assert [r["reason"] for r in rejected] == ["bad_plan: enterprise"]
+    assert _scored(env) == MODEL
 
     # idle: the wall clock shows c's and b's open sessions final and p9 unmatched, without new events
     run = subprocess.Popen([KAPPA, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -116,6 +118,25 @@ def test_sessions_and_joins_give_the_hand_computed_rows(stack: Stack, tmp_path: 
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert _joins(env) == {"p1|0/0": True, "p2|0/0": True, "p7|0/1": True, "p3|": False, "p4|": False,
                            "p9|": False}
+    assert _scored(env) == MODEL
+
+
+# The conversion model (lag 5 s, labels within 60 s). p5 (25 s) and p8 (20 s) come more than the
+# lag behind a's partition (p3, 42 s): late for the model, not scored. With most partitions empty
+# the merge's watermark has not moved, so what is published is the provisional tail: the buffer
+# applied in merge order to a copy. a's signup (30 s) labels p1 and p2 True; p4's hour ends at 65 s,
+# before p7 (100 s): False; p3's at 102 s, before p9: False; c's signup (130 s) labels p7 True (its
+# bad_plan signup was rejected by its stage: no label). p9's hour is not over.
+# (view -> labels learned when it was scored, labels learned)
+MODEL = ({"p1": 0, "p4": 0, "p2": 0, "p3": 2, "p7": 3, "p9": 4}, 5)
+
+
+def _scored(env: dict[str, str]) -> tuple[dict[str, int], int]:
+    scores = {r["view_id"]: int(r["labelled_before"])
+              for r in query(env, "SELECT view_id, labelled_before FROM clickstream.conversion_scores")}
+    quality = query(env, "SELECT argMax(labelled, bucket) AS n FROM clickstream.model_quality "
+                         "WHERE model = 'conversion'")
+    return scores, int(quality[0]["n"]) if quality else -1
 
 
 def _all(env: dict[str, str]) -> dict[str, Any]:
@@ -126,8 +147,17 @@ def _all(env: dict[str, str]) -> dict[str, Any]:
         "page_views": rows("SELECT view_id, visitor_id, url, event_time, late FROM clickstream.page_views"),
         "sessions": rows("SELECT visitor_id, session_start, session_end, page_views, landing_url, exit_url, "
                          "converted FROM clickstream.sessions"),
-        "conversions": rows("SELECT left_id, right_id, matched FROM clickstream.conversions WHERE final"),
+        # the rows the log decides: pairs, and unmatched views whose hour + grace the signups'
+        # watermark of their partition passed (an idle run's wall clock shows some earlier: kappa.replay)
+        "conversions": rows(
+            "SELECT j.left_id, j.right_id, j.matched FROM clickstream.conversions AS j "
+            "LEFT JOIN (SELECT view_id AS _id, source_partition AS _p FROM clickstream.page_views) AS l "
+            "ON j.left_id = l._id LEFT JOIN (SELECT source_partition AS _p2, toUnixTimestamp64Milli(max(event_time)) "
+            "AS _wm FROM clickstream.signups GROUP BY _p2) AS w ON l._p = w._p2 "
+            "WHERE j.matched OR toUnixTimestamp64Milli(j.left_time) + 3900000 < w._wm"),
         "rejected": rows("SELECT reason FROM clickstream.rejected_events"),
+        "scores": rows("SELECT view_id, conversion_score, labelled_before FROM clickstream.conversion_scores"),
+        "quality": rows("SELECT bucket, labelled, roc_auc, accuracy, log_loss FROM clickstream.model_quality"),
     }
 
 
@@ -160,6 +190,7 @@ def test_clickstream_killed_mid_stream_equals_a_clean_run_and_replays_identical(
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     want = _all(clean)
     assert want["sessions"] and want["conversions"] and want["rejected"]
+    assert len(want["scores"]) > 2000 and want["quality"]
     assert any(row[-1] for row in want["page_views"])  # some views too late
     sessions = {(r["visitor_id"], int(r["s"]), int(r["e"]), int(r["n"])) for r in query(
         clean, "SELECT visitor_id, toUnixTimestamp64Milli(session_start) AS s, "
