@@ -139,6 +139,18 @@ def test_a_model_loads_and_derives_its_scores(tmp_path: Path) -> None:
     assert spec.features({"value": 2, "site": "lyon", "label": "x"}) == {"value": 2.0, "site=lyon": 1.0}
 
 
+def test_an_occurrence_model_keeps_its_label_stream_a_stream(tmp_path: Path) -> None:
+    from kappa.pipeline.derive import Names
+
+    path = project(tmp_path, MODELLED.replace('label = "broken"', 'label_by = "event_id"\nlabel_within = "10m"\n'
+                                                                  'lag = "30s"', 1))
+    (path / "schemas" / "checks.avsc").write_text(json.dumps(CHECKS))
+    pipe = load(path)
+    m = pipe.models["broken"]
+    assert (m.label_by, m.label_within_ms, m.lag_ms, m.reads_labels) == ("event_id", 600_000, 30_000, False)
+    assert [i.name for i in Names(pipe, "v1").streams()] == ["events", "checks"]  # checks: validated, a view
+
+
 @pytest.mark.parametrize(("change", "why"), [
     (('label = "broken"', 'label = "note"'), "label 'note' is string: models predict a boolean label"),
     (('features = ["value", "site"]', 'features = ["value", "sight"]'),
@@ -149,6 +161,14 @@ def test_a_model_loads_and_derives_its_scores(tmp_path: Path) -> None:
     (('features = ["value", "site"]', 'features = ["value"]\nscores = "per_site"'),
      "clashes with the one of [windows.per_site]"),
     (('on = "event_id"\nlabel', 'on = "note"\nlabel'), "join key (on) 'note' is not a field of schema events"),
+    (('label = "broken"', 'label_by = "event_id"'), "label_by needs label_within"),
+    (('label = "broken"', 'label = "broken"\nlabel_within = "1h"'), "label_within needs label_by"),
+    (('label = "broken"', 'label_by = "note"\nlabel_within = "1h"'), "label_by 'note' is not a field of schema events"),
+    (('label = "broken"', 'label_by = "event_id"\nlabel_within = "0s"'), "label_within must be above 0"),
+    (('features = ["value", "site"]', 'features = ["value"]\nfeatures_by = "event_id"'),
+     "features_by 'event_id' must be the key of events ('device')"),
+    (('features = ["value", "site"]', 'features = ["value"]\nfeatures_by = "device"'),
+     "features_by needs a features function"),
 ])
 def test_a_model_mistake_names_the_file_the_entry_and_why(tmp_path: Path, change: tuple[str, str], why: str) -> None:
     old, new = change
