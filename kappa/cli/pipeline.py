@@ -42,7 +42,8 @@ def derived(version: str, prefix: str, partitions: int) -> dict[str, Any]:
     groups = [{"group": names.group, "role": "stream processors", "topics": consumed},
               {"group": names.sink_group, "role": "sink (committed = landed in ClickHouse)",
                "topics": [o.topic for o in names.outputs()] + [names.dlq(n) for n in pipe.inputs]}]
-    groups += [{"group": names.label_group(m.name), "role": f"labels of model {m.name}",
+    groups += [{"group": names.label_group(m.name), "role": f"labels of model {m.name}" if m.reads_labels else
+                f"model {m.name} (its {m.labels} labels forwarded by their stage)",
                 "topics": [names.input_topic(m.labels) if m.reads_labels else names.model_events(m.name)]}
                for m in pipe.models.values()]
     derived_tables = tables(pipe)
