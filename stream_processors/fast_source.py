@@ -76,6 +76,7 @@ class FastSource:
             "group.id": group,  # only to read the group's committed offsets: assign() only, never commits
             "enable.auto.commit": False, "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
+            "queued.min.messages": 4 * batch_events,  # prefetch: a few batches, not librdkafka's 100k records
             "error_cb": ClientErrorLog(log, "fast source consumer")}))
         self.queues: dict[str, asyncio.Queue[Batch]] = {a: asyncio.Queue() for a in set(routes.values())}
         self.locks: dict[str, asyncio.Lock] = {a: asyncio.Lock() for a in self.queues}
@@ -97,16 +98,24 @@ class FastSource:
             self._thread.start()
         with self._cond:
             epoch, current = self._want
-            self._want = (self.epoch, (current if epoch == self.epoch else set()) | set(tps))
+            current = current if epoch == self.epoch else set()
+            if current and not set(tps) <= current:
+                # more partitions within one assignment: every one is read again from its
+                # committed offset, in a new epoch (what was read before is not acked)
+                self._new_epoch()
+            self._want = (self.epoch, current | set(tps))
             self._cond.notify()
         log.info("fast source: reading %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in tps))
 
     def revoke(self, tps: set[TP]) -> None:
         """Faust starts revoking: a new epoch (nothing read before it is processed or acked)."""
-        self.epoch += 1
         with self._cond:
+            self._new_epoch()
             self._want = (self.epoch, set())
             self._cond.notify()
+
+    def _new_epoch(self) -> None:
+        self.epoch += 1
         for q in self.queues.values():
             while not q.empty():
                 q.get_nowait()
@@ -158,14 +167,16 @@ class FastSource:
         epoch, assigned = -1, set[TP]()
         nxt: dict[tuple[str, int], int] = {}
         while True:
-            with self._cond:
+            with self._cond:  # never held across a broker call: the event loop takes it
                 want_epoch, want = self._want
-                if (want_epoch, want) != (epoch, assigned):
-                    epoch, assigned = want_epoch, set(want)
-                    nxt = self._assign(assigned)
-                if not assigned:
+                changed = (want_epoch, want) != (epoch, assigned)
+                if not changed and not assigned:
                     self._cond.wait(0.5)
                     continue
+            if changed:
+                epoch, assigned = want_epoch, set(want)
+                nxt = self._assign(assigned)
+                continue
             if not self._room.acquire(timeout=0.1):
                 continue
             msgs = consumer.consume(self.batch_events, self.batch_within)
