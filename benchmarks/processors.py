@@ -81,10 +81,11 @@ def _child_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def run_full(settings: Settings, n: int) -> tuple[float, float, int]:
+def run_full(settings: Settings, n: int, fast: bool = False) -> tuple[float, float, int]:
     """The real worker (1 process, no learning) measured by the one harness of every "full job"
-    figure (:func:`benchmarks.scaling.measure_output`): (events/s, CPU us per output, peak RSS MiB)."""
-    r = run_workers(settings, n, 1)
+    figure (:func:`benchmarks.scaling.measure_output`): (events/s, CPU us per output, peak RSS MiB);
+    ``fast``: with ``KAPPA_FAST_CONSUMER=1`` (the sources read outside Faust's per-message path)."""
+    r = run_workers(settings, n, 1, extra_env={"KAPPA_FAST_CONSUMER": "1" if fast else "0"})
     return float(r["events_per_s"]), float(r["cpu_us_per_event"]), int(r["peak_rss_mb"][0])
 
 
@@ -174,6 +175,8 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--child", default="")
     ap.add_argument("--no-quix", action="store_true", help="skip the Quix Streams contender")
+    ap.add_argument("--fast", action="store_true",
+                    help="also run the full job with KAPPA_FAST_CONSUMER=1 (sources read by confluent-kafka)")
     ap.add_argument("--lean-faust", action="store_true",
                     help="also run the bare agent with the job's LeanMonitor (what that setting alone buys)")
     args = ap.parse_args()
@@ -191,6 +194,8 @@ def main() -> None:
     rows = [("raw confluent-kafka consume+decode", *_timed_child("raw", settings, args.events)),
             ("bare Faust agent, decode only", *_timed_child("faust", settings, args.events)),
             ("full job (validate+dedupe+enrich+windows)", *run_full(settings, args.events))]
+    if args.fast:
+        rows.append(("full job, KAPPA_FAST_CONSUMER=1", *run_full(settings, args.events, fast=True)))
     if args.lean_faust:
         rows.append(("bare Faust agent + the job's LeanMonitor", *_timed_child("faust-lean", settings,
                                                                                args.events)))

@@ -189,13 +189,15 @@ def _interpolate(samples: Sequence[tuple[float, float]], t: float) -> float:
     return v0 if t1 == t0 else v0 + (v1 - v0) * (t - t0) / (t1 - t0)
 
 
-def run_workers(settings: Settings, events: int, workers: int, learning: bool = False) -> dict[str, Any]:
-    """The full job with ``workers`` processes of a fresh version over the produced input."""
+def run_workers(settings: Settings, events: int, workers: int, learning: bool = False,
+                extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The full job with ``workers`` processes of a fresh version over the produced input
+    (``extra_env``: settings of the workers, e.g. ``KAPPA_FAST_CONSUMER``)."""
     version = f"scale{uuid.uuid4().hex[:6]}"
     argv = [sys.executable, "-m", "stream_processors", "worker", "--version", version]
     if not learning:
         argv.append("--no-learning")
-    env = child_env(settings)
+    env = {**child_env(settings), **(extra_env or {})}
     log = open(settings.home / f"worker-{version}.log", "ab")
     procs = [subprocess.Popen([*argv, "--worker", str(i)], cwd=REPO, env=env, stdout=log,
                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL) for i in range(workers)]

@@ -111,12 +111,14 @@ class _Run:
             note: str = "") -> None:
         self.figures.append(Figure(section, name, value, unit, baseline, note))
 
-    def full_job(self, settings: Settings, section: str) -> dict[str, Any]:
-        """The full job, 1 worker, on the input of ``settings`` (the one harness: scaling.METHOD)."""
+    def full_job(self, settings: Settings, section: str, fast: bool = False) -> dict[str, Any]:
+        """The full job, 1 worker, on the input of ``settings`` (the one harness: scaling.METHOD);
+        ``fast``: with ``KAPPA_FAST_CONSUMER=1``."""
         from benchmarks.scaling import run_workers
 
-        r = run_workers(settings, self.events, 1)
-        self.rss.append((f"Kappa worker, full job ({section} section)", r["peak_rss_mb"][0]))
+        r = run_workers(settings, self.events, 1, extra_env={"KAPPA_FAST_CONSUMER": "1" if fast else "0"})
+        label = ", KAPPA_FAST_CONSUMER=1" if fast else ""
+        self.rss.append((f"Kappa worker, full job{label} ({section} section)", r["peak_rss_mb"][0]))
         return r
 
     # -- sections ---------------------------------------------------------------------
@@ -176,7 +178,10 @@ class _Run:
         job = self.full_job(settings, "consume")
         self.kappa_job_rate = job["events_per_s"]
         self.add("consume", "Kappa full job, 1 worker (validate+dedupe+enrich+windows)", job["events_per_s"],
-                 "ev/s", raw, note=_job_note(job))
+                 "ev/s", raw, note=f"{job['events_per_s'] / faust:.2f}x the bare Faust agent; {_job_note(job)}")
+        fast = self.full_job(settings, "consume", fast=True)
+        self.add("consume", "Kappa full job, 1 worker, KAPPA_FAST_CONSUMER=1", fast["events_per_s"], "ev/s", raw,
+                 note=f"{fast['events_per_s'] / faust:.2f}x the bare Faust agent; {_job_note(fast)}")
 
     def job(self) -> None:
         from benchmarks import processors

@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     """Failure injection (tests): ``<topic>:<partition>`` — each worker drops the records of its
     first fetch of that partition, as faust-streaming sometimes does (:mod:`stream_processors.stalls`)."""
 
+    fast_consumer: bool = False
+    """Read the stream agents' source topics with one confluent-kafka consumer per worker, in
+    whole fetches, instead of Faust's per-message path (:mod:`stream_processors.fast_source`);
+    Faust keeps the group, assignment, tables and commits. Off until proven by the crash tests."""
+
     processor_crash_after_batches: int = 0
     """Crash injection (tests): a worker SIGKILLs itself once its stream stage has produced and
     flushed the outputs of this many batches, before acking the last one (0: never)."""

@@ -20,6 +20,7 @@ partition whose fetched records Faust never delivered. The learning engineer's a
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import os
@@ -44,6 +45,7 @@ from schemas.serde import Decoder, Registry
 from stream_processors import faust_internals, stalls
 from stream_processors.base import Emitted
 from stream_processors.dimensions import partition_reader
+from stream_processors.fast_source import FastSource
 from stream_processors.io import Outputs, Route, TableState
 from stream_processors.joined import JoinedStage
 from stream_processors.stream import StreamStage
@@ -125,8 +127,10 @@ class Pipeline:
     """The agents that run joined streams (named after their first stream), by agent."""
     crash_after_batches: int = 0
     crash_on_close: bool = False
+    fast: FastSource | None = None
+    """The stream agents' sources read outside Faust's per-message path (``KAPPA_FAST_CONSUMER``)."""
 
-    async def run_batch(self, stage: StreamStage | WindowStage | JoinedStage, events: list[Any], agent: str) -> None:
+    async def run_batch(self, stage: StreamStage | WindowStage | JoinedStage, messages: list[Any], agent: str) -> None:
         """Process one batch end to end; any failure ends the worker hard (nothing acked).
 
         The wait for Kafka's acks runs in a thread: meanwhile the event loop keeps fetching and
@@ -134,8 +138,7 @@ class Pipeline:
         """
         try:
             with BATCH_SECONDS.labels(agent).time():
-                # Faust's messages have every field of base.Message: no copy per event
-                done = stage.process([e.message for e in events])
+                done = stage.process(messages)
                 # a joined agent's batch: each stream's outputs with its own state and route
                 parts: list[tuple[str, Emitted]] = done if isinstance(done, list) else [(agent, done)]
                 for name, out in parts:
@@ -292,6 +295,11 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
             pipe.routes[window.name] = out.route(window_topic=window_outputs[window.name].topic,
                                                  window_schema=window_outputs[window.name].schema)
             _stage_agent(pipe, app.topic(partials, **raw), window.name, batch_events, batch_within)
+    if settings.fast_consumer:
+        routes = {t: a for a, members in agents.items() for s in members for t in sources_of[s]}
+        pipe.fast = FastSource(app, settings, ep.kafka_bootstrap, names.group, routes, batch_events, batch_within)
+        log.warning("KAPPA_FAST_CONSUMER on: %s read by one confluent-kafka consumer in batches, not through "
+                    "Faust's per-message path", ", ".join(sorted(routes)))
     for a, members in agents.items():
         channel = [t for s in members for t in sources_of[s]]
         if a in ticked:
@@ -325,6 +333,8 @@ def create_app(settings: Settings, version: str, datadir: Path, *,
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
+        if pipe.fast is not None:  # no batch of a revoked partition may run on after this
+            await pipe.fast.drain()
         for tp in revoked:
             w = partials_of.get(tp.topic)
             if w is not None:
@@ -347,12 +357,35 @@ def _stage_agent(pipe: Pipeline, channel: Any, name: str, batch_events: int, bat
     stage: StreamStage | WindowStage | JoinedStage = (pipe.joined.get(name) or pipe.stages.get(name)
                                                        or pipe.windows[name])
 
+    fast = pipe.fast if pipe.fast is not None and name in pipe.fast.queues else None
+
     async def run(stream: Any) -> None:
-        async for events in stream.take_events(batch_events, within=batch_within):
-            await pipe.run_batch(stage, events, name)
+        if fast is None:
+            async for events in stream.take_events(batch_events, within=batch_within):
+                # Faust's messages have every field of base.Message: no copy per event
+                await pipe.run_batch(stage, [e.message for e in events], name)
+            return
+        # the sources come from the fast source; Faust's stream still brings the ticks
+        lock = fast.locks[name]
+        serving = asyncio.ensure_future(fast.serve(name, lambda msgs: pipe.run_batch(stage, msgs, name)))
+        serving.add_done_callback(_fatal_unless_cancelled)
+        try:
+            async for events in stream.take_events(batch_events, within=batch_within):
+                async with lock:
+                    await pipe.run_batch(stage, [e.message for e in events], name)
+        finally:
+            serving.cancel()
 
     run.__name__ = run.__qualname__ = f"agent_{name}"
     pipe.app.agent(channel, name=name)(run)
+
+
+def _fatal_unless_cancelled(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("fast source agent loop failed; exiting so the supervisor restarts this worker",
+                     exc_info=task.exception())
+        logging.shutdown()
+        os._exit(70)
 
 
 def _register_learning(app: faust.App, settings: Settings, version: str, out: Outputs) -> None:

@@ -39,6 +39,15 @@ What is used, and why:
   partition, which :class:`~stream_processors.io.TableState` writes in bulk.
 - **Worker signal** (:class:`Worker`): a hook on mode's SIGUSR1 handler (its task dump).
 - **Sensor hooks** (:class:`LeanMonitor`): Faust's Monitor without its per-message hooks.
+- **Partitions read outside Faust** (:func:`read_outside`, :func:`ack_range`; the
+  ``KAPPA_FAST_CONSUMER`` path, :mod:`stream_processors.fast_source`): ``Consumer.resume_partitions``
+  is Faust's method except that the source partitions of an app registered with
+  :func:`read_outside` stay paused in Faust and are handed to that app's taker instead. Faust
+  resumes a partition only once its tables are recovered and the rebalance is over
+  (``Recovery._resume_streams``), so that is the moment the partition may be read. What such a
+  reader has processed is acked by appending the offset range to ``Consumer._acked[tp]``:
+  Faust's own commit loop (and its commit inside a revocation) then commits it through the
+  group member, with its generation, as for the records Faust delivers itself.
 - **Fault injection** (:func:`inject_dropped_fetch`, tests only): drops one fetch in
   ``ThreadDelegateConsumer._getmany``, as faust-streaming sometimes does.
 """
@@ -47,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from importlib import metadata
@@ -64,18 +74,22 @@ from kappa.errors import ConfigError, UnsupportedDependency
 
 __all__ = [
     "FAUST_NEW_OFFSET",
+    "FAUST_RESUME_PARTITIONS",
     "FAUST_SETTINGS_EXTRA",
     "MODE_WAIT_FIRST",
     "SUPPORTED",
     "ConsumerView",
     "LeanMonitor",
     "Worker",
+    "ack_range",
     "check_versions",
     "inject_dropped_fetch",
     "install",
     "new_offset",
     "partition_db",
     "producer_settings_extra",
+    "read_outside",
+    "resume_partitions",
     "wait_first",
 ]
 
@@ -89,6 +103,8 @@ FAUST_NEW_OFFSET = Consumer._new_offset
 """Faust's own ``Consumer._new_offset``, as imported (tests compare with it)."""
 MODE_WAIT_FIRST = Consumer.wait_first
 """mode's ``Service.wait_first`` as imported (what every other call still uses)."""
+FAUST_RESUME_PARTITIONS = Consumer.resume_partitions
+"""Faust's own ``Consumer.resume_partitions``, as imported."""
 
 
 def _installed(dist: str) -> str | None:
@@ -123,6 +139,7 @@ def install(drop_fetch: str = "") -> None:
     check_versions()
     Consumer._new_offset = new_offset  # type: ignore[method-assign]
     Consumer.wait_first = wait_first  # type: ignore[method-assign]
+    Consumer.resume_partitions = resume_partitions  # type: ignore[method-assign]
     _driver.Producer._settings_extra = producer_settings_extra  # type: ignore[method-assign]
     if drop_fetch:
         inject_dropped_fetch(drop_fetch)
@@ -212,6 +229,63 @@ async def wait_first(self: Any, *coros: Any, timeout: Any = None) -> WaitResults
             raise
         return await MODE_WAIT_FIRST(self, _resume(callback, yielded), flow)
     return await MODE_WAIT_FIRST(self, *coros, timeout=timeout)
+
+
+# -- partitions read outside Faust -----------------------------------------------------------
+@dataclass(frozen=True)
+class _Outside:
+    topics: frozenset[str]
+    take: Callable[[set[TP]], None]
+    revoke: Callable[[set[TP]], None]
+
+
+_OUTSIDE: weakref.WeakKeyDictionary[Any, _Outside] = weakref.WeakKeyDictionary()
+"""App -> the topics it reads outside Faust, their taker and the revocation hook."""
+_WRAPPED: weakref.WeakSet[Any] = weakref.WeakSet()
+"""Consumers whose revocation callback calls the hook first."""
+
+
+def read_outside(app: Any, topics: set[str], take: Callable[[set[TP]], None],
+                 revoke: Callable[[set[TP]], None]) -> None:
+    """From now on, ``app``'s consumer keeps the partitions of ``topics`` paused and calls
+    ``take(partitions)`` where it would resume them (tables recovered, rebalance over), and
+    ``revoke(partitions)`` first thing in every revocation: before Faust's own handler runs (and
+    with no await in between since ``Consumer.on_partitions_revoked`` dropped its acked offsets)."""
+    _OUTSIDE[app] = _Outside(frozenset(topics), take, revoke)
+
+
+def _wrap_revocation(consumer: Any, hook: Callable[[set[TP]], None]) -> None:
+    faust_handler = consumer._on_partitions_revoked  # App._on_partitions_revoked
+
+    async def on_revoked(revoked: set[TP]) -> None:
+        hook(revoked)
+        await faust_handler(revoked)
+
+    consumer._on_partitions_revoked = on_revoked
+    _WRAPPED.add(consumer)
+
+
+def resume_partitions(self: Any, tps: Any) -> None:
+    """Faust's ``Consumer.resume_partitions``; the partitions an app reads outside Faust
+    (:func:`read_outside`) stay paused and go to its taker."""
+    outside = _OUTSIDE.get(self.app)
+    if outside is None:
+        FAUST_RESUME_PARTITIONS(self, tps)
+        return
+    if self not in _WRAPPED:  # the first resume comes before any revocation of what it resumes
+        _wrap_revocation(self, outside.revoke)
+    tps = set(tps)
+    mine = {tp for tp in tps if tp.topic in outside.topics}
+    FAUST_RESUME_PARTITIONS(self, tps - mine)
+    if mine:
+        outside.take(mine)
+
+
+def ack_range(consumer: Any, tp: TP, start: int, end: int) -> None:
+    """Offsets ``start``..``end - 1`` of ``tp`` processed outside Faust: committable by Faust's
+    commit loop (``Consumer._acked``, read by :func:`new_offset`) once they follow its committed offset."""
+    if end > start:
+        consumer._acked[tp].extend(range(start, end))
 
 
 # -- consumer bookkeeping (read only) ----------------------------------------------------

@@ -23,6 +23,9 @@ from kappa.stack import manager
 from kappa.stack.process import free_port
 
 REPO = Path(__file__).resolve().parents[1]
+PASS_THROUGH = frozenset({"KAPPA_FAST_CONSUMER"})
+"""``KAPPA_*`` settings of the test run itself that reach every ``kappa``/worker subprocess
+(e.g. ``KAPPA_FAST_CONSUMER=1 pytest ...`` runs the suites on the fast consumer path)."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ class Stack:
 
     def env(self, home: Path | None = None) -> dict[str, str]:
         """Environment for a ``kappa`` subprocess aimed at this stack."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KAPPA_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KAPPA_") or k in PASS_THROUGH}
         env.update(
             KAPPA_HOME=str(home or self.home),
             KAPPA_KAFKA_BOOTSTRAP=self.kafka_bootstrap,

@@ -245,3 +245,68 @@ def test_the_dropped_fetch_patches_the_fetch_every_driver_uses(app: faust.App, u
     fi.inject_dropped_fetch("orders:0")
     assert ThreadDelegateConsumer._getmany is not original
     assert type(app.consumer)._getmany is ThreadDelegateConsumer._getmany  # the running consumer gets it
+
+
+# -- partitions read outside Faust (KAPPA_FAST_CONSUMER) ---------------------------------------
+def test_faust_resumes_the_stream_partitions_only_once_recovered_and_through_resume_partitions() -> None:
+    from faust.tables.recovery import Recovery
+
+    assert fi.FAUST_RESUME_PARTITIONS.__qualname__ == "Consumer.resume_partitions"
+    assert _params(fi.FAUST_RESUME_PARTITIONS) == ["self", "tps"]
+    for method in (Recovery._resume_streams, Recovery.on_recovery_completed):
+        source = inspect.getsource(method)
+        resume = source.index("consumer.resume_partitions(")
+        assert "not self._is_changelog_tp(tp)" in source[resume:resume + 200]
+        assert source.index("perform_seek()") > resume  # then Faust seeks them to the committed offsets
+
+
+def test_the_partitions_read_outside_stay_paused_and_go_to_the_taker(tmp_path: Path) -> None:
+    fi.install()
+    a = _app(tmp_path)
+    c = a.consumer
+    taken: list[set[TP]] = []
+    fi.read_outside(a, {"orders"}, taken.append, lambda tps: None)
+    src, tick = TP("orders", 1), TP("ticks", 1)
+    c._paused_partitions.update({src, tick})
+    c.resume_partitions({src, tick})
+    assert taken == [{src}]
+    assert src in c._paused_partitions and tick not in c._paused_partitions
+    assert tick in c._get_active_partitions() and src not in c._get_active_partitions()
+    other = _app(tmp_path / "o").consumer  # an app that reads nothing outside: Faust's method
+    other._paused_partitions.add(src)
+    other.resume_partitions({src})
+    assert src not in other._paused_partitions
+
+
+def test_the_revocation_hook_runs_first_after_faust_dropped_its_acked_offsets(tmp_path: Path) -> None:
+    fi.install()
+    a = _app(tmp_path)
+    c = a.consumer
+    calls: list[str] = []
+
+    async def faust_handler(revoked: set[TP]) -> None:
+        calls.append("faust")
+
+    c._on_partitions_revoked = faust_handler  # what App._new_consumer passed: App._on_partitions_revoked
+    fi.read_outside(a, {"orders"}, lambda tps: None,
+                    lambda tps: calls.append(f"hook acked={c._acked.get(T)}"))
+    c.resume_partitions({TP("ticks", 0)})  # the first resume wraps the revocation callback
+    c._acked[T] = [5, 6]
+    asyncio.run(c.on_partitions_revoked({T}))
+    assert calls == ["hook acked=None", "faust"]
+    source = inspect.getsource(Consumer.on_partitions_revoked)
+    assert source.index("self._acked.pop(tp, None)") < source.index("self._on_partitions_revoked")
+
+
+def test_an_acked_range_is_committed_by_faust_from_its_committed_offset(app: faust.App) -> None:
+    fi.install()
+    c = app.consumer
+    c._committed_offset[T] = 10
+    fi.ack_range(c, T, 10, 15)
+    fi.ack_range(c, T, 15, 15)  # empty
+    fi.ack_range(c, T, 15, 20)
+    assert c._filter_committable_offsets([T]) == {T: 20} and c._acked[T] == []
+    fi.ack_range(c, T, 25, 30)  # not contiguous with the committed offset: nothing
+    c._committed_offset[T] = 20
+    assert c._filter_committable_offsets([T]) == {}
+    assert "if tp in assignment" in inspect.getsource(Consumer._commit_offsets)  # revoked: discarded
