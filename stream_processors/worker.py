@@ -12,6 +12,7 @@ import fcntl
 import gc
 import logging
 import os
+import time
 from pathlib import Path
 from typing import IO
 
@@ -35,18 +36,38 @@ worker ran 13-15 full collections of 200-380 ms each (GIL held, event loop stopp
 objects of start-up (modules, the app) are also frozen out of every collection (``gc.freeze``)."""
 
 
-def claim_dir(root: Path, worker: int | None) -> tuple[Path, IO[str]]:
-    """Lock and return ``root/worker-<n>`` (``n`` given, or the first free one)."""
+def claim_dir(root: Path, worker: int | None, wait_s: float = 90.0) -> tuple[Path, IO[str]]:
+    """Lock and return ``root/worker-<n>`` (``n`` given, or the first free one).
+
+    A given ``n`` whose lock is held is waited for up to ``wait_s``: a worker of the run before
+    may still be flushing and committing after its stop (the runner allows 60 s before SIGKILL),
+    and a restart right after a stop must not fail on it."""
     candidates = [worker] if worker is not None else list(range(64))
     for n in candidates:
         path = root / f"worker-{n}"
         path.mkdir(parents=True, exist_ok=True)
-        lock = open(path / ".lock", "w")  # held for the process lifetime
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            lock.close()
+        lock = open(path / ".lock", "a+")  # held for the process lifetime
+        deadline, told = time.monotonic() + (wait_s if worker is not None else 0.0), False
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() >= deadline:
+                    lock.close()
+                    lock = None  # type: ignore[assignment]
+                    break
+                if not told:
+                    lock.seek(0)
+                    holder = lock.read().strip() or "?"
+                    log.warning("worker directory %s is locked by pid %s (a worker still stopping?): "
+                                "waiting up to %.0f s", path, holder, wait_s)
+                    told = True
+                time.sleep(0.5)
+        if lock is None:
             continue
+        lock.seek(0)
+        lock.truncate()
         lock.write(str(os.getpid()))
         lock.flush()
         return path, lock
